@@ -1,0 +1,22 @@
+"""vlmedge.runtime: device side. Never imports torch."""
+
+from __future__ import annotations
+
+import importlib
+
+_LAZY = {
+    "Grounder": ("vlmedge.runtime.grounder", "Grounder"),
+    "GroundingResult": ("vlmedge.runtime.results", "GroundingResult"),
+    "Target": ("vlmedge.runtime.results", "Target"),
+    "open_source": ("vlmedge.runtime.sources", "open_source"),
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        mod, attr = _LAZY[name]
+        return getattr(importlib.import_module(mod), attr)
+    raise AttributeError(f"module 'vlmedge.runtime' has no attribute {name!r}")
+
+
+__all__ = list(_LAZY)
