@@ -14,7 +14,8 @@ from .errors import VlmEdgeError
 # Modules that contribute sub-commands. Each defines register(subparsers) and sets
 # `func` (args -> int exit code) with set_defaults. Keep their top level torch-free.
 COMMAND_MODULES = (
-    "vlmedge.runtime.commands",      # run, subscribe, classify, bench
+    "vlmedge.runtime.commands",      # run, classify, bench
+    "vlmedge.runtime.io_commands",   # subscribe, send (control requests)
     "vlmedge.runtime.eval_commands",  # eval-grounding
     "vlmedge.export.commands",       # export, build-engine, verify
     "vlmedge.export.train_commands",  # train-demo
