@@ -9,6 +9,12 @@ _LAZY = {
     "GroundingResult": ("vlmedge.runtime.results", "GroundingResult"),
     "Target": ("vlmedge.runtime.results", "Target"),
     "open_source": ("vlmedge.runtime.sources", "open_source"),
+    "Capture": ("vlmedge.runtime.capture", "Capture"),
+    "Frame": ("vlmedge.runtime.capture", "Frame"),
+    "Publisher": ("vlmedge.runtime.publisher", "Publisher"),
+    "ControlServer": ("vlmedge.runtime.control", "ControlServer"),
+    "ControlClient": ("vlmedge.runtime.control", "ControlClient"),
+    "ControlState": ("vlmedge.runtime.control", "ControlState"),
 }
 
 

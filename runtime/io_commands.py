@@ -1,0 +1,232 @@
+"""`vlmedge subscribe`, `vlmedge send` and `vlmedge keys`: talk to a running `vlmedge run`.
+
+Top level is light (argparse only); zmq and the protocol are imported inside the handlers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+DEFAULT_PUB = "tcp://127.0.0.1:5555"
+DEFAULT_CONTROL = "tcp://127.0.0.1:5556"
+NO_ARG_OPS = ("pause", "resume", "status", "ping")
+
+
+def _curve_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("CURVE encryption (when `vlmedge run --curve-keys DIR` was used)")
+    g.add_argument("--curve-keys", metavar="DIR", help="the folder from `vlmedge keys DIR`: uses DIR/server.key "
+                   "and DIR/<--client-name>.key_secret")
+    g.add_argument("--client-name", default="client", help="client key name in --curve-keys (default: client)")
+    g.add_argument("--server-key", metavar="FILE", help="the server's public key file (server.key)")
+    g.add_argument("--client-key", metavar="FILE", help="this client's secret key file (client.key_secret)")
+
+
+def _curve_from_args(args):
+    from pathlib import Path
+
+    server_key, client_key = args.server_key, args.client_key
+    if args.curve_keys:
+        d = Path(args.curve_keys)
+        server_key = server_key or d / "server.key"
+        client_key = client_key or d / f"{args.client_name}.key_secret"
+    if not server_key and not client_key:
+        return None
+    from vlmedge.errors import ConfigError
+
+    from .zmq_util import CurveClientKeys
+    if not (server_key and client_key):
+        raise ConfigError("CURVE needs both --server-key (server.key) and --client-key (client.key_secret), "
+                          "or --curve-keys DIR")
+    return CurveClientKeys(client_key, server_key)
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "subscribe", help="print targets/status/heatmaps published by `vlmedge run`",
+        description="Subscribe to a vlmedge publisher and print what arrives, one line per target "
+                    "(or the raw JSON with --json).")
+    p.add_argument("address", nargs="?", default=DEFAULT_PUB, help=f"publisher address (default {DEFAULT_PUB})")
+    p.add_argument("--topic", choices=("targets", "status", "heatmap", "all"), default="targets")
+    p.add_argument("--count", type=int, default=0, help="exit after N messages (default: run until Ctrl-C)")
+    p.add_argument("--json", action="store_true", help="print each message as one JSON line")
+    p.add_argument("--conflate", action=argparse.BooleanOptionalAction, default=False,
+                   help="keep only the newest message (like a control loop would)")
+    p.add_argument("--timeout", type=float, default=None, metavar="S",
+                   help="exit with status 1 when nothing arrives for S seconds")
+    _curve_args(p)
+    p.set_defaults(func=cmd_subscribe)
+
+    s = subparsers.add_parser(
+        "send", help="send one control request to `vlmedge run` and print the reply",
+        description="Send one control request, e.g.  vlmedge send set_queries \"the blue ball\" \"a mug\"  |  "
+                    "vlmedge send set_threshold 0.4 [QUERY]  |  vlmedge send pause  |  "
+                    "vlmedge send tcp://10.0.0.5:5556 status  |  vlmedge send --json '{\"op\": \"ping\"}'. "
+                    "Ops: set_queries Q..., add_query Q, remove_query Q, set_threshold V [Q], pause, resume, "
+                    "status, ping.")
+    s.add_argument("words", nargs="*", metavar="[ADDRESS] OP ARG",
+                   help=f"optional address (default {DEFAULT_CONTROL}), the op, and its arguments")
+    s.add_argument("--json", dest="raw_json", metavar="JSON", help="the whole request as a JSON object")
+    s.add_argument("--timeout", type=float, default=3.0, metavar="S", help="seconds to wait for the reply")
+    _curve_args(s)
+    s.set_defaults(func=cmd_send)
+
+    k = subparsers.add_parser(
+        "keys", help="create CURVE key pairs for encrypted, authenticated sockets",
+        description="Write DIR/server.key (public: give it to clients), DIR/server.key_secret (keep on the "
+                    "robot), DIR/clients/<name>.key (allowed clients' public keys) and "
+                    "DIR/<name>.key_secret (give each to its client).")
+    k.add_argument("dir", help="output directory")
+    k.add_argument("--client", action="append", default=None, help="client name (repeatable; default: client)")
+    k.set_defaults(func=cmd_keys)
+
+
+# ------------------------------------------------------------------------------------- subscribe
+
+def format_message(topic: str, msg: dict) -> list[str]:
+    """Readable lines for one parsed message."""
+    if topic == "status":
+        lat = "-" if msg["latency_ms"] is None else f"{msg['latency_ms']:.0f} ms"
+        return [f"status  {msg['source_state']:<12} fps {msg['fps']:.1f}  latency {lat}  dropped {msg['dropped']}"
+                f"  paused {'yes' if msg['paused'] else 'no'}  queries {msg['queries']}"]
+    if topic == "heatmap":
+        data = msg["data"]
+        return [f"heatmap frame {msg['frame_id']}  {msg['query']!r}  {data.shape[1]}x{data.shape[0]}"
+                f"  max {float(data.max()) * msg['scale']:.2f}  region {msg['region']}"]
+    import time
+
+    age_ms = (time.time_ns() - msg["t_capture_ns"]) / 1e6
+    head = f"frame {msg['frame_id']:>6}  age {age_ms:6.1f} ms"
+    if not msg["targets"]:
+        return [f"{head}  (no queries)"]
+    lines = []
+    for t in msg["targets"]:
+        if t["found"]:
+            cx, cy = t["center"]
+            track = "" if t["track_id"] is None else f"  track {t['track_id']}"
+            lines.append(f"{head}  {t['query']!r}  score {t['score']:.2f}  center ({cx:.0f}, {cy:.0f})"
+                         f"  bbox {t['bbox']}{track}")
+        else:
+            lines.append(f"{head}  {t['query']!r}  not found (best {t['score']:.2f})")
+    return lines
+
+
+def cmd_subscribe(args) -> int:
+    import zmq
+
+    from vlmedge import protocol
+    from vlmedge.errors import ProtocolError
+
+    from .zmq_util import check_address, setup_curve_client
+
+    check_address(args.address, purpose="subscribe", bind=False)
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.SUB)
+    sock.setsockopt(zmq.LINGER, 0)
+    if args.conflate:
+        sock.setsockopt(zmq.CONFLATE, 1)
+    curve = _curve_from_args(args)
+    if curve is not None:
+        setup_curve_client(sock, curve)
+    topics = protocol.TOPICS if args.topic == "all" else (args.topic,)
+    for t in topics:
+        sock.setsockopt(zmq.SUBSCRIBE, t.encode() + b" ")
+    sock.connect(args.address)
+    print(f"# listening on {args.address} for {', '.join(topics)} (Ctrl-C to stop)", file=sys.stderr)
+    n = 0
+    try:
+        while not args.count or n < args.count:
+            if not sock.poll(None if args.timeout is None else int(args.timeout * 1000)):
+                print(f"vlmedge subscribe: nothing received from {args.address} for {args.timeout:g} s "
+                      "(is `vlmedge run` publishing there?)", file=sys.stderr)
+                return 1
+            raw = sock.recv()
+            try:
+                topic, msg = protocol.parse_message(raw)
+            except ProtocolError as e:
+                print(f"# bad message: {e}", file=sys.stderr)
+                continue
+            n += 1
+            if args.json:
+                if topic == "heatmap":
+                    data = msg.pop("data")
+                    msg["data_bytes"] = int(data.size)
+                print(json.dumps(msg), flush=True)
+            else:
+                for line in format_message(topic, msg):
+                    print(line, flush=True)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sock.close(linger=0)
+        ctx.term()
+    return 0
+
+
+# ------------------------------------------------------------------------------------------ send
+
+def request_from_words(words: list[str]) -> dict:
+    """['set_threshold', '0.4', 'a cup'] -> {"op": "set_threshold", "value": 0.4, "query": "a cup"}."""
+    from vlmedge import protocol
+    from vlmedge.errors import ProtocolError, did_you_mean
+
+    if not words:
+        raise ProtocolError(f"which op? one of {list(protocol.CONTROL_OPS)}")
+    op, rest = words[0], words[1:]
+    if op not in protocol.CONTROL_OPS:
+        raise ProtocolError(f"unknown op {op!r}; expected one of {list(protocol.CONTROL_OPS)}"
+                            + did_you_mean(op, protocol.CONTROL_OPS))
+    if op == "set_queries":
+        return {"op": op, "queries": rest}
+    if op in ("add_query", "remove_query"):
+        if len(rest) != 1:
+            raise ProtocolError(f"{op} takes one query (quote it: {op} \"the red cup\"), got {len(rest)} arguments")
+        return {"op": op, "query": rest[0]}
+    if op == "set_threshold":
+        if len(rest) not in (1, 2):
+            raise ProtocolError("set_threshold takes VALUE [QUERY]")
+        try:
+            value = float(rest[0])
+        except ValueError:
+            raise ProtocolError(f"set_threshold: value {rest[0]!r} must be a number in [0, 1]") from None
+        return {"op": op, "value": value, **({"query": rest[1]} if len(rest) == 2 else {})}
+    if rest:
+        raise ProtocolError(f"{op} takes no arguments, got {rest}")
+    return {"op": op}
+
+
+def cmd_send(args) -> int:
+    from vlmedge import protocol
+    from vlmedge.errors import ProtocolError
+
+    from .control import ControlClient
+
+    words = list(args.words)
+    address = DEFAULT_CONTROL
+    if words and "://" in words[0]:
+        address = words.pop(0)
+    if args.raw_json is not None:
+        if words:
+            raise ProtocolError(f"give either --json or OP ARGS, not both (got {words})")
+        req = protocol.loads(args.raw_json, "--json")
+        if not isinstance(req, dict):
+            raise ProtocolError(f"--json must be a JSON object, got {type(req).__name__}")
+    else:
+        req = request_from_words(words)
+    with ControlClient(address, timeout_ms=int(args.timeout * 1000), curve=_curve_from_args(args)) as client:
+        reply = client.request(req)
+    print(json.dumps(reply, indent=2))
+    return 0 if reply.get("ok") else 1
+
+
+def cmd_keys(args) -> int:
+    from .zmq_util import create_keys
+
+    paths = create_keys(args.dir, clients=tuple(args.client or ("client",)))
+    print(json.dumps(paths, indent=2))
+    print(f"# server:  vlmedge run --curve-keys {args.dir}\n"
+          f"# clients: vlmedge subscribe --curve-keys {args.dir}   (copy server.key and your *.key_secret "
+          "to client machines; never copy server.key_secret)", file=sys.stderr)
+    return 0
+

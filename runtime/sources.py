@@ -1,0 +1,540 @@
+"""Frame sources: one ``--source`` string -> a FrameSource that yields BGR uint8 frames.
+
+Forms (the conventions Jetson users know):
+
+=================================  =========================================================
+``0``, ``1``                       camera index (V4L2 on Linux)
+``/dev/video0``, ``v4l2:///dev/video0``   V4L2 device
+``csi://0``                        Jetson CSI camera via GStreamer ``nvarguscamerasrc``
+                                   (``?width=1280&height=720&fps=30&flip=0``)
+``rtsp://...``, ``http(s)://...``  network stream (GStreamer when OpenCV has it, else FFMPEG)
+``file://clip.mp4``, ``clip.mp4``  video file
+``cup.jpg``, ``frames/``           an image, or a directory of images (sorted by name)
+``... ! appsink``                  a raw GStreamer pipeline (contains ``!``)
+``synthetic://tabletop``           seeded synthetic tabletop scenes
+                                   (``?seed=3&fps=15&width=640&height=480``)
+=================================  =========================================================
+
+Sizes are ``(height, width)`` like ``frame.shape[:2]``. ``open_source`` only parses and checks;
+``open()`` acquires the device (the Capture thread does that, and reopens after failures).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sys
+import time
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl
+
+import numpy as np
+
+from vlmedge.errors import BackendUnavailable, ConfigError, SourceError, did_you_mean
+
+log = logging.getLogger(__name__)
+
+SCHEMES = ("v4l2", "csi", "rtsp", "rtsps", "http", "https", "file", "synthetic")
+SYNTHETIC_SCENES = ("tabletop",)
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".pnm")
+OPEN_TIMEOUT_MS = 5000  # network streams: give up opening / reading after this long
+READ_TIMEOUT_MS = 5000
+
+_GST_HINT = ("this OpenCV ({ver}, from {where}) was built without GStreamer. On a Jetson use the JetPack "
+             "OpenCV: `sudo apt install python3-opencv` and `pip uninstall opencv-python` so the pip wheel "
+             "does not shadow it (check: python3 -c \"import cv2; print(cv2.getBuildInformation())\" | grep "
+             "GStreamer), or build OpenCV with -DWITH_GSTREAMER=ON. A USB camera works without it: "
+             "--source /dev/video0")
+
+
+def _cv2():
+    try:
+        import cv2
+    except ImportError as e:  # pragma: no cover - opencv is a dependency
+        raise BackendUnavailable("OpenCV (cv2)", f"pip install opencv-python ({e})") from None
+    return cv2
+
+
+@lru_cache(maxsize=1)
+def gstreamer_available() -> bool:
+    """True when this OpenCV was built with GStreamer (cv2.getBuildInformation says 'GStreamer: YES')."""
+    info = _cv2().getBuildInformation()
+    m = re.search(r"^\s*GStreamer:\s*(\S+)", info, re.MULTILINE)
+    return bool(m and m.group(1).upper().startswith("YES"))
+
+
+def _require_gstreamer(what: str) -> None:
+    if not gstreamer_available():
+        cv2 = _cv2()
+        raise BackendUnavailable(f"GStreamer support in OpenCV (needed for {what})",
+                                 _GST_HINT.format(ver=cv2.__version__, where=os.path.dirname(cv2.__file__)))
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """'640x480' (width x height, how cameras are usually described) -> (height, width)."""
+    m = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", str(text))
+    if not m or int(m[1]) <= 0 or int(m[2]) <= 0:
+        raise ConfigError(f"size {text!r} must look like WIDTHxHEIGHT, e.g. 640x480")
+    return int(m[2]), int(m[1])
+
+
+def _check_size(size: Any) -> tuple[int, int] | None:
+    if size is None:
+        return None
+    if isinstance(size, str):
+        return parse_size(size)
+    try:
+        h, w = (int(v) for v in size)
+    except (TypeError, ValueError):
+        raise ConfigError(f"size must be (height, width) or 'WIDTHxHEIGHT', got {size!r}") from None
+    if h <= 0 or w <= 0:
+        raise ConfigError(f"size must be positive, got {size!r}")
+    return h, w
+
+
+def _check_fps(fps: Any) -> float | None:
+    if fps is None:
+        return None
+    try:
+        f = float(fps)
+    except (TypeError, ValueError):
+        raise ConfigError(f"fps must be a number, got {fps!r}") from None
+    if not 0 < f <= 1000:
+        raise ConfigError(f"fps must be in (0, 1000], got {fps!r}")
+    return f
+
+
+class _Pacer:
+    """Sleeps so that successive ``wait()`` calls are 1/fps apart (never catches up a backlog)."""
+
+    def __init__(self, fps: float | None):
+        self.period = 1.0 / fps if fps else 0.0
+        self.next_t: float | None = None
+
+    def wait(self) -> None:
+        if not self.period:
+            return
+        now = time.monotonic()
+        if self.next_t is None or now - self.next_t > self.period:
+            self.next_t = now
+        elif self.next_t > now:
+            time.sleep(self.next_t - now)
+        self.next_t += self.period
+
+
+def _resize(frame: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
+    if size is None or frame.shape[:2] == size:
+        return frame
+    return _cv2().resize(frame, (size[1], size[0]), interpolation=_cv2().INTER_AREA)
+
+
+def _to_bgr(frame: np.ndarray) -> np.ndarray:
+    if frame.ndim == 2:
+        return _cv2().cvtColor(frame, _cv2().COLOR_GRAY2BGR)
+    if frame.shape[2] == 4:
+        return _cv2().cvtColor(frame, _cv2().COLOR_BGRA2BGR)
+    return frame
+
+
+class FrameSource:
+    """Base class. ``read()`` returns a BGR uint8 [H, W, 3] frame, or None at end of stream / failure."""
+
+    spec: str = ""
+    is_live: bool = False  # a camera or network stream (may stall; never ends on its own)
+    nominal_fps: float | None = None  # what the device/file says, or what was asked for
+
+    def open(self) -> None:
+        """Acquire the device/file. Raises SourceError when it cannot be opened."""
+
+    def read(self) -> np.ndarray | None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release the device/file (safe to call twice)."""
+
+    def describe(self) -> str:
+        return self.spec
+
+    def clone(self) -> FrameSource:
+        """A new, unopened source with the same settings (Capture uses it to replace a source whose
+        read() hangs)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot be cloned")
+
+    def __enter__(self) -> FrameSource:
+        self.open()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.describe()}>"
+
+
+class OpenCVSource(FrameSource):
+    """A cv2.VideoCapture: cameras, network streams, GStreamer pipelines and video files.
+
+    ``open_args`` is exactly what ``open()`` passes to ``cv2.VideoCapture`` (inspectable without
+    connecting). ``realtime`` paces a file at its fps; ``loop`` rewinds it at the end.
+    """
+
+    def __init__(self, spec: str, target: int | str, api: int, *, kind: str, is_live: bool,
+                 params: tuple[int, ...] = (), size: tuple[int, int] | None = None, fps: float | None = None,
+                 loop: bool = False, realtime: bool = False):
+        self.spec = spec
+        self.kind = kind
+        self.is_live = is_live
+        self.open_args: tuple[Any, ...] = (target, api, list(params)) if params else (target, api)
+        self.size = size
+        self.requested_fps = fps
+        self.nominal_fps = fps
+        self.loop = loop
+        self.realtime = realtime
+        self.frame_count: int | None = None
+        self._cap = None
+        self._pacer = _Pacer(None)
+        self._read_since_rewind = 0
+        self._size_logged = False
+
+    def clone(self) -> OpenCVSource:
+        target, api, *rest = self.open_args
+        return OpenCVSource(self.spec, target, api, kind=self.kind, is_live=self.is_live,
+                            params=tuple(rest[0]) if rest else (), size=self.size, fps=self.requested_fps,
+                            loop=self.loop, realtime=self.realtime)
+
+    def open(self) -> None:
+        cv2 = _cv2()
+        self.close()
+        target = self.open_args[0]
+        if self.kind == "v4l2" and isinstance(target, str) and not os.path.exists(target):
+            raise SourceError(f"cannot open V4L2 device {target}: no such device (is the camera plugged in? "
+                              "list devices with `ls /dev/video*`)")
+        if self.kind == "rtsp":
+            os.environ.setdefault("OPENCV_FFMPEG_CAPTURE_OPTIONS", "rtsp_transport;tcp")
+        cap = cv2.VideoCapture(*self.open_args)
+        if not cap.isOpened():
+            cap.release()
+            hint = {"camera": " (no camera with that index? is it used by another process? on Linux check "
+                              "`ls /dev/video*` and that you are in the 'video' group)",
+                    "v4l2": " (in use by another process? are you in the 'video' group?)",
+                    "rtsp": f" (wrong URL or credentials, or unreachable within {OPEN_TIMEOUT_MS} ms)",
+                    "file": " (not a video OpenCV/FFMPEG can decode?)"}.get(self.kind, "")
+            raise SourceError(f"cannot open {self.kind} source {self.spec!r}{hint}")
+        if self.is_live:
+            cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)  # keep the driver queue short: we want the newest frame
+            if self.size and self.kind in ("camera", "v4l2"):
+                cap.set(cv2.CAP_PROP_FRAME_WIDTH, self.size[1])
+                cap.set(cv2.CAP_PROP_FRAME_HEIGHT, self.size[0])
+            if self.requested_fps and self.kind in ("camera", "v4l2"):
+                cap.set(cv2.CAP_PROP_FPS, self.requested_fps)
+        fps = cap.get(cv2.CAP_PROP_FPS)
+        if self.requested_fps is None and fps and np.isfinite(fps) and 0 < fps <= 1000:
+            self.nominal_fps = float(fps)
+        if not self.is_live:
+            n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+            self.frame_count = n if n > 0 else None
+        self._cap = cap
+        self._pacer = _Pacer((self.nominal_fps or 30.0) if self.realtime and not self.is_live else None)
+        self._read_since_rewind = 0
+
+    def read(self) -> np.ndarray | None:
+        if self._cap is None:
+            return None
+        ok, frame = self._cap.read()
+        if (not ok or frame is None) and self.loop and not self.is_live and self._read_since_rewind > 0:
+            self._cap.set(_cv2().CAP_PROP_POS_FRAMES, 0)
+            ok, frame = self._cap.read()
+            if not ok:  # some containers cannot seek: reopen
+                self.open()
+                ok, frame = self._cap.read()
+            self._read_since_rewind = 0
+        if not ok or frame is None:
+            return None
+        self._read_since_rewind += 1
+        self._pacer.wait()
+        frame = _to_bgr(frame)
+        if self.size is not None and frame.shape[:2] != self.size and not self._size_logged:
+            log.info("%s delivers %dx%d; resizing to %dx%d", self.spec, frame.shape[1], frame.shape[0],
+                     self.size[1], self.size[0])
+            self._size_logged = True
+        return _resize(frame, self.size)
+
+    def close(self) -> None:
+        if self._cap is not None:
+            self._cap.release()
+            self._cap = None
+
+    def describe(self) -> str:
+        extra = []
+        if self.frame_count:
+            extra.append(f"{self.frame_count} frames")
+        if self.nominal_fps:
+            extra.append(f"{self.nominal_fps:g} fps")
+        if self.loop:
+            extra.append("loop")
+        return f"{self.kind} {self.spec}" + (f" ({', '.join(extra)})" if extra else "")
+
+
+class ImageSource(FrameSource):
+    """One image or a directory of images, read in name order; ``loop`` cycles forever."""
+
+    def __init__(self, spec: str, paths: list[Path], *, loop: bool = False, size: tuple[int, int] | None = None,
+                 fps: float | None = None, realtime: bool = False):
+        if not paths:
+            raise SourceError(f"source {spec!r}: no images (looked for {', '.join(IMAGE_EXTENSIONS)})")
+        self.spec = spec
+        self.paths = list(paths)
+        self.loop = loop
+        self.size = size
+        self.requested_fps = fps
+        self.nominal_fps = fps
+        self.realtime = realtime
+        self._i = 0
+        self._cache: dict[int, np.ndarray] = {}
+        self._pacer = _Pacer(None)
+
+    def clone(self) -> ImageSource:
+        return ImageSource(self.spec, self.paths, loop=self.loop, size=self.size, fps=self.requested_fps,
+                           realtime=self.realtime)
+
+    def open(self) -> None:
+        self._i = 0
+        self._pacer = _Pacer((self.nominal_fps or 30.0) if self.realtime else None)
+
+    def read(self) -> np.ndarray | None:
+        if self._i >= len(self.paths):
+            if not self.loop:
+                return None
+            self._i = 0
+        i = self._i
+        self._i += 1
+        if i in self._cache:
+            frame = self._cache[i]
+        else:
+            frame = _cv2().imread(str(self.paths[i]), _cv2().IMREAD_COLOR)
+            if frame is None:
+                raise SourceError(f"cannot decode image {str(self.paths[i])!r}")
+            frame = _resize(frame, self.size)
+            if len(self.paths) <= 64:  # a small set is looped from memory
+                self._cache[i] = frame
+        self._pacer.wait()
+        return frame.copy()
+
+    def describe(self) -> str:
+        what = f"image {self.paths[0]}" if len(self.paths) == 1 else f"{len(self.paths)} images in {self.spec}"
+        return what + (" (loop)" if self.loop else "")
+
+
+class _PlaceholderScene:
+    """Stand-in when vlmedge.runtime.synthetic is not installed: a moving red disc on a table."""
+
+    def __init__(self, seed: int, size: tuple[int, int], fps: float):
+        self.rng = np.random.default_rng(seed)
+        self.size = size
+        self.t = 0
+
+    def read(self):
+        cv2 = _cv2()
+        h, w = self.size
+        img = np.full((h, w, 3), (60, 110, 150), np.uint8)  # wooden table (BGR)
+        cx = int(w * (0.5 + 0.3 * np.sin(self.t / 30.0)))
+        cv2.circle(img, (cx, h // 2), max(4, min(h, w) // 10), (30, 30, 220), -1)
+        noise = self.rng.integers(-6, 7, size=img.shape, dtype=np.int16)
+        self.t += 1
+        return np.clip(img.astype(np.int16) + noise, 0, 255).astype(np.uint8), None
+
+
+class SyntheticSource(FrameSource):
+    """Seeded synthetic scenes (``vlmedge.runtime.synthetic.TabletopStream``). ``last_scene`` holds the
+    ground truth of the last frame. Paced at ``fps`` only with ``realtime=True``."""
+
+    def __init__(self, spec: str, scene: str = "tabletop", *, seed: int = 0, size: tuple[int, int] = (480, 640),
+                 fps: float = 30.0, realtime: bool = False):
+        self.spec = spec
+        self.scene = scene
+        self.seed = seed
+        self.size = size
+        self.nominal_fps = fps
+        self.realtime = realtime
+        self.placeholder = False
+        self.last_scene: Any = None
+        self._stream = None
+        self._pacer = _Pacer(None)
+
+    def clone(self) -> SyntheticSource:
+        return SyntheticSource(self.spec, self.scene, seed=self.seed, size=self.size, fps=self.nominal_fps,
+                               realtime=self.realtime)
+
+    def open(self) -> None:
+        try:
+            from .synthetic import TabletopStream
+        except ImportError as e:
+            if getattr(e, "name", None) not in (f"{__package__}.synthetic", "vlmedge.runtime.synthetic"):
+                raise
+            log.warning("vlmedge.runtime.synthetic is not available; %s uses a placeholder scene", self.spec)
+            self.placeholder = True
+            self._stream = _PlaceholderScene(self.seed, self.size, self.nominal_fps)
+        else:
+            self._stream = TabletopStream(seed=self.seed, size=self.size, fps=self.nominal_fps)
+        self._pacer = _Pacer(self.nominal_fps if self.realtime else None)
+
+    def read(self) -> np.ndarray | None:
+        if self._stream is None:
+            return None
+        out = self._stream.read()
+        if out is None:
+            return None
+        frame, self.last_scene = out if isinstance(out, tuple) else (out, None)
+        if frame is None:
+            return None
+        self._pacer.wait()
+        return frame
+
+    def close(self) -> None:
+        close = getattr(self._stream, "close", None)
+        if callable(close):
+            close()
+        self._stream = None
+
+    def describe(self) -> str:
+        h, w = self.size
+        return (f"synthetic {self.scene} (seed {self.seed}, {w}x{h} @ {self.nominal_fps:g} fps"
+                + (", placeholder" if self.placeholder else "") + ")")
+
+
+# ------------------------------------------------------------------------------------------ parsing
+
+def csi_pipeline(sensor_id: int = 0, *, width: int = 1280, height: int = 720, fps: float = 30.0,
+                 flip: int = 0, out_size: tuple[int, int] | None = None) -> str:
+    """GStreamer pipeline for a Jetson CSI camera (nvarguscamerasrc) ending in a BGR appsink."""
+    oh, ow = out_size or (height, width)
+    return (f"nvarguscamerasrc sensor-id={sensor_id} ! "
+            f"video/x-raw(memory:NVMM), width={width}, height={height}, framerate={int(round(fps))}/1, format=NV12 ! "
+            f"nvvidconv flip-method={flip} ! video/x-raw, width={ow}, height={oh}, format=BGRx ! "
+            "videoconvert ! video/x-raw, format=BGR ! appsink drop=true max-buffers=1 sync=false")
+
+
+def rtsp_pipeline(url: str, latency_ms: int = 200) -> str:
+    """GStreamer pipeline for a network stream (decodebin picks the hardware decoder on Jetson)."""
+    return (f"rtspsrc location={url} latency={latency_ms} ! decodebin ! videoconvert ! "
+            "video/x-raw, format=BGR ! appsink drop=true max-buffers=1 sync=false")
+
+
+def _query_params(spec: str, query: str, allowed: dict[str, type]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in parse_qsl(query, keep_blank_values=True):
+        if key not in allowed:
+            raise ConfigError(f"source {spec!r}: unknown parameter {key!r}; expected one of {sorted(allowed)}"
+                              + did_you_mean(key, allowed))
+        try:
+            out[key] = allowed[key](value)
+        except ValueError:
+            raise ConfigError(f"source {spec!r}: parameter {key}={value!r} must be "
+                              f"{allowed[key].__name__}") from None
+    return out
+
+
+def _camera_api() -> int:
+    cv2 = _cv2()
+    return cv2.CAP_V4L2 if sys.platform.startswith("linux") else cv2.CAP_ANY
+
+
+def _natural_key(p: Path):
+    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", p.name)]
+
+
+def _path_source(spec: str, path_text: str, *, loop: bool, size, fps, realtime: bool) -> FrameSource:
+    path = Path(path_text).expanduser()
+    if not path.exists():
+        near = ""
+        if path.parent.is_dir():
+            near = did_you_mean(path.name, [p.name for p in path.parent.iterdir()])
+        raise SourceError(f"source {spec!r}: no such file or directory {str(path)!r}{near}; expected a camera "
+                          "index (0), /dev/videoN, csi://N, rtsp://..., a video/image file, a folder of images "
+                          "or synthetic://tabletop")
+    if path.is_dir():
+        images = sorted((p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()),
+                        key=_natural_key)
+        if not images:
+            raise SourceError(f"source {spec!r}: directory {str(path)!r} holds no images "
+                              f"({', '.join(IMAGE_EXTENSIONS)})")
+        return ImageSource(spec, images, loop=loop, size=size, fps=fps, realtime=realtime)
+    if path.suffix.lower() in IMAGE_EXTENSIONS:
+        return ImageSource(spec, [path], loop=loop, size=size, fps=fps, realtime=realtime)
+    return OpenCVSource(spec, str(path), _cv2().CAP_ANY, kind="file", is_live=False, size=size, fps=fps,
+                        loop=loop, realtime=realtime)
+
+
+def open_source(spec: str, *, loop: bool = False, size: tuple[int, int] | str | None = None,
+                fps: float | None = None, realtime: bool = False) -> FrameSource:
+    """Parse one ``--source`` string into an unopened FrameSource (see the module docstring).
+
+    size: (height, width) or 'WIDTHxHEIGHT' wanted from the source (cameras are asked for it,
+    everything is resized to it). fps: camera frame rate to request / pacing rate of files.
+    loop: rewind files and image folders at the end. realtime: pace files and synthetic scenes at
+    their fps (default: as fast as they decode, for benchmarks).
+    Raises ConfigError (malformed spec), SourceError (missing file), BackendUnavailable (GStreamer).
+    """
+    if not isinstance(spec, str) or not spec.strip():
+        raise ConfigError(f"source must be a non-empty string, got {spec!r}")
+    spec = spec.strip()
+    size = _check_size(size)
+    fps = _check_fps(fps)
+    cv2 = _cv2()
+    if "!" in spec:  # a raw GStreamer pipeline
+        _require_gstreamer("a GStreamer pipeline source")
+        return OpenCVSource(spec, spec, cv2.CAP_GSTREAMER, kind="gstreamer", is_live=True, size=size, fps=fps)
+    if spec.isdigit():
+        return OpenCVSource(spec, int(spec), _camera_api(), kind="camera", is_live=True, size=size, fps=fps)
+    if "://" not in spec:
+        if re.fullmatch(r"/dev/video\d+", spec):
+            return OpenCVSource(spec, spec, cv2.CAP_V4L2, kind="v4l2", is_live=True, size=size, fps=fps)
+        return _path_source(spec, spec, loop=loop, size=size, fps=fps, realtime=realtime)
+
+    scheme, rest = spec.split("://", 1)
+    scheme = scheme.lower()
+    if scheme not in SCHEMES:
+        raise ConfigError(f"source {spec!r}: unknown scheme {scheme + '://'!r}; expected one of "
+                          f"{', '.join(s + '://' for s in SCHEMES)}, a camera index, or a path"
+                          + did_you_mean(scheme, SCHEMES))
+    if scheme == "v4l2":
+        dev = rest if rest.startswith("/") else "/" + rest
+        if not re.fullmatch(r"/dev/video\d+", dev):
+            raise ConfigError(f"source {spec!r}: expected v4l2:///dev/videoN")
+        return OpenCVSource(spec, dev, cv2.CAP_V4L2, kind="v4l2", is_live=True, size=size, fps=fps)
+    if scheme == "csi":
+        sensor, _, query = rest.partition("?")
+        if not sensor.isdigit():
+            raise ConfigError(f"source {spec!r}: expected csi://SENSOR_ID, e.g. csi://0")
+        params = _query_params(spec, query, {"width": int, "height": int, "fps": float, "flip": int})
+        _require_gstreamer(f"CSI camera {spec}")
+        cam_fps = params.get("fps", fps or 30.0)
+        pipe = csi_pipeline(int(sensor), width=params.get("width", 1280), height=params.get("height", 720),
+                            fps=cam_fps, flip=params.get("flip", 0), out_size=size)
+        return OpenCVSource(spec, pipe, cv2.CAP_GSTREAMER, kind="csi", is_live=True, fps=cam_fps)
+    if scheme in ("rtsp", "rtsps", "http", "https"):
+        if not rest or rest.startswith("/"):
+            raise ConfigError(f"source {spec!r}: expected {scheme}://HOST[:PORT]/PATH")
+        if scheme.startswith("rtsp") and gstreamer_available():
+            return OpenCVSource(spec, rtsp_pipeline(spec), cv2.CAP_GSTREAMER, kind="rtsp", is_live=True,
+                                size=size, fps=fps)
+        params = (cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, OPEN_TIMEOUT_MS, cv2.CAP_PROP_READ_TIMEOUT_MSEC, READ_TIMEOUT_MS)
+        return OpenCVSource(spec, spec, cv2.CAP_FFMPEG, kind="rtsp" if scheme.startswith("rtsp") else "http",
+                            is_live=True, params=params, size=size, fps=fps)
+    if scheme == "file":
+        if not rest:
+            raise ConfigError(f"source {spec!r}: expected file://PATH")
+        return _path_source(spec, rest, loop=loop, size=size, fps=fps, realtime=realtime)
+    # synthetic
+    name, _, query = rest.partition("?")
+    if name not in SYNTHETIC_SCENES:
+        raise ConfigError(f"source {spec!r}: unknown synthetic scene {name!r}; expected one of "
+                          f"{list(SYNTHETIC_SCENES)}" + did_you_mean(name, SYNTHETIC_SCENES))
+    params = _query_params(spec, query, {"seed": int, "fps": float, "width": int, "height": int})
+    h, w = size or (480, 640)
+    syn_size = _check_size((params.get("height", h), params.get("width", w)))
+    syn_fps = _check_fps(params.get("fps", fps or 30.0))
+    return SyntheticSource(spec, name, seed=params.get("seed", 0), size=syn_size, fps=syn_fps, realtime=realtime)

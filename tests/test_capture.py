@@ -1,0 +1,267 @@
+"""Capture thread: newest-frame semantics, stall watchdog, reconnect with backoff, prompt stop."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import cv2
+import numpy as np
+import pytest
+
+from vlmedge.errors import ConfigError, SourceError
+from vlmedge.runtime.capture import Capture, Frame, frame_checksum
+from vlmedge.runtime.sources import FrameSource, open_source
+
+
+class Camera:
+    """A scripted camera shared by a FakeSource and its clones. mode: ok | repeat | none | block | raise."""
+
+    def __init__(self, mode="ok", period=0.005):
+        self.mode = mode
+        self.open_ok = True
+        self.period = period
+        self.counter = 0
+        self.opens = 0
+        self.closes = 0
+        self.unblock = threading.Event()
+        self.blocked_reads = 0
+        self.last = None
+        self.glitches = 0  # this many reads return None first
+
+    def frame(self):
+        img = np.zeros((24, 32, 3), np.uint8)
+        img[0, 0] = (self.counter % 256, self.counter // 256 % 256, 7)
+        img[12, 16] = 200 + (self.counter % 50)
+        self.counter += 1
+        return img
+
+
+class FakeSource(FrameSource):
+    def __init__(self, cam: Camera, is_live=True):
+        self.cam = cam
+        self.is_live = is_live
+        self.spec = "fake://cam"
+        self.nominal_fps = 1 / cam.period
+
+    def open(self):
+        self.cam.opens += 1
+        if not self.cam.open_ok:
+            raise SourceError("fake camera unplugged")
+
+    def close(self):
+        self.cam.closes += 1
+
+    def clone(self):
+        return FakeSource(self.cam, self.is_live)
+
+    def read(self):
+        cam = self.cam
+        time.sleep(cam.period)
+        if cam.glitches:
+            cam.glitches -= 1
+            return None
+        if cam.mode == "ok":
+            cam.last = cam.frame()
+            return cam.last
+        if cam.mode == "repeat":
+            return cam.last.copy() if cam.last is not None else cam.frame()
+        if cam.mode == "none":
+            return None
+        if cam.mode == "raise":
+            raise RuntimeError("driver error")
+        if cam.mode == "block":
+            cam.blocked_reads += 1
+            cam.unblock.wait(30)
+            return cam.frame()
+        if cam.mode == "end":
+            return None
+        raise AssertionError(cam.mode)
+
+
+def wait_for(cond, timeout=5.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_frames_are_newest_only_and_stamped():
+    cam = Camera(period=0.002)
+    with Capture(FakeSource(cam), stall_timeout=1.0) as cap:
+        f0 = cap.latest(timeout=2)
+        assert isinstance(f0, Frame) and f0.image.shape == (24, 32, 3)
+        assert abs(f0.t_capture_unix_ns - time.time_ns()) < 2e9 and f0.t_capture_ns <= time.monotonic_ns()
+        time.sleep(0.1)  # a slow consumer: many frames replaced meanwhile
+        f1 = cap.latest(after_id=f0.id, timeout=2)
+        assert f1.id > f0.id + 1 and f1.t_capture_ns > f0.t_capture_ns
+        assert cap.dropped >= f1.id - f0.id - 2 and cap.grabbed >= f1.id + 1
+        assert cap.state == "running" and cap.fps > 20
+        assert cap.latest(after_id=10**9, timeout=0.05) is None  # nothing newer than that id
+        stats = cap.stats()
+        assert stats["source_state"] == "running" and stats["grabbed"] >= 2 and stats["frame_age_ms"] is not None
+    assert cap.state == "stopped" and cam.closes >= 1
+
+
+def test_repeated_identical_frames_are_a_stall_and_recovered():
+    cam = Camera()
+    with Capture(FakeSource(cam), stall_timeout=0.3, backoff=(0.05, 0.4)) as cap:
+        first = cap.latest(timeout=2)
+        cam.mode = "repeat"  # read() keeps returning True with the same stale buffer
+        wait_for(lambda: cap.reconnects >= 1, what="a reconnect after repeated frames")
+        assert cap.repeats > 0 and "same image repeated" in cap.last_error
+        stale_id = cap.latest(timeout=0).id
+        cam.mode = "ok"
+        fresh = cap.latest(after_id=stale_id, timeout=3)
+        assert fresh is not None and fresh.id > first.id
+        wait_for(lambda: cap.state == "running", what="running again")
+        assert cam.opens >= 2  # reopened without restarting anything
+
+
+def test_none_and_failed_reopens_back_off_exponentially():
+    cam = Camera()
+    with Capture(FakeSource(cam), stall_timeout=0.5, backoff=(0.02, 0.16)) as cap:
+        cap.latest(timeout=2)
+        cam.open_ok = False
+        cam.mode = "none"  # camera unplugged: read() fails, and reopening fails too
+        wait_for(lambda: len(cap.reconnect_delays) >= 6, what="six reconnect attempts")
+        assert cap.state in ("stalled", "reconnecting")
+        delays = list(cap.reconnect_delays)[:6]
+        assert delays == pytest.approx([0.02, 0.04, 0.08, 0.16, 0.16, 0.16])
+        assert cap.reconnects == 0 and cap.reconnect_attempts >= 5
+        last_id = cap.latest(timeout=0).id
+        cam.open_ok, cam.mode = True, "ok"  # plugged back in
+        fresh = cap.latest(after_id=last_id, timeout=3)
+        assert fresh is not None and fresh.id == last_id + 1
+        assert cap.reconnects == 1
+        cam.mode = "none"  # a later failure starts again at the first delay
+        n = len(cap.reconnect_delays)
+        wait_for(lambda: len(cap.reconnect_delays) > n, what="another reconnect")
+        assert cap.reconnect_delays[n] == pytest.approx(0.02)
+
+
+def test_a_single_failed_read_is_not_a_stall():
+    cam = Camera()
+    with Capture(FakeSource(cam), stall_timeout=1.0, backoff=(0.05, 0.1)) as cap:
+        last = cap.latest(timeout=2).id
+        cam.glitches = 2  # two bad reads in a row (a corrupt packet), then fine again
+        wait_for(lambda: cam.glitches == 0, what="the glitches to be read")
+        assert cap.latest(after_id=last, timeout=2) is not None
+        assert cap.reconnect_attempts == 0 and cap.state == "running"
+        cam.glitches = 3  # three in a row: reconnect
+        wait_for(lambda: cap.reconnects == 1, what="a reconnect")
+
+
+def test_blocking_read_is_abandoned_and_replaced():
+    cam = Camera()
+    cap = Capture(FakeSource(cam), stall_timeout=0.3, backoff=(0.02, 0.1)).start()
+    try:
+        last = cap.latest(timeout=2).id
+        cam.mode = "block"  # read() hangs inside the "driver"
+        wait_for(lambda: cap.state in ("stalled", "reconnecting") and cap.source is not None
+                 and cam.blocked_reads >= 1, what="stall detected")
+        wait_for(lambda: cap.reconnect_attempts >= 1, what="a replacement source")
+        assert "blocked" in (cap.last_error or "")
+        cam.mode = "ok"
+        cam.unblock.set()  # the hung reads return; their threads notice they were abandoned
+        fresh = cap.latest(after_id=last, timeout=3)
+        assert fresh is not None
+        wait_for(lambda: cap.state == "running", what="running")
+        assert cap.reconnects >= 1
+    finally:
+        t0 = time.monotonic()
+        cap.stop()
+        assert time.monotonic() - t0 < 1.5
+
+
+def test_stop_is_prompt_even_when_read_hangs():
+    cam = Camera(mode="block")
+    cap = Capture(FakeSource(cam), stall_timeout=5.0).start()
+    wait_for(lambda: cam.blocked_reads >= 1, what="a hung read")
+    t0 = time.monotonic()
+    cap.stop()
+    assert time.monotonic() - t0 < 1.5
+    assert cap.state == "stopped"
+    assert cap.latest(timeout=0.5) is None  # returns at once after stop
+    closes = cam.closes
+    cam.unblock.set()  # the daemon thread's read returns, and it closes its source itself
+    wait_for(lambda: cam.closes > closes, what="the abandoned reader to close its source")
+
+
+def test_start_failures_and_giving_up():
+    cam = Camera()
+    cam.open_ok = False
+    with pytest.raises(SourceError, match="unplugged"):
+        Capture(FakeSource(cam)).start()
+    cam2 = Camera()
+    cap = Capture(FakeSource(cam2), stall_timeout=0.5, backoff=(0.01, 0.02), max_attempts=3).start()
+    try:
+        cap.latest(timeout=2)
+        cam2.open_ok = False
+        cam2.mode = "raise"
+        wait_for(lambda: cap.state == "failed", what="failed state")
+        assert cap.reconnect_attempts == 3 and "unplugged" in cap.last_error
+        assert cap.latest(after_id=10**9, timeout=5) is None  # does not wait once failed
+    finally:
+        cap.stop()
+    assert cap.state == "failed"
+
+
+def test_bad_options():
+    src = FakeSource(Camera())
+    for kw, words in (({"stall_timeout": 0}, "stall_timeout"), ({"backoff": (2, 1)}, "first <= max"),
+                      ({"backoff": 3}, "backoff must be"), ({"max_attempts": 0}, "max_attempts")):
+        with pytest.raises(ConfigError, match=words):
+            Capture(src, **kw)
+    with pytest.raises(ConfigError, match="FrameSource"):
+        Capture("0")
+
+
+@pytest.fixture
+def video(tmp_path):
+    path = tmp_path / "clip.avi"
+    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 25.0, (64, 48))
+    if not w.isOpened():
+        pytest.skip("MJPG VideoWriter unavailable")
+    for i in range(10):
+        w.write(np.full((48, 64, 3), 20 * i, np.uint8))
+    w.release()
+    return path
+
+
+def test_file_source_ends_and_lossless_delivers_every_frame(video):
+    with Capture(open_source(str(video)), lossless=True) as cap:
+        ids, last = [], None
+        while (f := cap.latest(after_id=last, timeout=3)) is not None:
+            ids.append(f.id)
+            last = f.id
+            time.sleep(0.005)  # slower than decoding: lossless mode must wait for us
+        assert ids == list(range(10)) and cap.dropped == 0
+        assert cap.state == "ended"
+        assert not cap.detect_repeats  # files may legitimately repeat frames
+
+
+def test_looping_file_keeps_going(video):
+    with Capture(open_source(str(video), loop=True)) as cap:
+        wait_for(lambda: cap.grabbed > 25, what="more frames than the file has")
+        assert cap.state == "running"
+
+
+def test_file_read_error_fails(tmp_path):
+    d = tmp_path / "imgs"
+    d.mkdir()
+    cv2.imwrite(str(d / "a.png"), np.zeros((8, 8, 3), np.uint8))
+    (d / "b.png").write_bytes(b"garbage")
+    with Capture(open_source(str(d))) as cap:
+        wait_for(lambda: cap.state == "failed", what="failed")
+        assert "cannot decode image" in cap.last_error
+
+
+def test_checksum():
+    a = np.random.default_rng(0).integers(0, 255, (480, 640, 3), dtype=np.uint8)
+    b = a.copy()
+    assert frame_checksum(a) == frame_checksum(b)
+    b[::10, ::10] += 1
+    assert frame_checksum(a) != frame_checksum(b)

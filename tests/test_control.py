@@ -1,0 +1,218 @@
+"""Control socket over real ZeroMQ sockets on 127.0.0.1: valid and malformed requests."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import pytest
+import zmq
+
+from vlmedge import protocol
+from vlmedge.errors import ConfigError, ProtocolError
+from vlmedge.runtime.control import ControlClient, ControlServer, ControlState, ControlTimeout
+from vlmedge.runtime.zmq_util import CurveClientKeys, CurveServerKeys, create_keys
+
+ADDR = "tcp://127.0.0.1:0"
+
+
+@pytest.fixture
+def served():
+    state = ControlState(queries=["the red cup"], threshold=0.5, status_fn=lambda: {"fps": 9.5, "queries": "x"})
+    server = ControlServer(ADDR, state.handle, max_message_bytes=4096).start()
+    client = ControlClient(server.endpoint, timeout_ms=3000)
+    yield state, server, client
+    client.close()
+    server.close()
+
+
+def test_valid_requests_change_state(served):
+    state, server, client = served
+    assert client.request({"op": "ping"}) == {"ok": True, "op": "ping", "pong": True}
+    r = client.request({"op": "set_queries", "queries": ["the blue ball", "  a   mug "]})
+    assert r["ok"] and r["queries"] == ["the blue ball", "a mug"]
+    assert client.request({"op": "add_query", "query": "a green cube"})["queries"][-1] == "a green cube"
+    v = state.snapshot().version
+    assert client.request({"op": "add_query", "query": "a mug"})["ok"]  # already there: no change
+    assert state.snapshot().version == v
+    assert client.request({"op": "remove_query", "query": "the blue ball"})["queries"] == ["a mug", "a green cube"]
+    assert client.request({"op": "set_threshold", "value": 0.3})["threshold"] == 0.3
+    assert client.request({"op": "set_threshold", "value": 0.8, "query": "a mug"})["thresholds"] == {"a mug": 0.8}
+    assert client.request({"op": "pause"})["paused"] is True
+    snap = state.snapshot()
+    assert snap.queries == ("a mug", "a green cube") and snap.paused and snap.threshold == 0.3
+    assert snap.threshold_for("a mug") == 0.8 and snap.threshold_for("a green cube") == 0.3
+    assert client.request({"op": "resume"})["paused"] is False
+    st = client.request({"op": "status"})
+    assert st["fps"] == 9.5 and st["queries"] == ["a mug", "a green cube"]  # the state wins over status_fn
+    # removing a query drops its threshold override
+    client.request({"op": "remove_query", "query": "a mug"})
+    assert state.snapshot().thresholds == {}
+
+
+BAD = [
+    (b"{not json", "request is not valid JSON"),
+    (bytes(range(256)) * 4, "not UTF-8"),
+    (b"\x00\x01\x02garbage", "not valid JSON"),
+    (b"[1, 2, 3]", "must be a JSON object"),
+    (b'"ping"', "must be a JSON object"),
+    (b'{"op": "set_query", "queries": ["x"]}', "did you mean 'set_queries'"),
+    (b'{"op": 5}', "needs a string field 'op'"),
+    (b'{"op": "set_queries", "queries": "a cup"}', "must be a list of strings"),
+    (b'{"op": "set_queries", "queries": [""]}', "is empty"),
+    (b'{"op": "set_queries", "queries": [null]}', "must be a string"),
+    (json.dumps({"op": "set_queries", "queries": [f"q{i}" for i in range(40)]}).encode(), "the limit is 16"),
+    (json.dumps({"op": "add_query", "query": "y" * 300}).encode(), "the limit is 200"),
+    (b'{"op": "set_threshold", "value": -0.1}', "in [0, 1]"),
+    (b'{"op": "set_threshold", "value": 0.5, "query": "a dog"}', "'a dog' is not an active query"),
+    (b'{"op": "remove_query", "query": "the red cap"}', "did you mean 'the red cup'"),
+    (b'{"op": "pause", "now": true}', "unknown field(s) ['now']"),
+    (b'{"op": "ping"}' + b" " * 5000, "5014 bytes; the limit is 4096"),
+    (b"", "not valid JSON"),
+]
+
+
+@pytest.mark.parametrize("data, words", BAD, ids=[w for _, w in BAD])
+def test_malformed_requests_get_an_error_and_change_nothing(served, data, words):
+    state, server, client = served
+    before = state.snapshot()
+    reply = client.send_raw(data)
+    assert reply["ok"] is False and words in reply["error"], reply
+    assert state.snapshot() == before
+    assert client.request({"op": "ping"})["ok"]  # still serving
+
+
+def test_too_many_queries_via_add(served):
+    state, _, client = served
+    client.request({"op": "set_queries", "queries": [f"q{i}" for i in range(protocol.MAX_QUERIES)]})
+    before = state.snapshot()
+    r = client.request({"op": "add_query", "query": "one more"})
+    assert not r["ok"] and "the limit is 16" in r["error"] and state.snapshot() == before
+
+
+def test_huge_message_drops_the_peer_and_client_recovers(served):
+    state, server, client = served
+    client.timeout_ms = 500
+    with pytest.raises(ControlTimeout, match="no reply from control server"):
+        client.send_raw(b"x" * (4 * 4096 + 1))  # over ZMQ_MAXMSGSIZE: libzmq disconnects us
+    client.timeout_ms = 3000
+    assert client.request({"op": "ping"})["ok"]  # lazy pirate: a fresh socket works
+
+
+def test_client_validates_before_sending(served):
+    _, server, client = served
+    served_before = server.served
+    with pytest.raises(ProtocolError, match="did you mean 'pause'"):
+        client.request({"op": "paus"})
+    assert server.served == served_before
+
+
+def test_handler_bugs_and_multipart_are_answered():
+    calls = []
+
+    def handler(req):
+        calls.append(req)
+        if req["op"] == "pause":
+            raise KeyError("boom")
+        return {"n": len(calls)}
+
+    with ControlServer(ADDR, handler) as server:  # polled from "the app loop", no thread
+        ctx = zmq.Context()
+        req = ctx.socket(zmq.REQ)
+        req.connect(server.endpoint)
+        try:
+            assert server.poll_once(0) is False
+            for payload, check in (
+                    ([b'{"op": "pause"}'], lambda r: not r["ok"] and "internal error: KeyError" in r["error"]),
+                    ([b'{"op": "ping"}', b"more"], lambda r: not r["ok"] and "multipart" in r["error"]),
+                    ([b'{"op": "status"}'], lambda r: r == {"ok": True, "op": "status", "n": 2})):
+                req.send_multipart(payload)
+                assert server.poll_once(2000) is True
+                assert req.poll(2000)
+                assert check(json.loads(req.recv())), payload
+        finally:
+            req.close(linger=0)
+            ctx.term()
+    assert server.served == 3 and server.errors == 2
+
+
+def test_server_thread_is_responsive_under_concurrent_clients(served):
+    state, server, _ = served
+    errors = []
+
+    def worker(i):
+        try:
+            with ControlClient(server.endpoint, timeout_ms=5000) as c:
+                for j in range(10):
+                    assert c.request({"op": "add_query", "query": f"w{i}-{j % 3}"})["ok"]
+                    assert not c.send_raw(b'{"op": "set_threshold", "value": 7}')["ok"]
+        except Exception as e:  # surfaced below
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert not errors
+    assert len(state.snapshot().queries) == 1 + 9
+
+
+def test_constructor_errors():
+    with pytest.raises(ConfigError, match="needs a handler"):
+        ControlServer(ADDR)
+    with pytest.raises(ConfigError, match="duplicates"):
+        ControlState(queries=["a", "a"])
+    with pytest.raises(ConfigError, match=r"in \[0, 1\]"):
+        ControlState(threshold=2)
+
+
+@pytest.mark.skipif(not zmq.has("curve"), reason="libzmq built without CURVE")
+def test_curve_control(tmp_path):
+    keys = create_keys(tmp_path / "k", clients=("operator",))
+    other = create_keys(tmp_path / "o", server="s2", clients=("intruder",))
+    state = ControlState(queries=["a cup"])
+    with ControlServer(ADDR, state.handle, curve=CurveServerKeys(keys["server_secret"], keys["clients_dir"])) as srv:
+        srv.start()
+        ok = ControlClient(srv.endpoint, timeout_ms=3000,
+                           curve=CurveClientKeys(keys["operator_secret"], keys["server_public"]))
+        bad = ControlClient(srv.endpoint, timeout_ms=400,
+                            curve=CurveClientKeys(other["intruder_secret"], keys["server_public"]))
+        plain = ControlClient(srv.endpoint, timeout_ms=400)
+        try:
+            assert ok.request({"op": "set_queries", "queries": ["a mug"]})["ok"]
+            for c in (bad, plain):
+                with pytest.raises(ControlTimeout):
+                    c.request({"op": "set_queries", "queries": ["evil"]})
+            assert state.snapshot().queries == ("a mug",)
+        finally:
+            for c in (ok, bad, plain):
+                c.close()
+
+
+def test_vlmedge_send_cli(served, capsys):
+    from vlmedge.cli import main
+
+    state, server, _ = served
+    assert main(["send", server.endpoint, "set_queries", "the blue ball", "a mug"]) == 0
+    out = capsys.readouterr().out
+    assert json.loads(out)["queries"] == ["the blue ball", "a mug"]
+    assert main(["send", server.endpoint, "set_threshold", "0.25", "a mug"]) == 0
+    assert state.snapshot().threshold_for("a mug") == 0.25
+    assert main(["send", server.endpoint, "--json", '{"op": "pause"}']) == 0
+    assert state.snapshot().paused
+    capsys.readouterr()
+    assert main(["send", server.endpoint, "set_threshold", "high"]) == 1  # refused locally
+    assert "number" in capsys.readouterr().err
+    assert main(["send", server.endpoint, "remove_query", "a cat"]) == 1  # refused by the server
+    assert "not an active query" in capsys.readouterr().out
+    t0 = time.monotonic()
+    assert main(["send", "tcp://127.0.0.1:1", "ping", "--timeout", "0.3"]) == 1
+    assert time.monotonic() - t0 < 3
+
+
+def test_poll_once_refused_while_threaded(served):
+    _, server, _ = served
+    with pytest.raises(ConfigError, match="own thread"):
+        server.poll_once(0)
