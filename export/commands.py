@@ -1,0 +1,96 @@
+"""CLI sub-commands ``export``, ``verify`` and ``build-engine``. Torch-free at import time:
+the heavy modules are imported inside the handlers."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from vlmedge.manifest import DENSE_HEADS, PRECISIONS, TARGETS
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "export", help="export a CLIP checkpoint to a self-describing ONNX bundle",
+        description="Export a CLIP checkpoint (Hugging Face dir or id, OpenAI/OpenCLIP state dict, or a vlmedge "
+                    "native dir) into a bundle directory: ONNX image and text encoders, tokenizer, manifest.json "
+                    "with sha256 of every file. The bundle is written atomically.")
+    p.add_argument("source", help="checkpoint path or hub id")
+    p.add_argument("--out", required=True, help="bundle directory to create")
+    p.add_argument("--image-size", default=None, metavar="H[xW]",
+                   help="export input size, a multiple of the patch size (default: the model's native size)")
+    p.add_argument("--dense", default="naive", metavar="NAME",
+                   help=f"dense (patch) head: {', '.join(DENSE_HEADS)} (default: naive)")
+    p.add_argument("--precision", default="fp32", metavar="P",
+                   help=f"{', '.join(PRECISIONS)} (default: fp32; int8 = static QDQ calibrated on --calib; "
+                        "fp16 = GPU targets only)")
+    p.add_argument("--target", default="cpu", metavar="T",
+                   help=f"{', '.join(TARGETS)} (default: cpu); picks opset, static shapes and the int8 scheme")
+    p.add_argument("--calib", default="synthetic", metavar="PATH|synthetic",
+                   help="int8 calibration frames: an image folder, a video file, or 'synthetic' scenes (default)")
+    p.add_argument("--calib-count", type=int, default=None, metavar="N", help="calibration frames (default: 32)")
+    p.add_argument("--vocab", default=None, metavar="FILE",
+                   help="commands, one per line, whose text embeddings are stored in the bundle")
+    p.add_argument("--preprocess", default=None, metavar="MODE",
+                   help="shortest-crop (CLIP recipe) or full-frame (default: the checkpoint's recipe)")
+    p.add_argument("--force", action=argparse.BooleanOptionalAction, default=False,
+                   help="replace an existing bundle in --out")
+    p.set_defaults(func=_export)
+
+    v = subparsers.add_parser(
+        "verify", help="check a bundle's hashes and encoders (and parity vs its source)",
+        description="Check every file's size and sha256 and the manifest, run both encoders on sample inputs "
+                    "(shapes, L2 normalization); with --against, report parity and latency vs PyTorch eager.")
+    v.add_argument("bundle", help="bundle directory")
+    v.add_argument("--against", default=None, metavar="SOURCE", help="the checkpoint the bundle came from")
+    v.add_argument("--runs", type=int, default=10, help="timed runs for the latency figures (default: 10)")
+    v.add_argument("--json", action=argparse.BooleanOptionalAction, default=False, help="print the report as JSON")
+    v.set_defaults(func=_verify)
+
+    b = subparsers.add_parser(
+        "build-engine", help="build a TensorRT engine for a bundle's image encoder (on the device)",
+        description="Parse the bundle's image_encoder.onnx with TensorRT and write "
+                    "image_encoder.trt<ver>.sm<cc>.<precision>.engine plus a JSON sidecar into the bundle. "
+                    "Needs a CUDA GPU and TensorRT >= 8.5 Python bindings.")
+    b.add_argument("bundle", help="bundle directory")
+    g = b.add_mutually_exclusive_group()
+    g.add_argument("--fp16", dest="precision", action="store_const", const="fp16", help="fp16 kernels (default)")
+    g.add_argument("--int8", dest="precision", action="store_const", const="int8",
+                   help="int8 from the bundle's QDQ scales (needs an int8 bundle for a GPU target)")
+    g.add_argument("--fp32", dest="precision", action="store_const", const="fp32", help="fp32 only")
+    b.add_argument("--workspace", type=int, default=1024, metavar="MB", help="builder workspace (default: 1024)")
+    b.add_argument("--max-batch", type=int, default=8, help="largest batch for dynamic-batch bundles (default: 8)")
+    b.add_argument("--out-dir", default=None, help="where to write the engine (default: the bundle)")
+    b.set_defaults(func=_build_engine, precision="fp16")
+
+
+def _export(args) -> int:
+    from .bundle import DEFAULT_CALIB_COUNT, export_bundle, summarize
+
+    manifest = export_bundle(
+        args.source, args.out, image_size=args.image_size, dense=args.dense, precision=args.precision,
+        target=args.target, calib=args.calib, calib_count=args.calib_count or DEFAULT_CALIB_COUNT,
+        vocab=args.vocab, preprocess_mode=args.preprocess, force=args.force)
+    print(summarize(manifest, args.out))
+    return 0
+
+
+def _verify(args) -> int:
+    from .verify import verify_bundle
+
+    report = verify_bundle(args.bundle, against=args.against, runs=max(1, args.runs))
+    if args.json:
+        print(json.dumps({"bundle": report.bundle, "checks": report.checks, "parity": report.parity,
+                          "latency_ms": report.latency_ms}, indent=2))
+    else:
+        print(report.summary())
+    return 0
+
+
+def _build_engine(args) -> int:
+    from .tensorrt import build_engine
+
+    engine = build_engine(args.bundle, precision=args.precision, workspace_mb=args.workspace,
+                          max_batch=args.max_batch, out_dir=args.out_dir)
+    print(f"wrote {engine} and {engine.name}.json")
+    return 0

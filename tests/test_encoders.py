@@ -1,0 +1,108 @@
+"""runtime.encoders.BundleEncoders: torch-free import, input validation, providers, threads."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    import torch
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from _bundles import tiny_clip
+
+    from vlmedge.export.bundle import export_bundle
+
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("e") / "bundle"
+    export_bundle(tiny_clip(seed=5), out, vocab=["the red cup", "a blue ball", "background"])
+    return out
+
+
+def test_runtime_encoders_and_export_commands_import_without_torch():
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "import vlmedge, vlmedge.runtime, vlmedge.runtime.encoders, vlmedge.export.commands\n"
+            "import vlmedge.export.verify\n"
+            "from vlmedge.cli import build_parser; build_parser()\n"
+            "print('ok')")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
+
+
+def test_encodes_images_and_texts(bundle):
+    from vlmedge.runtime.encoders import BundleEncoders
+
+    enc = BundleEncoders(bundle)
+    assert enc.image_size == (64, 64) and enc.embed_dim == 32 and enc.providers == ["CPUExecutionProvider"]
+    x = np.random.default_rng(0).normal(0, 1, (2, 3, 64, 64)).astype(np.float32)
+    img, patches = enc.encode_image(x)
+    assert img.dtype == np.float32 and img.shape == (2, 32) and patches.shape == (2, 8, 8, 32)
+    assert np.allclose(np.linalg.norm(img, axis=-1), 1, atol=1e-5)
+    assert np.allclose(np.linalg.norm(patches, axis=-1), 1, atol=1e-5)
+    one, _ = enc.encode_image(x[:1])
+    assert np.abs(one - img[:1]).max() < 1e-5  # batch entries are independent
+    texts = enc.encode_text(["the red cup", "a blue ball"])
+    assert texts.shape == (2, 32) and texts.dtype == np.float32
+    assert np.array_equal(texts, enc.encode_ids(enc.tokenizer.encode(["the red cup", "a blue ball"])))
+    assert not np.allclose(texts[0], texts[1])
+    queries, embeds = enc.text_embeddings()
+    assert queries == ["the red cup", "a blue ball", "background"]
+    assert np.abs(embeds[:2] - texts).max() < 1e-5
+
+
+@pytest.mark.parametrize("bad", [
+    np.zeros((1, 3, 32, 32), np.float32), np.zeros((3, 64, 64), np.float32), np.zeros((1, 3, 64, 64), np.float64),
+    np.zeros((0, 3, 64, 64), np.float32), [[0.0]],
+])
+def test_bad_pixels_are_input_errors(bundle, bad):
+    from vlmedge.errors import InputError
+    from vlmedge.runtime.encoders import BundleEncoders
+
+    with pytest.raises(InputError, match="pixel_values"):
+        BundleEncoders(bundle).encode_image(bad)
+
+
+def test_bad_texts_and_ids_are_input_errors(bundle):
+    from vlmedge.errors import InputError
+    from vlmedge.runtime.encoders import BundleEncoders
+
+    enc = BundleEncoders(bundle)
+    for bad in ("the red cup", [], [1, 2], None):
+        with pytest.raises(InputError, match="texts"):
+            enc.encode_text(bad)
+    with pytest.raises(InputError, match=r"int64 \[N,16\]"):
+        enc.encode_ids(np.zeros((1, 77), np.int64))
+    with pytest.raises(InputError, match="int64"):
+        enc.encode_ids(np.zeros((1, 16), np.int32))
+
+
+def test_missing_provider_is_backend_unavailable(bundle):
+    import onnxruntime as ort
+
+    from vlmedge.errors import BackendUnavailable
+    from vlmedge.runtime.encoders import BundleEncoders, choose_providers
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this onnxruntime has CUDA")
+    with pytest.raises(BackendUnavailable, match="CUDAExecutionProvider.*onnxruntime-gpu"):
+        BundleEncoders(bundle, providers=["CUDAExecutionProvider"])
+    assert choose_providers("cuda", None) == ["CPUExecutionProvider"]  # best available, with a warning
+    assert choose_providers("cpu", ["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
+
+
+def test_threads_default_to_physical_cores(bundle):
+    from vlmedge.runtime.encoders import BundleEncoders, physical_cores
+
+    n = physical_cores()
+    assert 1 <= n <= len(os.sched_getaffinity(0))
+    assert BundleEncoders(bundle).threads == n
+    assert BundleEncoders(bundle, threads=1, verify=False).threads == 1

@@ -1,0 +1,221 @@
+"""int8 static QDQ and fp16 bundles, and the calibration readers (image folder, video, synthetic)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import onnx
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _bundles import tiny_clip  # noqa: E402
+
+from vlmedge.errors import ConfigError, InputError  # noqa: E402
+from vlmedge.export import calibration  # noqa: E402
+from vlmedge.export.bundle import export_bundle  # noqa: E402
+from vlmedge.export.quantize import Int8Recipe, qdq_report  # noqa: E402
+from vlmedge.export.verify import agreement, cosine_rows  # noqa: E402
+from vlmedge.preprocess import preprocess  # noqa: E402
+from vlmedge.runtime.encoders import BundleEncoders  # noqa: E402
+from vlmedge.spec import PreprocessSpec  # noqa: E402
+
+torch.set_num_threads(1)
+QUERIES = ["the red cup", "a blue ball", "the green bottle", "a yellow box", "background", "a table"]
+
+
+@pytest.fixture(scope="module")
+def bundles(tmp_path_factory):
+    root = tmp_path_factory.mktemp("q")
+    model = tiny_clip(seed=2)
+    return {
+        "fp32": (export_bundle(model, root / "fp32"), root / "fp32"),
+        "int8": (export_bundle(model, root / "int8", precision="int8", calib_count=16), root / "int8"),
+        "int8-trt": (export_bundle(model, root / "int8-trt", precision="int8", target="jetson-orin-jp6",
+                                   calib_count=16), root / "int8-trt"),
+        "fp16": (export_bundle(model, root / "fp16", precision="fp16", target="cuda"), root / "fp16"),
+    }
+
+
+def _eval_pixels(spec, n: int = 6) -> np.ndarray:
+    """Held-out synthetic scenes (the calibration distribution, other seeds)."""
+    frames = calibration.frames_synthetic(n, seed=5000)
+    return np.concatenate([preprocess(f, spec) for f in frames])
+
+
+def _compare(bundles, name: str) -> dict:
+    ref = BundleEncoders(bundles["fp32"][1], providers=["CPUExecutionProvider"])
+    test = BundleEncoders(bundles[name][1], providers=["CPUExecutionProvider"])
+    pixels = _eval_pixels(ref.manifest.preprocess)
+    return agreement(ref.encode_image(pixels), test.encode_image(pixels), ref.encode_text(QUERIES))
+
+
+@pytest.mark.parametrize("name", ["int8", "int8-trt"])
+def test_int8_matches_fp32_on_calibration_like_frames(bundles, name):
+    rep = _compare(bundles, name)
+    print(f"{name}: {rep}")  # measured figures, visible with -s
+    assert rep["image_cosine_mean"] >= 0.99 and rep["image_cosine_min"] >= 0.99
+    assert rep["patch_argmax_agreement"] >= 0.95
+    m = bundles[name][0]
+    stored = m.extra["int8_report"]  # the export measured it too, on its own held-out frames
+    # (10 report queries on a random model: the per-patch label margins are tiny, so a looser bound)
+    assert stored["image_cosine_min"] >= 0.99 and stored["patch_argmax_agreement"] >= 0.93
+    assert m.extra["encoder_precision"] == {"image": "int8", "text": "fp32"}
+    assert m.extra["int8"]["calibration"]["frames"] == 16
+
+
+def _check_qdq_counts(rep: dict, layers: int = 2) -> None:
+    assert rep["QuantizeLinear"] > 0 and rep["DequantizeLinear"] > 0
+    # every weight MatMul (q, k, v, out, fc1, fc2 per block + final projection) reads int8 inputs
+    # (static-batch graphs hold them as Gemm after the basic optimization)
+    quantized = rep["quantized"].get("MatMul", 0) + rep["quantized"].get("Gemm", 0)
+    assert quantized >= layers * 6 + 1
+    assert rep["weight_matmuls"] == quantized  # q @ k^T and attn @ v stay float
+    assert rep["float"].get("MatMul", 0) == 2 * layers
+    for op in ("LayerNormalization", "Softmax", "Sigmoid", "ReduceL2", "Conv"):
+        assert op not in rep["quantized"], f"{op} must stay float"
+        assert rep["float"].get(op, 0) > 0
+
+
+def test_int8_qdq_graph_quantizes_weight_matmuls_and_keeps_norms_float(bundles):
+    """The TensorRT-target bundle keeps the QDQ graph itself: count its nodes."""
+    path = bundles["int8-trt"][1] / "image_encoder.onnx"
+    rep = qdq_report(path)
+    _check_qdq_counts(rep)
+    assert bundles["int8-trt"][0].extra["int8"]["form"] == "QDQ"
+    graph = onnx.load(str(path)).graph
+    # per-channel weights: the weight DequantizeLinear scales are vectors
+    inits = {i.name: i for i in graph.initializer}
+    producer = {o: n for n in graph.node for o in n.output}
+    weight_dq = [producer[n.input[1]] for n in graph.node if n.op_type in ("MatMul", "Gemm")
+                 and n.input[1] in producer and producer[n.input[1]].op_type == "DequantizeLinear"]
+    assert len(weight_dq) == rep["weight_matmuls"]
+    assert all(len(inits[dq.input[1]].dims) == 1 and inits[dq.input[1]].dims[0] > 1 for dq in weight_dq)
+
+
+def test_int8_cpu_bundle_is_ort_fused_form_of_the_same_quantization(bundles):
+    m, path = bundles["int8"]
+    _check_qdq_counts(m.extra["int8"]["qdq"])  # the QDQ graph it was fused from
+    assert m.extra["int8"]["form"].startswith("onnxruntime-cpu")
+    graph = onnx.load(str(path / "image_encoder.onnx")).graph
+    ops = [n.op_type for n in graph.node]
+    assert ops.count("MatMulIntegerToFloat") == m.extra["int8"]["qdq"]["weight_matmuls"]
+    assert "DequantizeLinear" not in ops and "LayerNormalization" in ops and "Softmax" in ops
+    inits = {i.name: i for i in graph.initializer}
+    # biases folded into the int8 MatMuls (2 layers x 6 projections with bias)
+    assert sum(1 for n in graph.node if n.op_type == "MatMulIntegerToFloat" and len(n.input) == 7) == 12
+    # uint8 activations (U8S8, the fast x86 path) and int8 weights
+    zps = {inits[n.input[2]].data_type for n in graph.node if n.op_type == "QuantizeLinear"}
+    assert zps == {onnx.TensorProto.UINT8}
+    assert {inits[n.input[1]].data_type for n in graph.node if n.op_type == "MatMulIntegerToFloat"} == \
+        {onnx.TensorProto.INT8}
+    text_ops = {n.op_type for n in onnx.load(str(path / "text_encoder.onnx")).graph.node}
+    assert "QuantizeLinear" not in text_ops and "MatMulIntegerToFloat" not in text_ops
+
+
+def test_tensorrt_int8_is_symmetric_and_static(bundles):
+    m, path = bundles["int8-trt"]
+    graph = onnx.load(str(path / "image_encoder.onnx")).graph
+    inits = {i.name: i for i in graph.initializer}
+    zps = [onnx.numpy_helper.to_array(inits[n.input[2]]) for n in graph.node if n.op_type == "QuantizeLinear"]
+    assert zps and all(z.dtype == np.int8 and not z.any() for z in zps)  # int8, zero point 0
+    assert m.image_encoder.inputs[0].shape == (1, 3, 64, 64)
+    assert m.extra["int8"]["recipe"]["symmetric_activations"] is True
+
+
+def test_fp16_bundle_runs_on_cpu_with_float32_io(bundles):
+    m, path = bundles["fp16"]
+    model = onnx.load(str(path / "image_encoder.onnx"))
+    assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert all(o.type.tensor_type.elem_type == onnx.TensorProto.FLOAT for o in model.graph.output)
+    assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in model.graph.initializer)
+    # LayerNorm kept in float32: its weights are float32
+    inits = {i.name: i for i in model.graph.initializer}
+    ln = [n for n in model.graph.node if n.op_type == "LayerNormalization"]
+    assert ln and all(inits[n.input[1]].data_type == onnx.TensorProto.FLOAT for n in ln)
+    rep = _compare(bundles, "fp16")
+    assert rep["image_cosine_min"] >= 0.999 and rep["patch_cosine_min"] >= 0.99
+    assert m.extra["encoder_precision"] == {"image": "fp16", "text": "fp16"}
+    text = BundleEncoders(path, providers=["CPUExecutionProvider"]).encode_text(QUERIES)
+    ref = BundleEncoders(bundles["fp32"][1]).encode_text(QUERIES)
+    assert cosine_rows(text, ref).min() >= 0.999
+
+
+def test_calibration_from_image_folder_and_video(tmp_path):
+    frames = calibration.frames_synthetic(6, seed=11)
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i, f in enumerate(frames):
+        cv2.imwrite(str(folder / f"{i:03d}.png"), f)
+    (folder / "readme.txt").write_text("not an image")
+    got = calibration.calibration_frames(folder, 4)
+    assert len(got) == 4 and all(g.shape == (480, 640, 3) for g in got)
+    assert np.array_equal(got[0], frames[0]) and np.array_equal(got[-1], frames[5])  # spread over the folder
+
+    video = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10, (640, 480))
+    assert writer.isOpened()
+    for _ in range(3):
+        for f in frames:
+            writer.write(f)
+    writer.release()
+    vid = calibration.calibration_frames(video, 5)
+    assert len(vid) == 5 and vid[0].shape == (480, 640, 3)
+
+    spec = PreprocessSpec(size=(64, 64))
+    reader = calibration.frame_reader(got, spec)
+    first = reader.get_next()["pixel_values"]
+    assert first.shape == (1, 3, 64, 64) and first.dtype == np.float32
+    assert np.array_equal(first, preprocess(got[0], spec))  # the runtime's own preprocessing
+    n = 1 + sum(1 for _ in iter(reader.get_next, None))
+    assert n == 4
+    reader.rewind()
+    assert np.array_equal(reader.get_next()["pixel_values"], first)
+
+
+def test_calibration_errors(tmp_path):
+    with pytest.raises(InputError, match="no images"):
+        calibration.calibration_frames(tmp_path, 4)
+    with pytest.raises(ConfigError, match="neither"):
+        calibration.calibration_frames(tmp_path / "missing", 4)
+    with pytest.raises(ConfigError, match="calib_count"):
+        calibration.calibration_frames("synthetic", 0)
+    with pytest.raises(ConfigError, match="activation"):
+        Int8Recipe(activation="uint8", symmetric_activations=True)
+
+
+def test_int8_export_from_an_image_folder(tmp_path):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i, f in enumerate(calibration.frames_synthetic(5, seed=300)):
+        cv2.imwrite(str(folder / f"{i}.jpg"), f)
+    m = export_bundle(tiny_clip(seed=2), tmp_path / "b", precision="int8", calib=folder, calib_count=5,
+                      preprocess_mode="full-frame")
+    assert m.extra["int8"]["calibration"] == {"source": str(folder), "frames": 5,
+                                              "preprocess": m.preprocess.to_dict()}
+    assert m.preprocess.mode == "full-frame"
+    assert m.extra["int8_report"]["image_cosine_min"] >= 0.99
+
+
+def test_int8_on_the_trained_demo_model_when_present(tmp_path):
+    """The acceptance bound on a trained model (skipped until `vlmedge train-demo` has been run)."""
+    from vlmedge.errors import ArtifactError
+    from vlmedge.runtime.assets import embedded_model_dir
+
+    try:
+        src = embedded_model_dir()
+    except ArtifactError as e:
+        pytest.skip(str(e))
+    fp32 = tmp_path / "fp32"
+    export_bundle(src, fp32)
+    m = export_bundle(src, tmp_path / "int8", precision="int8", calib_count=32)
+    ref = BundleEncoders(fp32)
+    test = BundleEncoders(tmp_path / "int8")
+    pixels = _eval_pixels(ref.manifest.preprocess, n=8)
+    queries = QUERIES + ["a red cup", "a blue bowl", "a green bottle"]
+    rep = agreement(ref.encode_image(pixels), test.encode_image(pixels), ref.encode_text(queries))
+    print(f"demo model int8: {rep}; export report {m.extra['int8_report']}")
+    assert rep["image_cosine_min"] >= 0.99 and rep["patch_argmax_agreement"] >= 0.95

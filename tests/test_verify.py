@@ -1,0 +1,108 @@
+"""Damaged bundles are refused at load with an error naming the file and the problem;
+verify_bundle checks encoders and reports parity against the torch source."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _bundles import tiny_clip  # noqa: E402
+
+from vlmedge.errors import ArtifactError  # noqa: E402
+from vlmedge.export.bundle import export_bundle  # noqa: E402
+from vlmedge.export.verify import verify_bundle  # noqa: E402
+from vlmedge.manifest import open_bundle  # noqa: E402
+from vlmedge.runtime.encoders import BundleEncoders  # noqa: E402
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_clip(seed=4)
+
+
+@pytest.fixture(scope="module")
+def pristine(model, tmp_path_factory):
+    out = tmp_path_factory.mktemp("v") / "bundle"
+    export_bundle(model, out, vocab=["the red cup", "a blue ball"])
+    return out
+
+
+@pytest.fixture
+def bundle(pristine, tmp_path):
+    copy = tmp_path / "bundle"
+    shutil.copytree(pristine, copy)
+    return copy
+
+
+def _refused(bundle: Path, *patterns: str) -> None:
+    for load in (open_bundle, BundleEncoders, verify_bundle):
+        with pytest.raises(ArtifactError) as err:
+            load(bundle)
+        for p in patterns:
+            assert p in str(err.value), f"{load.__name__}: {err.value}"
+
+
+def test_pristine_bundle_verifies(pristine, model):
+    report = verify_bundle(pristine, against=model, runs=2)
+    text = report.summary()
+    assert "sha256 match" in text and "unit norm" in text and "text_embeddings: 2 queries" in text
+    assert report.parity["image_max_abs"] <= 1e-4 and report.parity["patch_max_abs"] <= 1e-4
+    assert report.parity["text_max_abs"] <= 1e-4 and report.parity["image_cosine_min"] > 0.9999
+    assert report.latency_ms["onnxruntime"] > 0 and report.latency_ms["torch_eager"] > 0
+
+
+def test_truncated_file_is_refused(bundle):
+    f = bundle / "image_encoder.onnx"
+    f.write_bytes(f.read_bytes()[:-100])
+    _refused(bundle, str(f), "truncated")
+
+
+def test_tampered_file_is_refused(bundle):
+    f = bundle / "text_encoder.onnx"
+    data = bytearray(f.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same size, different content
+    f.write_bytes(bytes(data))
+    _refused(bundle, str(f), "sha256 mismatch")
+
+
+def test_missing_file_is_refused(bundle):
+    (bundle / "tokenizer.json").unlink()
+    _refused(bundle, str(bundle / "tokenizer.json"), "missing")
+
+
+def test_unknown_format_version_is_refused(bundle):
+    path = bundle / "manifest.json"
+    data = json.loads(path.read_text())
+    data["format_version"] = 99
+    path.write_text(json.dumps(data))
+    _refused(bundle, str(path), "unknown format_version 99")
+
+
+def test_manifest_that_is_not_json_is_refused(bundle):
+    (bundle / "manifest.json").write_text("{not json")
+    _refused(bundle, "manifest.json", "not valid JSON")
+
+
+def test_stored_text_embeddings_that_disagree_are_refused(bundle):
+    """A bundle re-hashed after editing text_embeddings.npz passes the hash check, not verify."""
+    from vlmedge.manifest import file_entry
+
+    npz = bundle / "text_embeddings.npz"
+    with np.load(npz) as z:
+        queries, embeds = z["queries"], z["embeds"]
+    np.savez(npz, queries=queries, embeds=embeds[::-1].copy())
+    data = json.loads((bundle / "manifest.json").read_text())
+    data["files"]["text_embeddings.npz"] = file_entry(npz)
+    (bundle / "manifest.json").write_text(json.dumps(data))
+    open_bundle(bundle)  # hashes are consistent again
+    with pytest.raises(ArtifactError, match="disagree with the text encoder"):
+        verify_bundle(bundle)
