@@ -1,0 +1,429 @@
+"""``vlmedge bench BUNDLE``: measure a bundle on this machine and check the runtime targets.
+
+Measured (all in this process, which stays torch-free):
+
+* encoder: ``encode_image`` on one preprocessed frame, ``frames`` runs after a warm-up: mean/p50/p99 ms.
+* pipeline: the real ``vlmedge run`` loop (capture thread -> Grounder -> Publisher on a loopback port,
+  control socket polled) on a video source played at its frame rate like a camera. Without
+  ``--source`` a temporary MJPG video of synthetic scenes is written (in a child process, so scene
+  rendering does not count in the memory figures) at 30 fps, or 1.5x the encoder's rate when that is
+  higher, so the model is the bottleneck. Steady throughput (fps) and capture-to-publish latency
+  (``Frame.t_capture_ns`` -> after the publish call) p50/p99.
+* query switch: while the pipeline runs, a REQ client sends ``set_queries`` and a SUB client checks
+  that every targets message published after the reply carries the new query.
+* memory: VmRSS and VmHWM (peak) from /proc/self/status at the end.
+* torch eager (``--torch-baseline SOURCE``, when torch is installed): ``load_clip`` + ``encode_image``
+  timed in a SUBPROCESS (``python -m vlmedge.runtime.bench --torch-worker``).
+
+Targets checked (PASS/FAIL lines): pipeline fps >= 90% of the encoder rate; capture-to-publish p99
+<= 1.5x encoder p50; a new query takes effect on the next frame; peak resident memory <= 350 MB.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from vlmedge.errors import BackendUnavailable, ConfigError
+
+log = logging.getLogger(__name__)
+
+THROUGHPUT_RATIO = 0.90
+LATENCY_RATIO = 1.5
+MEMORY_LIMIT_MB = 350.0
+SWITCH_QUERY = "a blue ball"
+
+
+def _stats_ms(samples: list[float]) -> dict:
+    a = np.asarray(samples, dtype=np.float64)
+    return {"mean_ms": round(float(a.mean()), 3), "p50_ms": round(float(np.percentile(a, 50)), 3),
+            "p99_ms": round(float(np.percentile(a, 99)), 3), "n": int(a.size)}
+
+
+def memory_mb() -> dict:
+    """VmRSS and VmHWM of this process in MB (Linux; empty elsewhere)."""
+    out = {}
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key in ("VmRSS", "VmHWM"):
+                    out[key] = round(int(value.split()[0]) / 1024, 1)  # kB -> MB
+    except OSError:
+        pass
+    return out
+
+
+def time_encoder(encoders, pixels: np.ndarray, frames: int, warmup: int = 5) -> list[float]:
+    """Milliseconds of ``frames`` encode_image calls after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        encoders.encode_image(pixels)
+    times = []
+    for _ in range(frames):
+        t = time.perf_counter()
+        encoders.encode_image(pixels)
+        times.append((time.perf_counter() - t) * 1e3)
+    return times
+
+
+def bench_encoder(encoders, pixels: np.ndarray, frames: int, warmup: int = 5) -> dict:
+    return _stats_ms(time_encoder(encoders, pixels, frames, warmup))
+
+
+def write_synthetic_video(path: Path, frames: int, fps: float, size=(480, 640)) -> Path:
+    """An MJPG .avi of moving synthetic tabletop scenes."""
+    import cv2
+
+    from .synthetic import TabletopStream
+
+    stream = TabletopStream(seed=0, size=size, fps=fps)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (size[1], size[0]))
+    if not writer.isOpened():
+        raise BackendUnavailable("an OpenCV video writer (MJPG/.avi)", "this OpenCV build cannot write videos")
+    try:
+        for _ in range(frames):
+            frame, _ = stream.read()
+            writer.write(frame)
+    finally:
+        writer.release()
+    return path
+
+
+def write_synthetic_video_subprocess(path: Path, frames: int, fps: float) -> Path:
+    """``write_synthetic_video`` in a child process, so that rendering does not count in this process's
+    memory figures (a camera or file source needs none of it)."""
+    cmd = [sys.executable, "-m", "vlmedge.runtime.bench", "--write-video",
+           json.dumps({"path": str(path), "frames": int(frames), "fps": float(fps)})]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    if proc.returncode != 0 or not path.is_file():
+        raise BackendUnavailable("writing the synthetic benchmark video", (proc.stderr.strip().splitlines()
+                                                                           or ["no output"])[-1])
+    return path
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class _SwitchProbe(threading.Thread):
+    """Once ``go`` is set: sends set_queries and checks the targets messages published after the reply.
+    Sets ``done`` when finished (measured or not)."""
+
+    def __init__(self, publish: str, control: str, new_query: str, timeout: float = 30.0):
+        super().__init__(name="vlmedge-bench-probe", daemon=True)
+        self.publish, self.control, self.new_query, self.timeout = publish, control, new_query, timeout
+        self.go, self.done = threading.Event(), threading.Event()
+        self.result: dict = {"measured": False, "error": "not started"}
+
+    def run(self) -> None:
+        import zmq
+
+        from vlmedge import protocol
+
+        from .control import ControlClient
+
+        ctx = zmq.Context()
+        sub = ctx.socket(zmq.SUB)
+        sub.setsockopt(zmq.LINGER, 0)
+        sub.setsockopt(zmq.SUBSCRIBE, b"targets ")
+        sub.connect(self.publish)
+        try:
+            if not self.go.wait(600):
+                self.result = {"measured": False, "error": "the pipeline never reached the switch"}
+                return
+            deadline = time.monotonic() + self.timeout
+            with ControlClient(self.control, timeout_ms=int(self.timeout * 1000)) as client:
+                t_sent = time.time_ns()
+                reply = client.request({"op": "set_queries", "queries": [self.new_query]})
+                t_reply = time.time_ns()
+            if not reply.get("ok"):
+                self.result = {"measured": False, "error": f"set_queries refused: {reply}"}
+                return
+            stale_after_reply = 0
+            while time.monotonic() < deadline:
+                if not sub.poll(200):
+                    continue
+                msg = protocol.parse_message(sub.recv())[1]
+                if msg["queries"] == [self.new_query]:
+                    self.result = {"measured": True, "next_frame": stale_after_reply == 0,
+                                   "stale_messages_after_reply": stale_after_reply,
+                                   "switch_latency_ms": round((msg["t_publish_ns"] - t_sent) / 1e6, 3)}
+                    return
+                if msg["t_publish_ns"] > t_reply:
+                    stale_after_reply += 1
+            self.result = {"measured": False, "error": f"no message with the new query within {self.timeout} s"}
+        except Exception as e:  # report, never hang the benchmark
+            self.result = {"measured": False, "error": f"{type(e).__name__}: {e}"}
+        finally:
+            sub.close(0)
+            ctx.term()
+            self.done.set()
+
+
+class _PipelineMeter:
+    """on_result hook: capture-to-publish latency and publish times of frames ``warmup .. warmup+frames``."""
+
+    def __init__(self, frames: int, warmup: int, probe: _SwitchProbe, stop: threading.Event):
+        self.frames, self.warmup, self.probe, self.stop = frames, warmup, probe, stop
+        self.seen = 0
+        self.latencies: list[float] = []
+        self.times: list[float] = []
+        self.encode_ms: list[float] = []
+
+    def __call__(self, result, frame) -> None:
+        now_ns = time.monotonic_ns()
+        self.seen += 1
+        if self.warmup < self.seen <= self.warmup + self.frames:
+            self.latencies.append((now_ns - frame.t_capture_ns) / 1e6)
+            self.times.append(now_ns / 1e9)
+            self.encode_ms.append(float(result.timings.get("encode", 0.0)))
+        if self.seen == self.warmup + self.frames:
+            self.probe.go.set()
+        if self.probe.done.is_set():
+            self.stop.set()
+
+    def report(self) -> dict:
+        fps = (len(self.times) - 1) / (self.times[-1] - self.times[0]) if len(self.times) >= 2 else 0.0
+        lat = _stats_ms(self.latencies) if self.latencies else {}
+        busy = None
+        if len(self.times) >= 2:  # share of the wall time the encoder ran (load-independent efficiency)
+            busy = round(sum(self.encode_ms[1:]) / 1000.0 / (self.times[-1] - self.times[0]), 4)
+        return {"frames": len(self.latencies), "fps": round(fps, 3), "encoder_busy_fraction": busy,
+                "in_pipeline_encode_mean_ms": round(float(np.mean(self.encode_ms)), 3) if self.encode_ms else None,
+                "capture_to_publish_p50_ms": lat.get("p50_ms"), "capture_to_publish_p99_ms": lat.get("p99_ms"),
+                "capture_to_publish_mean_ms": lat.get("mean_ms")}
+
+
+def torch_baseline(source: str, image_size: tuple[int, int], frames: int, threads: int, timeout: float = 900) -> dict:
+    """Time PyTorch eager encode_image in a subprocess (this process must stay torch-free)."""
+    if importlib.util.find_spec("torch") is None:
+        return {"measured": False, "error": "torch is not installed"}
+    cmd = [sys.executable, "-m", "vlmedge.runtime.bench", "--torch-worker",
+           json.dumps({"source": str(source), "image_size": list(image_size), "frames": frames, "threads": threads})]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"measured": False, "error": f"timed out after {timeout} s"}
+    if proc.returncode != 0:
+        return {"measured": False, "error": (proc.stderr.strip().splitlines() or ["failed"])[-1]}
+    return {"measured": True, **json.loads(proc.stdout.strip().splitlines()[-1])}
+
+
+def _torch_worker(spec: dict) -> dict:
+    import torch
+
+    from vlmedge.export.loaders import load_clip
+
+    torch.set_num_threads(int(spec["threads"]))
+    model = load_clip(spec["source"], image_size=tuple(spec["image_size"])).eval()
+    x = torch.randn(1, 3, *spec["image_size"])
+    times = []
+    with torch.inference_mode():
+        for _ in range(3):
+            model.encode_image(x)
+        for _ in range(int(spec["frames"])):
+            t = time.perf_counter()
+            model.encode_image(x)
+            times.append((time.perf_counter() - t) * 1e3)
+    return {**_stats_ms(times), "torch": torch.__version__, "threads": torch.get_num_threads()}
+
+
+def bench(bundle, *, source: str | None = None, frames: int = 100, queries=("the red cup",),
+          torch_source: str | None = None, providers=None, prefetch: bool | None = None) -> dict:
+    """Run every measurement; returns the report dict (see the module docstring)."""
+    from .grounder import Grounder
+
+    if not isinstance(frames, int) or frames < 2:
+        raise ConfigError(f"frames must be an int >= 2, got {frames!r}")
+    grounder = Grounder(bundle, providers=providers)
+    m = grounder.manifest
+    enc = grounder.encoders
+    report: dict = {"bundle": {"path": str(bundle), "model_id": m.model_id, "precision": m.precision,
+                               "target": m.target, "image_size": list(m.image_size), "patch_grid": list(m.patch_grid),
+                               "embed_dim": m.embed_dim, "dense_head": m.dense_head},
+                    "runtime": {"providers": list(getattr(enc, "providers", [])),
+                                "threads": getattr(enc, "threads", None), "cpus": os.cpu_count(),
+                                "torch_imported": "torch" in sys.modules}}
+    with tempfile.TemporaryDirectory(prefix="vlmedge-bench-") as tmp:
+        if source is None:
+            # A first guess of the encoder rate sets the camera-like frame rate of the synthetic video.
+            probe_px = np.zeros((1, 3, *m.image_size), dtype=np.float32)
+            rate = 1000.0 / float(np.median(time_encoder(enc, probe_px, 3, warmup=1)))
+            fps = float(min(max(30.0, math.ceil(1.5 * rate)), 240.0))
+            n = int(min(max(2 * fps, 60), 300))
+            source = "file://" + str(write_synthetic_video_subprocess(Path(tmp) / "synthetic.avi", n, fps))
+        report.update(_bench_with_source(grounder, bundle, source, frames, queries, prefetch))
+    report["memory_mb"] = memory_mb()
+    report["loadavg"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    report["runtime"]["torch_imported"] = "torch" in sys.modules
+    if torch_source is not None:
+        report["torch_eager"] = torch_baseline(torch_source, m.image_size, min(frames, 30),
+                                               int(getattr(enc, "threads", 0) or os.cpu_count() or 1))
+    report["checks"] = checks(report)
+    return report
+
+
+def first_frame(source: str) -> np.ndarray:
+    """The first frame of a source (for the preprocessing/encoder measurements)."""
+    from .sources import open_source
+
+    src = open_source(source)
+    src.open()
+    try:
+        frame = src.read()
+    finally:
+        src.close()
+    if frame is None:
+        raise ConfigError(f"bench: source {source!r} delivered no frame")
+    return frame
+
+
+def _bench_with_source(grounder, bundle, source: str, frames: int, queries, prefetch) -> dict:
+    from vlmedge.preprocess import preprocess
+
+    from .app import RunConfig, _want_prefetch, run
+
+    m, enc = grounder.manifest, grounder.encoders
+    report: dict = {}
+    frame = first_frame(source)
+    pixels = preprocess(frame, m.preprocess)
+    report["preprocess"] = bench_preprocess(frame, m.preprocess, min(frames, 30))
+    # The bare encoder is timed half before and half after the pipeline run, so that load from other
+    # processes on a shared machine affects both measurements alike.
+    enc_times = time_encoder(enc, pixels, frames // 2 + 1)
+
+    pub, ctl = f"tcp://127.0.0.1:{_free_port()}", f"tcp://127.0.0.1:{_free_port()}"
+    probe = _SwitchProbe(pub, ctl, SWITCH_QUERY if SWITCH_QUERY not in queries else "a green bottle")
+    stop = threading.Event()
+    meter = _PipelineMeter(frames, warmup=3, probe=probe, stop=stop)
+    cfg = RunConfig(source=source, bundle=bundle, queries=tuple(queries), display=False, publish=pub, control=ctl,
+                    loop=True, realtime=True, print_interval_s=None, prefetch=prefetch)
+    try:
+        summary = run(cfg, grounder=grounder, stop_event=stop, on_ready=lambda _endpoints: probe.start(),
+                      on_result=meter)
+    finally:
+        probe.go.set()
+        probe.join(timeout=probe.timeout + 5)
+    report["pipeline"] = {"source": source, "prefetch": _want_prefetch(cfg, grounder), **meter.report(),
+                          "dropped_frames": summary.dropped_frames, "stop_reason": summary.stop_reason}
+    report["query_switch"] = probe.result
+    enc_times += time_encoder(enc, pixels, max(frames - len(enc_times), 0), warmup=2)
+    report["encoder"] = {**_stats_ms(enc_times), "fps": round(1000.0 / float(np.mean(enc_times)), 3)}
+    log.info("encoder: %s", report["encoder"])
+    return report
+
+
+def bench_preprocess(frame: np.ndarray, spec, n: int) -> dict:
+    from vlmedge.preprocess import preprocess
+
+    times = []
+    for _ in range(n):
+        t = time.perf_counter()
+        preprocess(frame, spec)
+        times.append((time.perf_counter() - t) * 1e3)
+    return {**_stats_ms(times), "frame": list(frame.shape[:2])}
+
+
+def _r(v):
+    return None if v is None else round(float(v), 3)
+
+
+def checks(report: dict) -> list[dict]:
+    enc, pipe = report["encoder"], report["pipeline"]
+    out = []
+    need = THROUGHPUT_RATIO * enc["fps"]
+    out.append({"name": "pipeline throughput >= 90% of the bare encoder rate", "ok": pipe["fps"] >= need,
+                "value": f"{pipe['fps']:.2f} fps vs {need:.2f} fps needed ({enc['fps']:.2f} x {THROUGHPUT_RATIO})"})
+    p99 = pipe["capture_to_publish_p99_ms"]
+    limit = LATENCY_RATIO * enc["p50_ms"]
+    out.append({"name": "capture-to-publish p99 <= 1.5x encoder latency", "ok": p99 is not None and p99 <= limit,
+                "value": f"{p99} ms vs {limit:.1f} ms ({LATENCY_RATIO} x encoder p50 {enc['p50_ms']:.1f} ms; "
+                         f"encoder p99 alone is {enc['p99_ms']:.1f} ms)"})
+    sw = report["query_switch"]
+    out.append({"name": "a new query takes effect on the next frame", "ok": bool(sw.get("next_frame")),
+                "value": (f"{sw.get('stale_messages_after_reply')} stale messages after the reply, switch "
+                          f"{sw.get('switch_latency_ms')} ms") if sw.get("measured") else f"not measured: {sw.get('error')}"})
+    hwm = report["memory_mb"].get("VmHWM")
+    out.append({"name": "resident memory <= 350 MB", "ok": hwm is not None and hwm <= MEMORY_LIMIT_MB,
+                "value": f"VmHWM {hwm} MB, VmRSS {report['memory_mb'].get('VmRSS')} MB"})
+    return out
+
+
+def format_report(r: dict) -> str:
+    b, enc, pipe, mem = r["bundle"], r["encoder"], r["pipeline"], r["memory_mb"]
+    lines = [f"bundle    {b['model_id']} [{b['precision']}, {b['target']}, {b['image_size'][0]}x{b['image_size'][1]}, "
+             f"grid {b['patch_grid'][0]}x{b['patch_grid'][1]}, D={b['embed_dim']}] at {b['path']}",
+             f"runtime   {', '.join(r['runtime']['providers'])}, {r['runtime']['threads']} threads, "
+             f"{r['runtime']['cpus']} CPUs, torch imported: {r['runtime']['torch_imported']}",
+             "",
+             f"{'measurement':<34}{'mean':>9}{'p50':>9}{'p99':>9}   other",
+             f"{'preprocess (640x480 frame)':<34}{r['preprocess']['mean_ms']:>9.2f}{r['preprocess']['p50_ms']:>9.2f}"
+             f"{r['preprocess']['p99_ms']:>9.2f}   ms",
+             f"{'image encoder (ONNX Runtime)':<34}{enc['mean_ms']:>9.2f}{enc['p50_ms']:>9.2f}{enc['p99_ms']:>9.2f}"
+             f"   ms, {enc['fps']:.2f} fps",
+             f"{'pipeline capture->publish':<34}{'':>9}{_fmt(pipe['capture_to_publish_p50_ms']):>9}"
+             f"{_fmt(pipe['capture_to_publish_p99_ms']):>9}   ms, {pipe['fps']:.2f} fps over {pipe['frames']} frames"
+             f"{' (prefetch)' if pipe.get('prefetch') else ''}",
+             f"{'  encoder inside the pipeline':<34}{_fmt(pipe['in_pipeline_encode_mean_ms']):>9}{'':>18}   ms, "
+             f"busy {_pct(pipe['encoder_busy_fraction'])} of the wall time"]
+    tb = r.get("torch_eager")
+    if tb is not None:
+        if tb.get("measured"):
+            lines.append(f"{'PyTorch eager encode_image':<34}{tb['mean_ms']:>9.2f}{tb['p50_ms']:>9.2f}"
+                         f"{tb['p99_ms']:>9.2f}   ms, torch {tb['torch']}, {tb['threads']} threads "
+                         f"(ORT speed-up x{tb['mean_ms'] / enc['mean_ms']:.2f})")
+        else:
+            lines.append(f"{'PyTorch eager encode_image':<34}   not measured: {tb.get('error')}")
+    lines.append(f"{'memory':<34}   VmRSS {mem.get('VmRSS')} MB, VmHWM (peak) {mem.get('VmHWM')} MB")
+    load = r.get("loadavg")
+    lines.append(f"{'load average (1/5/15 min)':<34}   " + (" ".join(f"{v:.2f}" for v in load) if load else "-")
+                 + f" on {r['runtime']['cpus']} CPUs")
+    lines.append("")
+    for c in r["checks"]:
+        lines.append(f"{'PASS' if c['ok'] else 'FAIL'}  {c['name']}: {c['value']}")
+    return "\n".join(lines)
+
+
+def _pct(v) -> str:
+    return "-" if v is None else f"{100 * v:.1f}%"
+
+
+def _fmt(v) -> str:
+    return "-" if v is None else f"{v:.2f}"
+
+
+def bench_command(args) -> int:
+    bundle = Path(args.bundle)
+    report = bench(bundle, source=args.source, frames=args.frames, queries=tuple(args.queries or ("the red cup",)),
+                   torch_source=args.torch_baseline, providers=args.providers, prefetch=args.prefetch)
+    print(format_report(report))
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        print(f"wrote {args.json_out}")
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--torch-worker":
+        print(json.dumps(_torch_worker(json.loads(sys.argv[2]))))
+        sys.exit(0)
+    if len(sys.argv) == 3 and sys.argv[1] == "--write-video":
+        spec = json.loads(sys.argv[2])
+        write_synthetic_video(Path(spec["path"]), int(spec["frames"]), float(spec["fps"]))
+        sys.exit(0)
+    sys.exit("usage: python -m vlmedge.runtime.bench --torch-worker|--write-video JSON (internal; use `vlmedge bench`)")

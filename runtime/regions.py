@@ -1,0 +1,82 @@
+"""Probability map -> thresholded connected regions -> targets in frame pixels.
+
+The [h, w] patch map covers ``crop_box`` of the frame. It is bilinearly upsampled to a working
+resolution of at most ``work_scale`` pixels per patch (never more than the crop itself), thresholded,
+and split into 8-connected components with OpenCV. Coordinates are then scaled to frame pixels.
+
+Per region: ``score`` = highest probability in the region, ``peak`` = where that is, ``center`` =
+centroid, ``bbox`` = bounding box (x1/y1 exclusive), ``area`` = size in frame pixels. A region counts
+when at least ``min_area_patches`` grid patches above the threshold fall inside it.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from vlmedge.errors import InputError
+
+from .results import Target
+
+
+def _check(prob_map: np.ndarray, threshold: float, min_area_patches: int) -> np.ndarray:
+    pm = np.asarray(prob_map, dtype=np.float32)
+    if pm.ndim != 2 or pm.size == 0:
+        raise InputError(f"find_regions: prob_map must be a non-empty [h, w] array, got shape {pm.shape}")
+    if not 0.0 <= float(threshold) <= 1.0:
+        raise InputError(f"find_regions: threshold must be in [0, 1], got {threshold!r}")
+    if int(min_area_patches) < 1:
+        raise InputError(f"find_regions: min_area_patches must be >= 1, got {min_area_patches!r}")
+    return pm
+
+
+def find_regions(prob_map: np.ndarray, query: str, *, threshold: float, min_area_patches: int,
+                 frame_size: tuple[int, int], crop_box: tuple[int, int, int, int],
+                 work_scale: int = 8) -> list[Target]:
+    """Targets of one query, best score first; ``[Target(found=False)]`` when no region qualifies."""
+    pm = _check(prob_map, threshold, min_area_patches)
+    h, w = pm.shape
+    fh, fw = frame_size
+    x0, y0, x1, y1 = crop_box
+    cw, ch = max(x1 - x0, 1), max(y1 - y0, 1)
+    ww, wh = max(min(cw, w * work_scale), w), max(min(ch, h * work_scale), h)
+    sx, sy = cw / ww, ch / wh
+    work = cv2.resize(np.ascontiguousarray(pm), (ww, wh), interpolation=cv2.INTER_LINEAR)
+    mask = (work > threshold).astype(np.uint8)
+    n, labels, stats, centroids = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    if n <= 1:
+        return [Target(query=query, found=False, score=float(pm.max()))]
+
+    # Patches above threshold, located by their centre pixel in the working map.
+    ii, jj = np.nonzero(pm > threshold)
+    py = np.minimum(((ii + 0.5) * wh / h).astype(int), wh - 1)
+    px = np.minimum(((jj + 0.5) * ww / w).astype(int), ww - 1)
+    patch_labels = labels[py, px]
+    patch_counts = np.bincount(patch_labels, minlength=n)
+    patch_max = np.full(n, -1.0)
+    np.maximum.at(patch_max, patch_labels, pm[ii, jj])
+
+    targets: list[Target] = []
+    for k in range(1, n):
+        if max(int(patch_counts[k]), 1) < min_area_patches:
+            continue
+        left, top, width, height, area = (int(v) for v in stats[k])
+        region = labels[top:top + height, left:left + width] == k
+        sub = np.where(region, work[top:top + height, left:left + width], -1.0)
+        r, c = np.unravel_index(int(np.argmax(sub)), sub.shape)
+        # Score: the best grid patch of the region (exact model output, not an interpolated value).
+        score = float(patch_max[k]) if patch_max[k] >= 0 else float(sub[r, c])
+        bx0 = min(max(int(np.floor(x0 + left * sx)), 0), fw)
+        by0 = min(max(int(np.floor(y0 + top * sy)), 0), fh)
+        bx1 = min(max(int(np.ceil(x0 + (left + width) * sx)), bx0), fw)
+        by1 = min(max(int(np.ceil(y0 + (top + height) * sy)), by0), fh)
+        cx, cy = centroids[k]
+        targets.append(Target(
+            query=query, found=True, score=score, bbox=(bx0, by0, bx1, by1),
+            center=(x0 + (cx + 0.5) * sx - 0.5, y0 + (cy + 0.5) * sy - 0.5),
+            peak=(x0 + (left + c + 0.5) * sx - 0.5, y0 + (top + r + 0.5) * sy - 0.5),
+            area=int(round(area * sx * sy))))
+    if not targets:
+        return [Target(query=query, found=False, score=float(pm.max()))]
+    targets.sort(key=lambda t: -t.score)
+    return targets

@@ -1,0 +1,323 @@
+"""The run loop end to end: real video files, real ONNX Runtime, real ZeroMQ sockets on loopback."""
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import zmq
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _bundles import tiny_bundle  # noqa: E402
+
+from vlmedge import protocol  # noqa: E402
+from vlmedge.errors import BackendUnavailable, ConfigError  # noqa: E402
+from vlmedge.runtime.app import RunConfig, run  # noqa: E402
+from vlmedge.runtime.control import ControlClient  # noqa: E402
+from vlmedge.runtime.sources import FrameSource  # noqa: E402
+from vlmedge.runtime.synthetic import TabletopStream  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def addresses():
+    return f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
+
+
+@pytest.fixture(scope="module")
+def bundle():
+    return tiny_bundle()
+
+
+@pytest.fixture(scope="module")
+def video(tmp_path_factory):
+    """A 30-frame 320x240 MJPG video of synthetic scenes at 30 fps."""
+    path = tmp_path_factory.mktemp("video") / "scene.avi"
+    stream = TabletopStream(seed=1, size=(240, 320))
+    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 30.0, (320, 240))
+    assert w.isOpened()
+    for _ in range(30):
+        w.write(stream.read()[0])
+    w.release()
+    return path
+
+
+class Subscriber:
+    def __init__(self, address, topics=(b"targets ", b"status ")):
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.SUB)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        for t in topics:
+            self.sock.setsockopt(zmq.SUBSCRIBE, t)
+        self.sock.connect(address)
+
+    def recv(self, timeout=10.0):
+        if self.sock.poll(int(timeout * 1000)):
+            return protocol.parse_message(self.sock.recv())
+        return None, None
+
+    def close(self):
+        self.sock.close(0)
+        self.ctx.term()
+
+
+def start_run(cfg, **kw):
+    out = {}
+
+    def target():
+        try:
+            out["summary"] = run(cfg, **kw)
+        except BaseException as e:  # surfaced by the test
+            out["error"] = e
+    t = threading.Thread(target=target, daemon=True)
+    t.start()
+    return t, out
+
+
+@pytest.mark.parametrize("prefetch", [False, True])
+def test_run_publishes_targets_and_query_changes_on_next_frame(bundle, video, prefetch):
+    pub, ctl = addresses()
+    sub = Subscriber(pub, topics=(b"targets ", b"status ", b"heatmap "))
+    cfg = RunConfig(source=f"file://{video}", bundle=bundle, queries=("the red cup",), display=False,
+                    publish=pub, control=ctl, max_frames=40, loop=True, heatmaps=True, print_interval_s=None,
+                    prefetch=prefetch)
+    t, out = start_run(cfg)
+    try:
+        targets, status, heatmaps = [], [], []
+        while len(targets) < 5:
+            topic, msg = sub.recv()
+            assert topic is not None, f"no message from the app: {out}"
+            {"targets": targets, "status": status, "heatmap": heatmaps}[topic].append(msg)
+        h = heatmaps[0]
+        assert h["query"] == "the red cup" and h["shape"] == [8, 8] and h["frame_size"] == [320, 240]
+        x0, y0, x1, y1 = h["region"]
+        assert y0 == 0 and y1 == 240 and abs(x0 - 40) < 6 and abs(x1 - 280) < 6  # centre crop of 320x240
+        m = targets[0]
+        assert m["queries"] == ["the red cup"] and m["frame_size"] == [320, 240] and m["model"] == "tests/tiny-random-0"
+        assert m["targets"] and all(tt["query"] == "the red cup" for tt in m["targets"])
+        assert m["t_capture_ns"] <= m["t_publish_ns"]
+        with ControlClient(ctl, timeout_ms=10000) as client:
+            reply = client.request({"op": "set_queries", "queries": ["a blue ball", "the green bottle"]})
+            t_reply = time.time_ns()
+            assert reply["ok"] and reply["queries"] == ["a blue ball", "the green bottle"]
+            bad = client.send_raw(b'{"op": "set_querys", "queries": []}')  # the server refuses, run goes on
+            assert not bad["ok"] and "did you mean 'set_queries'" in bad["error"]
+        after = []
+        while True:
+            topic, msg = sub.recv()
+            assert topic is not None
+            if topic != "targets":
+                continue
+            after.append(msg)
+            if msg["queries"] != ["the red cup"]:
+                break
+        # every message published after the reply carries the new queries: the next frame used them
+        assert all(x["t_publish_ns"] < t_reply for x in after[:-1])
+        new = after[-1]
+        assert new["queries"] == ["a blue ball", "the green bottle"]
+        assert {tt["query"] for tt in new["targets"]} == {"a blue ball", "the green bottle"}
+        assert new["frame_id"] > targets[-1]["frame_id"]
+        with ControlClient(ctl, timeout_ms=10000) as client:  # threshold 1.0: nothing can be found
+            assert client.request({"op": "set_threshold", "value": 1.0})["ok"]
+            t_reply = time.time_ns()
+        while True:
+            topic, msg = sub.recv()
+            assert topic is not None
+            if topic == "targets" and msg["t_publish_ns"] > t_reply:
+                assert msg["targets"] and not any(tt["found"] or tt["bbox"] for tt in msg["targets"])
+                break
+        with ControlClient(ctl, timeout_ms=10000) as client:  # pause: heartbeats only, no targets
+            assert client.request({"op": "pause"})["paused"] is True
+            t_reply = time.time_ns()
+            paused_status, late_targets = 0, 0
+            while paused_status < 2:
+                topic, msg = sub.recv()
+                assert topic is not None
+                if topic != "heatmap" and msg["t_publish_ns"] > t_reply:
+                    late_targets += topic == "targets"
+                    paused_status += topic == "status" and msg["paused"]
+            assert late_targets == 0
+            assert client.request({"op": "resume"})["paused"] is False
+        t.join(30)
+        assert not t.is_alive() and "error" not in out, out
+        s = out["summary"]
+        assert s.frames == 40 and s.stop_reason == "max_frames"
+        assert s.queries == ("a blue ball", "the green bottle")
+        assert s.latency_p50_ms is not None and 0 < s.latency_p50_ms <= s.latency_p99_ms
+    finally:
+        sub.close()
+
+
+class StallingSource(FrameSource):
+    """A live camera that delivers a few frames, then nothing (read() returns None) until closed for good."""
+
+    is_live = True
+    spec = "test://stalling"
+
+    def __init__(self, good_frames=3):
+        self.left = good_frames
+        self.rng = np.random.default_rng(0)
+        self.opens = 0
+
+    def open(self):
+        self.opens += 1
+
+    def read(self):
+        time.sleep(0.02)
+        if self.left <= 0:
+            return None
+        self.left -= 1
+        return self.rng.integers(0, 255, (120, 160, 3), dtype=np.uint8)
+
+    def clone(self):
+        return self
+
+
+def test_status_heartbeat_continues_while_camera_is_down(bundle):
+    pub, ctl = addresses()
+    sub = Subscriber(pub)
+    stop = threading.Event()
+    cfg = RunConfig(source=StallingSource(), bundle=bundle, display=False, publish=pub, control=ctl,
+                    status_interval_s=0.2, print_interval_s=None)
+    t, out = start_run(cfg, stop_event=stop)
+    try:
+        down, targets_after_down = [], 0
+        deadline = time.monotonic() + 20
+        while len(down) < 4 and time.monotonic() < deadline:
+            topic, msg = sub.recv()
+            if topic == "status" and msg["source_state"] in ("stalled", "reconnecting"):
+                down.append(msg)
+            elif topic == "targets" and down:
+                targets_after_down += 1
+        assert len(down) >= 4, f"status heartbeats stopped while the camera was down: {out}"
+        assert targets_after_down == 0
+        gaps = np.diff([m["t_publish_ns"] for m in down]) / 1e9
+        assert gaps.max() < 1.0  # still about every 0.2 s
+        assert down[-1]["queries"] == ["the red cup"] and down[-1]["paused"] is False
+        while down[-1]["fps"] != 0.0 and time.monotonic() < deadline:  # no stale rate once nothing is published
+            topic, msg = sub.recv()
+            if topic == "status":
+                down.append(msg)
+        assert down[-1]["fps"] == 0.0 and down[-1]["source_state"] in ("stalled", "reconnecting")
+        stop.set()
+        t.join(5)
+        assert not t.is_alive() and out["summary"].stop_reason == "stop_event"
+        assert out["summary"].frames >= 1
+    finally:
+        stop.set()
+        sub.close()
+
+
+def test_recording_writes_the_overlay_video(bundle, video, tmp_path):
+    rec = tmp_path / "overlay.avi"
+    s = run(RunConfig(source=f"file://{video}", bundle=bundle, display=False, record=rec, max_frames=6,
+                      publish=None, control=None, print_interval_s=None))
+    assert s.frames == 6 and s.recorded == 6 and s.publish_endpoint is None
+    cap = cv2.VideoCapture(str(rec))
+    n = 0
+    while True:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        assert frame.shape == (240, 320, 3)
+        n += 1
+    assert n == 6
+
+
+@pytest.mark.parametrize("prefetch", [False, True])
+def test_file_source_end_stops_the_run(bundle, video, prefetch):
+    s = run(RunConfig(source=f"file://{video}", bundle=bundle, display=False, publish=None, control=None,
+                      realtime=True, print_interval_s=None, prefetch=prefetch))
+    assert s.stop_reason == "source_end" and 1 <= s.frames <= 30
+
+
+def test_display_without_a_display_is_a_clear_error(bundle, video, monkeypatch):
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    with pytest.raises(BackendUnavailable, match="no-display"):
+        run(RunConfig(source=f"file://{video}", bundle=bundle, display=True, publish=None, control=None))
+
+
+def test_run_config_validation():
+    with pytest.raises(ConfigError, match="did you mean 'max_frames'"):
+        RunConfig.from_dict({"max_frame": 3})
+    with pytest.raises(ConfigError, match="max_frames"):
+        RunConfig(max_frames=0)
+    with pytest.raises(ConfigError, match="threshold"):
+        RunConfig(threshold=1.5)
+    with pytest.raises(ConfigError, match="tcp://HOST:PORT"):
+        RunConfig(publish="tcp://127.0.0.1")
+    with pytest.raises(ConfigError, match="duplicates"):
+        RunConfig(queries=("a cup", "a cup"))
+    with pytest.raises(ConfigError, match=".mp4 or .avi"):
+        RunConfig(record="out.gif")
+    cfg = RunConfig(queries="the red cup", publish="none")
+    assert cfg.queries == ("the red cup",) and cfg.publish is None
+    assert cfg.replace(max_frames=3).max_frames == 3
+
+
+def test_sigterm_stops_vlmedge_run_promptly(bundle, video):
+    pub, ctl = addresses()
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vlmedge.cli", "run", "--source", f"file://{video}", "--bundle", str(bundle),
+         "--headless", "--loop", "--publish", pub, "--control", ctl],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+    try:
+        line = proc.stdout.readline()  # the first target line: the loop is running
+        assert line.startswith("frame "), (line, proc.stderr.read() if proc.poll() is not None else "")
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(timeout=10)
+        elapsed = time.monotonic() - t0
+        assert rc == 0, proc.stderr.read()
+        assert elapsed < 2.0, f"took {elapsed:.2f} s to stop"
+        rest = proc.stdout.read()
+        assert "stopped by signal" in rest
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_overlay_draws_heatmap_boxes_and_labels(bundle):
+    from vlmedge.runtime.display import draw_overlay
+    from vlmedge.runtime.grounder import Grounder
+    from vlmedge.runtime.synthetic import render_scene
+
+    frame = render_scene(0).frame
+    res = Grounder(bundle, threshold=0.2).ground(frame, ["the red cup"])
+    plain = draw_overlay(frame, res, heatmap=False)
+    heat = draw_overlay(frame, res, heatmap=True, fps=12.5, latency_ms=80)
+    assert plain.shape == heat.shape == frame.shape and plain.dtype == np.uint8
+    assert not np.array_equal(heat, plain)  # the heatmap changed pixels inside the crop
+    assert np.array_equal(heat[:, :60][30:400], frame[:, :60][30:400])  # but not outside it (left margin)
+    for t in res.found:
+        x0, y0, x1, y1 = t.bbox
+        assert not np.array_equal(plain[y0:y1, x0], frame[y0:y1, x0])  # box edge drawn
+    assert np.array_equal(frame, render_scene(0).frame)  # the input frame is untouched
+
+
+@pytest.mark.skipif(shutil.which("xvfb-run") is None, reason="needs xvfb-run (apt install xvfb) for a virtual display")
+def test_live_window_on_a_virtual_display(bundle, video):
+    proc = subprocess.run(
+        ["xvfb-run", "-a", sys.executable, "-m", "vlmedge.cli", "run", "--source", f"file://{video}", "--bundle",
+         str(bundle), "--display", "--max-frames", "5", "--publish", "none", "--control", "none", "--loop"],
+        capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "5 frames" in proc.stdout and "stopped by max_frames" in proc.stdout
+    assert not any(line.startswith("frame ") for line in proc.stdout.splitlines())  # the window, not the printout

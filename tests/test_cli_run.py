@@ -1,0 +1,103 @@
+"""`vlmedge run`, `vlmedge classify`, `vlmedge bench` through the real CLI entry point."""
+
+import json
+import sys
+from pathlib import Path
+
+import cv2
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _bundles import tiny_bundle  # noqa: E402
+
+from vlmedge.cli import build_parser, main  # noqa: E402
+from vlmedge.runtime.synthetic import TabletopStream, render_scene  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def bundle():
+    return tiny_bundle()
+
+
+@pytest.fixture(scope="module")
+def video(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cli") / "clip.avi"
+    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 30.0, (320, 240))
+    stream = TabletopStream(seed=2, size=(240, 320))
+    for _ in range(10):
+        w.write(stream.read()[0])
+    w.release()
+    return path
+
+
+def test_run_flags_and_defaults():
+    p = build_parser()
+    a = p.parse_args(["run"])
+    assert a.source == "synthetic://tabletop" and a.bundle is None and a.display is None
+    assert a.publish == "tcp://127.0.0.1:5555" and a.control == "tcp://127.0.0.1:5556" and not a.heatmaps
+    assert p.parse_args(["run", "--no-display"]).display is False
+    assert p.parse_args(["run", "--headless"]).display is False
+    assert p.parse_args(["run", "--display"]).display is True
+    a = p.parse_args(["run", "-q", "the red cup", "-q", "a bottle", "--max-frames", "5", "--threshold", "0.3"])
+    assert a.queries == ["the red cup", "a bottle"] and a.max_frames == 5 and a.threshold == 0.3
+    for bad in (["run", "--threshold", "2"], ["run", "--max-frames", "0"], ["run", "--heatmaps=yes"]):
+        with pytest.raises(SystemExit):
+            p.parse_args(bad)
+
+
+def test_help_mentions_the_options(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["run", "--help"])
+    assert e.value.code == 0
+    text = capsys.readouterr().out
+    for flag in ("--source", "--bundle", "--query", "--no-display", "--record", "--publish", "--control",
+                 "--heatmaps", "--max-frames", "--threshold", "--loop", "--curve-keys"):
+        assert flag in text
+
+
+def test_no_arguments_is_run_and_missing_embedded_bundle_is_explained(monkeypatch, tmp_path, capsys):
+    import vlmedge.runtime.assets as assets
+
+    monkeypatch.setattr(assets, "DEMO_DIR", tmp_path / "no-demo")
+    rc = main([])
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert "vlmedge run: error" in err and "--bundle" in err and "train-demo" in err
+
+
+def test_run_cli_headless_max_frames(bundle, video, capsys):
+    rc = main(["run", "--source", f"file://{video}", "--bundle", str(bundle), "--headless", "--max-frames", "3",
+               "--publish", "none", "--control", "none", "--loop"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert out.splitlines()[0].startswith("frame ") and "'the red cup'" in out
+    assert "3 frames" in out and "stopped by max_frames" in out
+
+
+def test_classify_cli_json(bundle, tmp_path, capsys):
+    img = tmp_path / "scene.png"
+    cv2.imwrite(str(img), render_scene(5).frame)
+    rc = main(["classify", str(img), "--labels", "cup", "ball", "plate", "--bundle", str(bundle), "--json"])
+    assert rc == 0
+    out = json.loads(capsys.readouterr().out)
+    probs = [x["prob"] for x in out["labels"]]
+    assert sorted(x["label"] for x in out["labels"]) == ["ball", "cup", "plate"]
+    assert probs == sorted(probs, reverse=True) and abs(sum(probs) - 1) < 1e-4
+    rc = main(["classify", str(tmp_path / "missing.png"), "--labels", "a", "--bundle", str(bundle)])
+    assert rc == 1 and "missing.png" in capsys.readouterr().err
+
+
+def test_bench_cli_writes_json_with_checks(bundle, tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    rc = main(["bench", str(bundle), "--frames", "8", "--json", str(out)])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "image encoder" in text and ("PASS" in text or "FAIL" in text)
+    r = json.loads(out.read_text())
+    assert r["encoder"]["n"] == 8 and r["encoder"]["p50_ms"] > 0
+    assert r["pipeline"]["frames"] == 8 and r["pipeline"]["fps"] > 0
+    assert r["pipeline"]["capture_to_publish_p99_ms"] >= r["pipeline"]["capture_to_publish_p50_ms"] > 0
+    assert r["query_switch"]["measured"] and r["query_switch"]["next_frame"] is True
+    assert r["memory_mb"]["VmHWM"] >= r["memory_mb"]["VmRSS"] > 0
+    assert [c["name"] for c in r["checks"]][2] == "a new query takes effect on the next frame"
+    assert all(isinstance(c["ok"], bool) for c in r["checks"])

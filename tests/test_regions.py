@@ -1,0 +1,82 @@
+"""Regions and tracking on synthetic probability maps (no model involved)."""
+
+import numpy as np
+import pytest
+
+from vlmedge.errors import InputError
+from vlmedge.runtime.regions import find_regions
+from vlmedge.runtime.results import GroundingResult, Target, upsample_map
+
+FRAME = (480, 640)          # (H, W)
+CROP = (80, 0, 560, 480)    # centre 480x480 square, as a shortest-crop preprocess gives
+
+
+def blob_map(centers, grid=(14, 14), value=0.9, radius=1):
+    m = np.full(grid, 0.05, dtype=np.float32)
+    for (i, j) in centers:
+        m[max(i - radius, 0):i + radius + 1, max(j - radius, 0):j + radius + 1] = value
+    return m
+
+
+def test_absent_object_gives_found_false_and_no_box():
+    m = np.full((14, 14), 0.2, dtype=np.float32)
+    (t,) = find_regions(m, "the red cup", threshold=0.5, min_area_patches=1, frame_size=FRAME, crop_box=CROP)
+    assert not t.found and t.bbox is None and t.center is None and t.track_id is None
+    assert t.score == pytest.approx(0.2)
+
+
+def test_two_blobs_give_two_targets_in_frame_pixels():
+    m = blob_map([(3, 3), (10, 10)])
+    m[10, 10] = 0.97  # the second blob has the higher peak
+    ts = find_regions(m, "cup", threshold=0.5, min_area_patches=1, frame_size=FRAME, crop_box=CROP)
+    assert len(ts) == 2 and all(t.found for t in ts)
+    assert ts[0].score == pytest.approx(0.97, abs=1e-3) and ts[0].score >= ts[1].score
+    # one patch = 480/14 px; blob at patches 9..11 -> x from 80 + 9*34.3 ~ 389 to 80 + 12*34.3 ~ 491
+    x0, y0, x1, y1 = ts[0].bbox
+    patch = 480 / 14
+    assert abs(x0 - (80 + 9 * patch)) < patch and abs(x1 - (80 + 12 * patch)) < patch
+    assert abs(y0 - 9 * patch) < patch and abs(y1 - 12 * patch) < patch
+    cx, cy = ts[0].center
+    assert abs(cx - (80 + 10.5 * patch)) < 3 and abs(cy - 10.5 * patch) < 3
+    px, py = ts[0].peak
+    assert abs(px - (80 + 10.5 * patch)) < 6 and abs(py - 10.5 * patch) < 6
+    assert 0.5 * (3 * patch) ** 2 < ts[0].area < 1.5 * (3 * patch) ** 2
+    # the other blob is in the upper left
+    assert ts[1].bbox[2] < 80 + 6 * patch and ts[1].bbox[3] < 6 * patch
+
+
+def test_min_area_filters_small_regions():
+    m = blob_map([(3, 3)], radius=0)  # a single patch
+    m = np.maximum(m, blob_map([(10, 10)], radius=1))  # and a 3x3 blob
+    ts = find_regions(m, "cup", threshold=0.5, min_area_patches=4, frame_size=FRAME, crop_box=CROP)
+    assert len(ts) == 1 and ts[0].bbox[0] > 80 + 8 * 480 / 14
+    ts = find_regions(m, "cup", threshold=0.5, min_area_patches=1, frame_size=FRAME, crop_box=CROP)
+    assert len(ts) == 2
+    ts = find_regions(m, "cup", threshold=0.5, min_area_patches=10, frame_size=FRAME, crop_box=CROP)
+    assert len(ts) == 1 and not ts[0].found
+
+
+def test_upsample_respects_crop_and_result_maps_lazily():
+    m = blob_map([(7, 7)])
+    up = upsample_map(m, FRAME, CROP)
+    assert up.shape == FRAME
+    assert np.all(up[:, :80] == 0) and np.all(up[:, 560:] == 0)
+    assert up[240, 320] == pytest.approx(0.9, abs=1e-3)
+    res = GroundingResult(queries=("a",), targets=(Target("a", False, 0.1),), patch_maps=m[None],
+                          frame_size=FRAME, crop_box=CROP)
+    assert "maps" not in res._cache
+    assert res.maps.shape == (1, 480, 640) and res.maps is res.maps
+    np.testing.assert_allclose(res.map_for("a"), up)
+    with pytest.raises(InputError, match="did you mean 'a'"):
+        res.map_for("a ")
+
+
+def test_bad_inputs_raise_typed_errors():
+    with pytest.raises(InputError, match="threshold"):
+        find_regions(np.zeros((2, 2)), "q", threshold=1.5, min_area_patches=1, frame_size=FRAME, crop_box=CROP)
+    with pytest.raises(InputError, match="prob_map"):
+        find_regions(np.zeros(4), "q", threshold=0.5, min_area_patches=1, frame_size=FRAME, crop_box=CROP)
+    with pytest.raises(InputError, match="found=False"):
+        Target("q", False, 0.1, bbox=(0, 0, 1, 1))
+    with pytest.raises(InputError, match="needs a bbox"):
+        Target("q", True, 0.9)
