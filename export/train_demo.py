@@ -1,0 +1,420 @@
+"""Train the embedded demo model: a small CLIP that grounds "the red cup" in synthetic tabletops.
+
+Data: :func:`vlmedge.runtime.synthetic.render_scene` on seeds ``[seed * 1_000_003 % 500_000,
++ scenes)`` (always < 1_000_000; the shipped model, seed 0, used 0..3999). The grounding threshold is
+picked on seeds 900_000.. (:data:`VAL_SEED_BASE`) and the benchmark uses seeds >= 1_000_000
+(:data:`EVAL_SEED_BASE`), so neither was trained on. Scenes are preprocessed
+exactly as the runtime does (``vlmedge.preprocess.preprocess`` with the model's full-frame
+spec), rendered once by worker processes and held in memory as float16.
+
+Losses (per patch, on the ``naive`` dense head = ln_post + proj of the patch tokens), with
+``l = logit_scale * cos(patch, text)``:
+
+* ``dense``: softmax over [every (kind, colour) caption, the background prompts]; a patch's
+  target is the object covering most of it (>= 45% of the patch), background when objects
+  cover < 15%, otherwise the patch is ignored. Background = the sum over background prompts.
+* ``query``: the runtime's rule for ONE query: ``sigmoid(l_q - logsumexp(l_bg))`` must be 1 on
+  the query's object and 0 everywhere else, for every caption (present or absent), balanced
+  between positives, all negatives and the hardest negative patch of each query (absent-object
+  rejection needs the max over patches to lose).
+* ``global``: image embedding vs captions, softmax with the present objects as targets.
+
+Total loss = dense + query + 0.2 * global; AdamW (lr 1.5e-3, wd 0.05, warmup 100, cosine), batch 32,
+horizontal flips, bfloat16 autocast where the CPU has native bf16 (AVX512-BF16/AMX).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import multiprocessing as mp
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from vlmedge.errors import ConfigError
+from vlmedge.runtime import synthetic as syn
+from vlmedge.runtime.eval_grounding import EVAL_SEED_BASE  # noqa: F401  (held-out seeds start here)
+from vlmedge.spec import ClipSpec, PreprocessSpec, TextSpec, VisionSpec
+
+log = logging.getLogger(__name__)
+
+TRAIN_SEED_LIMIT = 1_000_000  # training scenes use seeds below this
+IMAGE_SIZE = (192, 256)  # (H, W): 4:3 like the 480x640 camera, 12 x 16 patches of 16 px
+VOCAB_SIZE = 640
+COMBOS: tuple[tuple[str, str], ...] = tuple((k, c) for k in syn.KINDS for c in syn.COLOR_NAMES)
+COMBO_INDEX = {p: i for i, p in enumerate(COMBOS)}
+BACKGROUND_PROMPTS = syn.BACKGROUND_PROMPTS
+THRESHOLD = 0.5  # default grounding threshold; calibrate_threshold() picks the shipped one
+VAL_SEED_BASE = 900_000  # threshold calibration scenes: not trained on (< 500_000 + scenes), not evaluated
+THRESHOLD_GRID = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
+
+
+def default_spec(vocab_size: int, eos_token_id: int) -> ClipSpec:
+    """The demo architecture (~1.83M parameters: vision 1.13M, text 0.69M)."""
+    return ClipSpec(
+        vision=VisionSpec(image_size=IMAGE_SIZE, patch_size=16, width=128, layers=5, heads=4),
+        text=TextSpec(width=128, layers=3, heads=4, vocab_size=vocab_size, context_length=77,
+                      eos_token_id=eos_token_id),
+        embed_dim=128, act="gelu")
+
+
+def preprocess_spec() -> PreprocessSpec:
+    return PreprocessSpec(size=IMAGE_SIZE, mode="full-frame", interpolation="area")
+
+
+def train_tokenizer():
+    from vlmedge.tokenizer import ClipTokenizer
+    return ClipTokenizer.train(syn.all_captions(), VOCAB_SIZE)
+
+
+# ----------------------------------------------------------------------------- data
+def patch_labels(scene: syn.Scene, grid: tuple[int, int], hi: float = 0.45, lo: float = 0.15) -> np.ndarray:
+    """int16 [h, w]: combo index of the object covering most of each patch, -1 background,
+    -2 ignore (ambiguous edge patches)."""
+    gh, gw = grid
+    labels = np.full((gh, gw), -1, np.int16)
+    if not scene.objects:
+        return labels
+    cov = np.stack([cv2.resize(o.mask.astype(np.float32), (gw, gh), interpolation=cv2.INTER_AREA)
+                    for o in scene.objects])
+    best = cov.argmax(0)
+    top = cov.max(0)
+    total = cov.sum(0)
+    ids = np.array([COMBO_INDEX[(o.kind, o.color)] for o in scene.objects], np.int16)
+    labels = np.where(top >= hi, ids[best], np.where(total < lo, -1, -2)).astype(np.int16)
+    return labels
+
+
+def _render_chunk(args) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    seeds, pp_dict, grid = args
+    from vlmedge.preprocess import preprocess
+    cv2.setNumThreads(1)
+    pp = PreprocessSpec.from_dict(pp_dict)
+    pix = np.zeros((len(seeds), 3, *pp.size), np.float16)
+    lab = np.zeros((len(seeds), *grid), np.int16)
+    present = np.zeros((len(seeds), len(COMBOS)), bool)
+    for i, s in enumerate(seeds):
+        scene = syn.render_scene(int(s))
+        pix[i] = preprocess(scene.frame, pp)[0]
+        lab[i] = patch_labels(scene, grid)
+        for o in scene.objects:
+            present[i, COMBO_INDEX[(o.kind, o.color)]] = True
+    return pix, lab, present
+
+
+def render_dataset(seeds: np.ndarray, pp: PreprocessSpec, grid: tuple[int, int], workers: int = 2
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Render and preprocess scenes in worker processes: (pixels f16 [N,3,H,W], labels [N,h,w], present [N,C])."""
+    chunks = [seeds[i:i + 64] for i in range(0, len(seeds), 64)]
+    jobs = [(c, pp.to_dict(), grid) for c in chunks]
+    t0 = time.time()
+    out = []
+    if workers > 1:
+        with mp.get_context("fork").Pool(workers) as pool:
+            for i, r in enumerate(pool.imap(_render_chunk, jobs)):
+                out.append(r)
+                if (i + 1) % 10 == 0 or i + 1 == len(jobs):
+                    log.info("rendered %d/%d scenes (%.0f s)", min((i + 1) * 64, len(seeds)), len(seeds), time.time() - t0)
+    else:
+        out = [_render_chunk(j) for j in jobs]
+    return tuple(np.concatenate(x) for x in zip(*out))  # type: ignore[return-value]
+
+
+# ----------------------------------------------------------------------------- losses
+def losses(model, pixels: torch.Tensor, labels: torch.Tensor, present: torch.Tensor,
+           text_ids: torch.Tensor, n_combo: int) -> dict[str, torch.Tensor]:
+    """text_ids: [n_combo + n_bg, L] (one caption per combo, then the background prompts)."""
+    img, patches = model.encode_image(pixels)
+    txt = model.encode_text(text_ids)
+    img, patches, txt = img.float(), patches.float(), txt.float()  # losses in fp32 (also under autocast)
+    b, gh, gw, d = patches.shape
+    scale = model.logit_scale.exp().clamp(max=100.0)
+    logits = scale * patches.reshape(b, gh * gw, d) @ txt.T  # [B, P, T]
+    lab = labels.reshape(b, gh * gw).long()
+    valid = lab >= -1
+    obj = lab >= 0
+    # dense: softmax over all captions + backgrounds; background target = sum of bg prompts
+    logp = logits.log_softmax(-1)
+    lp_bg = logp[..., n_combo:].logsumexp(-1)
+    lp_obj = logp[..., :n_combo].gather(-1, lab.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    lp = torch.where(obj, lp_obj, lp_bg)
+    dense = -(lp * valid).sum() / valid.sum().clamp(min=1)
+    # query: each caption alone against the background prompts (the runtime's one-query rule)
+    margin = logits[..., :n_combo] - logits[..., n_combo:].logsumexp(-1, keepdim=True)  # [B, P, C]
+    target = F.one_hot(lab.clamp(min=0), n_combo).bool() & obj.unsqueeze(-1)
+    vmask = valid.unsqueeze(-1).expand_as(margin)
+    pos = target & vmask
+    neg = ~target & vmask
+    bce = F.binary_cross_entropy_with_logits(margin, target.float(), reduction="none")
+    l_pos = (bce * pos).sum() / pos.sum().clamp(min=1)
+    l_neg = (bce * neg).sum() / neg.sum().clamp(min=1)
+    hard = margin.masked_fill(~neg, -1e4).amax(1)  # [B, C] hardest negative patch per query
+    l_hard = F.softplus(hard + 1.0).mean()
+    query = l_pos + l_neg + 0.5 * l_hard
+    # global: image vs captions, present objects as (uniform) targets
+    g = scale * img @ txt[:n_combo].T
+    tgt = present.float() / present.float().sum(-1, keepdim=True).clamp(min=1)
+    glob = -(tgt * g.log_softmax(-1)).sum(-1).mean()
+    return {"dense": dense, "query": query, "global": glob}
+
+
+# ----------------------------------------------------------------------------- training
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 4000
+    batch: int = 32
+    scenes: int = 4000
+    lr: float = 1.5e-3
+    weight_decay: float = 0.05
+    warmup: int = 100
+    seed: int = 0
+    minutes: float = 40.0  # wall-clock cap (rendering included): the cosine schedule ends early if reached
+    workers: int = 2
+    threads: int = 2
+    bf16: bool | None = None  # bfloat16 autocast for the towers; None = when the CPU has native bf16
+
+    def use_bf16(self) -> bool:
+        if self.bf16 is not None:
+            return self.bf16
+        return any(getattr(torch.cpu, n, lambda: False)() for n in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+
+    def __post_init__(self):
+        for n in ("steps", "batch", "scenes", "workers", "threads"):
+            v = getattr(self, n)
+            if not isinstance(v, int) or v <= 0:
+                raise ConfigError(f"TrainConfig.{n} must be a positive int, got {v!r}")
+        if not self.minutes > 0:
+            raise ConfigError(f"TrainConfig.minutes must be positive, got {self.minutes!r}")
+        if self.scenes > TRAIN_SEED_LIMIT // 2:
+            raise ConfigError(f"TrainConfig.scenes must be <= {TRAIN_SEED_LIMIT // 2}, got {self.scenes}")
+
+
+def train_seeds(cfg: TrainConfig) -> np.ndarray:
+    start = (cfg.seed * 1_000_003) % (TRAIN_SEED_LIMIT // 2)
+    return np.arange(start, start + cfg.scenes, dtype=np.int64)
+
+
+def caption_ids(tokenizer, template: int) -> torch.Tensor:
+    """[n_combo + n_bg, L] token ids, cut after the longest end-of-text (causal: no effect)."""
+    texts = [syn.caption(k, c, template) for k, c in COMBOS] + list(BACKGROUND_PROMPTS)
+    ids = tokenizer.encode(texts)
+    eos = (ids == tokenizer.eos_token_id).argmax(1)
+    return torch.from_numpy(ids[:, : int(eos.max()) + 1])
+
+
+def train(cfg: TrainConfig, out: Path | None = None, checkpoint: Path | None = None):
+    """Train and (if ``out``) save the native model directory. Returns the CLIP model.
+
+    ``checkpoint``: also write the state dict there every 200 steps (for looking at a long run)."""
+    from .model import CLIP
+
+    t_start = time.time()
+    torch.manual_seed(cfg.seed)
+    torch.set_num_threads(cfg.threads)
+    tok = train_tokenizer()
+    spec = default_spec(tok.vocab_size, tok.eos_token_id)
+    model = CLIP(spec)
+    _init(model, cfg.seed)
+    n_params = sum(p.numel() for p in model.parameters())
+    log.info("model: %d parameters (vision %d, text %d)", n_params,
+             sum(p.numel() for p in model.visual.parameters()), sum(p.numel() for p in model.text.parameters()))
+    pp = preprocess_spec()
+    grid = spec.vision.grid
+    pix, lab, present = render_dataset(train_seeds(cfg), pp, grid, cfg.workers)
+    log.info("dataset: %d scenes, %.0f MB, %.0f s", len(pix), pix.nbytes / 1e6, time.time() - t_start)
+    pix_t, lab_t, pres_t = torch.from_numpy(pix), torch.from_numpy(lab), torch.from_numpy(present)
+    ids_by_template = [caption_ids(tok, t) for t in range(len(syn.CAPTION_TEMPLATES))]
+
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n]
+    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embed" not in n)]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98))
+    gen = torch.Generator().manual_seed(cfg.seed)
+    steps = cfg.steps
+    bf16 = cfg.use_bf16()
+    log.info("training %d steps, batch %d, %s", steps, cfg.batch, "bfloat16 autocast" if bf16 else "float32")
+    # Time budget for the optimisation itself: what is left of cfg.minutes after rendering.
+    budget = max(cfg.minutes * 60.0 - (time.time() - t_start), 60.0)
+    t_train = time.time()
+    model.train()
+    step = 0
+    progress = 0.0
+    while progress < 1.0:
+        # Schedule on progress = max(step fraction, time fraction): a fixed --steps run is
+        # exactly reproducible; on a slow machine the time budget ends the cosine early.
+        progress = max(step / steps, (time.time() - t_train) / budget)
+        lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+        for g in opt.param_groups:
+            g["lr"] = lr
+        idx = torch.randint(0, len(pix_t), (cfg.batch,), generator=gen)
+        x = pix_t[idx].float()
+        y = lab_t[idx]
+        flip = torch.rand(cfg.batch, generator=gen) < 0.5
+        x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+        y = torch.where(flip[:, None, None], y.flip(-1), y)
+        tmpl = int(torch.randint(0, len(ids_by_template), (1,), generator=gen))
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            parts = losses(model, x, y, pres_t[idx], ids_by_template[tmpl], len(COMBOS))
+        loss = parts["dense"] + parts["query"] + 0.2 * parts["global"]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, math.log(100.0))
+        step += 1
+        if checkpoint is not None and step % 200 == 0:
+            torch.save(model.state_dict(), checkpoint)
+        progress = max(step / steps, (time.time() - t_train) / budget)
+        if step % 25 == 1 or progress >= 1.0:
+            elapsed = time.time() - t_start
+            eta = (time.time() - t_train) * (1 - progress) / max(progress, 1e-6)
+            print(f"step {step:5d}/{steps}  loss {loss.item():.3f}  (dense {parts['dense'].item():.3f} "
+                  f"query {parts['query'].item():.3f} global {parts['global'].item():.3f})  "
+                  f"scale {model.logit_scale.exp().item():.1f}  lr {lr:.2e}  "
+                  f"elapsed {elapsed / 60:.1f} min  eta {eta / 60:.1f} min", flush=True)
+    if step < steps:
+        log.warning("time budget of %.0f min reached after %d of %d steps (run is not bit-reproducible)",
+                    cfg.minutes, step, steps)
+    model.eval()
+    model.tokenizer = tok
+    model.preprocess_spec = pp
+    log.info("trained %d steps in %.1f min", step, (time.time() - t_start) / 60)
+    if out is not None:
+        save(model, tok, Path(out))
+    return model
+
+
+def _init(model, seed: int) -> None:
+    """CLIP-style init scaled for a small model."""
+    g = torch.Generator().manual_seed(seed)
+    for name, p in model.named_parameters():
+        if name.endswith("bias") or "ln" in name:
+            continue
+        if "pos_embed" in name or "class_embedding" in name or "token_embedding" in name:
+            with torch.no_grad():
+                p.copy_(torch.randn(p.shape, generator=g) * 0.02)
+
+
+def save(model, tok, out: Path) -> Path:
+    """Native layout via ``loaders.save_clip``, weights stored as float16 (half the size)."""
+    import copy
+
+    from .loaders import save_clip
+
+    half = copy.deepcopy(model).half()
+    half.preprocess_spec, half.source_info = model.preprocess_spec, {"id": "vlmedge-tabletop-demo", "revision": "1"}
+    return save_clip(half, out, tok)
+
+
+# ----------------------------------------------------------------------------- torch grounding adapter
+class TorchGrounder:
+    """Grounding with the torch model and the runtime's own math (contrastive_maps + find_regions):
+    for checking a freshly trained model before it is exported."""
+
+    def __init__(self, model, tokenizer, background=BACKGROUND_PROMPTS, threshold: float = THRESHOLD,
+                 min_area_patches: int = 1):
+        self.model, self.tok = model.eval(), tokenizer
+        self.pp = model.preprocess_spec or preprocess_spec()
+        self.threshold, self.min_area = threshold, min_area_patches
+        self.bg = self._text(list(background))
+
+    @torch.no_grad()
+    def _text(self, texts):
+        return self.model.encode_text(torch.from_numpy(self.tok.encode(texts))).numpy()
+
+    @torch.no_grad()
+    def ground(self, frame, queries):
+        from types import SimpleNamespace
+
+        from vlmedge.preprocess import preprocess
+        from vlmedge.runtime.regions import find_regions
+        from vlmedge.similarity import contrastive_maps
+
+        _, patches = self.model.encode_image(torch.from_numpy(preprocess(frame, self.pp)))
+        maps = contrastive_maps(patches[0].numpy(), self._text(list(queries)), self.bg,
+                                float(self.model.logit_scale.detach().exp()))
+        h, w = frame.shape[:2]
+        targets = []
+        for q, m in zip(queries, maps):
+            targets += find_regions(m, q, threshold=self.threshold, min_area_patches=self.min_area,
+                                    frame_size=(h, w), crop_box=(0, 0, w, h))
+        return SimpleNamespace(targets=tuple(targets), patch_maps=maps)
+
+
+# ----------------------------------------------------------------------------- bundles
+def grounding_defaults(threshold: float = THRESHOLD):
+    from vlmedge.manifest import GroundingDefaults
+
+    return GroundingDefaults(background_prompts=tuple(BACKGROUND_PROMPTS), threshold=float(threshold), min_area_patches=1)
+
+
+def calibrate_threshold(model, tokenizer, scenes: int = 100, seed: int = VAL_SEED_BASE,
+                        grid: tuple[float, ...] = THRESHOLD_GRID) -> tuple[float, dict]:
+    """Pick the grounding threshold with the best mean of the four benchmark figures on
+    validation scenes (seeds ``seed..``, disjoint from training and evaluation seeds).
+    Returns (threshold, {threshold: GroundingReport})."""
+    from vlmedge.runtime.eval_grounding import evaluate
+
+    cached = _CachedTorchGrounder(model, tokenizer)
+    reports = {}
+    for th in grid:
+        cached.threshold = th
+        reports[th] = evaluate(cached.ground, scenes=scenes, seed=seed)
+        log.info("threshold %.2f: %s", th, reports[th].summary())
+    score = {th: (r.pointing + r.box_hit + r.rejection + r.discrimination) / 4 for th, r in reports.items()}
+    best = max(grid, key=lambda th: (score[th], -abs(th - THRESHOLD)))
+    return best, reports
+
+
+def export_bundles(model_dir: Path, out_dir: Path, threshold: float = THRESHOLD, force: bool = True) -> dict[str, Path]:
+    """Export ``model_dir`` to ``out_dir/bundle-fp32`` and ``bundle-int8`` (synthetic calibration,
+    naive dense head, the demo's background prompts and ``threshold`` in the manifest)."""
+    from .bundle import export_bundle
+
+    out = {}
+    for precision in ("fp32", "int8"):
+        path = Path(out_dir) / f"bundle-{precision}"
+        export_bundle(str(model_dir), str(path), dense="naive", precision=precision, target="cpu",
+                      calib="synthetic", force=force, grounding=grounding_defaults(threshold))
+        out[precision] = path
+    return out
+
+
+class _CachedTorchGrounder(TorchGrounder):
+    """TorchGrounder that remembers patch embeddings per frame and text embeddings per query
+    (for sweeping the threshold over the same scenes)."""
+
+    def __init__(self, *a, **k):
+        super().__init__(*a, **k)
+        self._img: dict[bytes, np.ndarray] = {}
+        self._txt: dict[str, np.ndarray] = {}
+
+    @torch.no_grad()
+    def ground(self, frame, queries):
+        from types import SimpleNamespace
+
+        from vlmedge.preprocess import preprocess
+        from vlmedge.runtime.regions import find_regions
+        from vlmedge.similarity import contrastive_maps
+
+        key = frame.tobytes()[::997] + bytes(str(frame.shape), "ascii")
+        if key not in self._img:
+            self._img[key] = self.model.encode_image(torch.from_numpy(preprocess(frame, self.pp)))[1][0].numpy()
+        for q in queries:
+            if q not in self._txt:
+                self._txt[q] = self._text([q])[0]
+        maps = contrastive_maps(self._img[key], np.stack([self._txt[q] for q in queries]), self.bg,
+                                float(self.model.logit_scale.detach().exp()))
+        h, w = frame.shape[:2]
+        targets = []
+        for q, m in zip(queries, maps):
+            targets += find_regions(m, q, threshold=self.threshold, min_area_patches=self.min_area,
+                                    frame_size=(h, w), crop_box=(0, 0, w, h))
+        return SimpleNamespace(targets=tuple(targets), patch_maps=maps)

@@ -1,0 +1,98 @@
+"""Demo training: patch labels, losses, a short real training run, native save/load round trip."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from vlmedge.runtime import synthetic as syn  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def td():
+    pytest.importorskip("vlmedge.preprocess", reason="vlmedge.preprocess is not written yet")
+    from vlmedge.export import train_demo
+    return train_demo
+
+
+def test_patch_labels_follow_masks(td):
+    scene = syn.render_scene(2)
+    lab = td.patch_labels(scene, (12, 16))
+    assert lab.shape == (12, 16)
+    for o in scene.objects:
+        cov = (o.mask.reshape(12, 40, 16, 40).mean(axis=(1, 3)))
+        idx = td.COMBO_INDEX[(o.kind, o.color)]
+        assert (lab[cov > 0.99] == idx).all()
+        assert (lab == idx).sum() >= 1
+    none = ~np.any([o.mask for o in scene.objects], axis=0).reshape(12, 40, 16, 40).any(axis=(1, 3))
+    assert (lab[none] == -1).all()
+
+
+def test_seeds_are_disjoint_from_evaluation(td):
+    from vlmedge.runtime.eval_grounding import EVAL_SEED_BASE
+    for seed in (0, 1, 12345):
+        s = td.train_seeds(td.TrainConfig(seed=seed, scenes=5000))
+        assert s.min() >= 0 and s.max() < td.TRAIN_SEED_LIMIT <= EVAL_SEED_BASE
+
+
+def test_config_validation(td):
+    from vlmedge.errors import ConfigError
+    with pytest.raises(ConfigError, match="steps"):
+        td.TrainConfig(steps=0)
+    with pytest.raises(ConfigError, match="minutes"):
+        td.TrainConfig(minutes=0)
+
+
+def test_short_training_run_saves_a_loadable_model(td, tmp_path):
+    from vlmedge.export.loaders import load_clip
+    torch.manual_seed(0)
+    cfg = td.TrainConfig(steps=4, scenes=8, batch=4, workers=1, threads=1, warmup=2)
+    model = td.train(cfg, tmp_path / "m")
+    for name in ("clip_spec.json", "model.safetensors", "tokenizer.json"):
+        assert (tmp_path / "m" / name).is_file()
+    loaded = load_clip(str(tmp_path / "m"))
+    assert loaded.spec == model.spec
+    assert loaded.preprocess_spec == td.preprocess_spec()
+    ids = torch.from_numpy(loaded.tokenizer.encode(["the red cup", "background"]))
+    px = torch.randn(1, 3, *td.IMAGE_SIZE)
+    with torch.no_grad():
+        t0, t1 = model.encode_text(ids), loaded.float().encode_text(ids)
+        i0, p0 = model.encode_image(px)
+        i1, p1 = loaded.encode_image(px)
+    assert torch.allclose(t0, t1, atol=2e-2)  # weights are stored as float16
+    assert torch.allclose(p0, p1, atol=2e-2)
+    assert abs(model.logit_scale.item() - loaded.logit_scale.item()) < 1e-2
+    th, reports = td.calibrate_threshold(loaded, loaded.tokenizer, scenes=3, grid=(0.5, 0.9))
+    assert th in (0.5, 0.9) and set(reports) == {0.5, 0.9}
+    assert reports[0.9].rejection >= reports[0.5].rejection  # a higher threshold never finds more
+
+
+def test_losses_are_finite_and_drop_when_fitting_one_batch(td):
+    from vlmedge.export.model import CLIP
+    from vlmedge.spec import ClipSpec, TextSpec, VisionSpec
+    torch.manual_seed(0)
+    tok = td.train_tokenizer()
+    spec = ClipSpec(VisionSpec(td.IMAGE_SIZE, 16, 32, 1, 2), TextSpec(32, 1, 2, tok.vocab_size, 77, eos_token_id=tok.eos_token_id), 32)
+    model = CLIP(spec)
+    pix, lab, pres = td.render_dataset(np.arange(4), td.preprocess_spec(), spec.vision.grid, workers=1)
+    x, y, p = torch.from_numpy(pix).float(), torch.from_numpy(lab), torch.from_numpy(pres)
+    ids = td.caption_ids(tok, 0)
+    opt = torch.optim.Adam(model.parameters(), 3e-3)
+    first = None
+    for _ in range(25):
+        parts = td.losses(model, x, y, p, ids, len(td.COMBOS))
+        loss = parts["dense"] + parts["query"] + 0.2 * parts["global"]
+        assert torch.isfinite(loss)
+        first = first if first is not None else loss.item()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.8 * first
+
+
+def test_train_demo_cli_is_registered():
+    from vlmedge.cli import build_parser
+    args = build_parser().parse_args(["train-demo", "--out", "x", "--steps", "5", "--seed", "3", "--minutes", "1"])
+    assert args.steps == 5 and args.seed == 3 and args.minutes == 1.0 and callable(args.func)
