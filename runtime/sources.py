@@ -11,8 +11,9 @@ Forms (the conventions Jetson users know):
 ``file://clip.mp4``, ``clip.mp4``  video file
 ``cup.jpg``, ``frames/``           an image, or a directory of images (sorted by name)
 ``... ! appsink``                  a raw GStreamer pipeline (contains ``!``)
-``synthetic://tabletop``           seeded synthetic tabletop scenes
-                                   (``?seed=3&fps=15&width=640&height=480``)
+``synthetic://tabletop``           seeded synthetic tabletop scenes with a red cup always in view
+                                   (``?seed=3&fps=15&width=640&height=480&featured=red+cup``;
+                                   ``featured=none`` for none, ``featured=red+cup,blue+ball``)
 =================================  =========================================================
 
 Sizes are ``(height, width)`` like ``frame.shape[:2]``. ``open_source`` only parses and checks;
@@ -347,15 +348,21 @@ class _PlaceholderScene:
         return np.clip(img.astype(np.int16) + noise, 0, 255).astype(np.uint8), None
 
 
+DEFAULT_FEATURED: tuple[tuple[str, str], ...] = (("red", "cup"),)  # the default demo grounds "the red cup"
+
+
 class SyntheticSource(FrameSource):
     """Seeded synthetic scenes (``vlmedge.runtime.synthetic.TabletopStream``). ``last_scene`` holds the
-    ground truth of the last frame. Paced at ``fps`` only with ``realtime=True``."""
+    ground truth of the last frame. Paced at ``fps`` only with ``realtime=True``. ``featured``:
+    ``(colour, kind)`` pairs always in view (default: the red cup)."""
 
     def __init__(self, spec: str, scene: str = "tabletop", *, seed: int = 0, size: tuple[int, int] = (480, 640),
-                 fps: float = 30.0, realtime: bool = False):
+                 fps: float = 30.0, realtime: bool = False,
+                 featured: tuple[tuple[str, str], ...] = DEFAULT_FEATURED):
         self.spec = spec
         self.scene = scene
         self.seed = seed
+        self.featured = tuple(tuple(p) for p in featured)
         self.size = size
         self.nominal_fps = fps
         self.realtime = realtime
@@ -366,7 +373,7 @@ class SyntheticSource(FrameSource):
 
     def clone(self) -> SyntheticSource:
         return SyntheticSource(self.spec, self.scene, seed=self.seed, size=self.size, fps=self.nominal_fps,
-                               realtime=self.realtime)
+                               realtime=self.realtime, featured=self.featured)
 
     def open(self) -> None:
         try:
@@ -378,7 +385,8 @@ class SyntheticSource(FrameSource):
             self.placeholder = True
             self._stream = _PlaceholderScene(self.seed, self.size, self.nominal_fps)
         else:
-            self._stream = TabletopStream(seed=self.seed, size=self.size, fps=self.nominal_fps)
+            self._stream = TabletopStream(seed=self.seed, size=self.size, fps=self.nominal_fps,
+                                          featured=self.featured)
         self._pacer = _Pacer(self.nominal_fps if self.realtime else None)
 
     def read(self) -> np.ndarray | None:
@@ -401,7 +409,8 @@ class SyntheticSource(FrameSource):
 
     def describe(self) -> str:
         h, w = self.size
-        return (f"synthetic {self.scene} (seed {self.seed}, {w}x{h} @ {self.nominal_fps:g} fps"
+        feat = ", ".join(f"{c} {k}" for c, k in self.featured) or "none"
+        return (f"synthetic {self.scene} (seed {self.seed}, {w}x{h} @ {self.nominal_fps:g} fps, featured {feat}"
                 + (", placeholder" if self.placeholder else "") + ")")
 
 
@@ -533,8 +542,26 @@ def open_source(spec: str, *, loop: bool = False, size: tuple[int, int] | str | 
     if name not in SYNTHETIC_SCENES:
         raise ConfigError(f"source {spec!r}: unknown synthetic scene {name!r}; expected one of "
                           f"{list(SYNTHETIC_SCENES)}" + did_you_mean(name, SYNTHETIC_SCENES))
-    params = _query_params(spec, query, {"seed": int, "fps": float, "width": int, "height": int})
+    params = _query_params(spec, query, {"seed": int, "fps": float, "width": int, "height": int, "featured": str})
     h, w = size or (480, 640)
     syn_size = _check_size((params.get("height", h), params.get("width", w)))
     syn_fps = _check_fps(params.get("fps", fps or 30.0))
-    return SyntheticSource(spec, name, seed=params.get("seed", 0), size=syn_size, fps=syn_fps, realtime=realtime)
+    featured = _parse_featured(spec, params["featured"]) if "featured" in params else DEFAULT_FEATURED
+    return SyntheticSource(spec, name, seed=params.get("seed", 0), size=syn_size, fps=syn_fps, realtime=realtime,
+                           featured=featured)
+
+
+def _parse_featured(spec: str, text: str) -> tuple[tuple[str, str], ...]:
+    """``featured=red cup,blue ball`` / ``none`` -> (colour, kind) pairs, checked when synthetic is installed."""
+    try:
+        from .synthetic import parse_featured
+    except ImportError as e:
+        if getattr(e, "name", None) not in (f"{__package__}.synthetic", "vlmedge.runtime.synthetic"):
+            raise
+        text = text.strip().lower()
+        return () if text in ("", "none") else tuple(tuple(p.split()[:2]) for p in text.split(","))  # type: ignore
+    try:
+        return parse_featured(text)
+    except ConfigError as e:
+        raise ConfigError(f"source {spec!r}: parameter featured={text!r}: {e}; expected 'COLOUR KIND' pairs "
+                          "separated by commas (e.g. featured=red+cup) or featured=none") from None

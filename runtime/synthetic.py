@@ -5,7 +5,8 @@ model, to calibrate int8 quantization and to benchmark grounding. Torch-free.
 
 * :func:`render_scene` -> :class:`Scene`: one still, deterministic for a seed.
 * :class:`TabletopStream`: a moving scene (objects slide, come and go); ``read()`` gives the
-  next ``(frame_bgr, scene)``.
+  next ``(frame_bgr, scene)``. ``featured`` objects never leave (the default source features
+  the red cup so that the default demo query "the red cup" always has something to find).
 
 Conventions: frames are BGR uint8 [H, W, 3]; ``SceneObject.bbox`` is ``(x0, y0, x1, y1)`` in
 frame pixels with x1/y1 EXCLUSIVE, the tight box of the object's VISIBLE pixels (``mask``).
@@ -61,6 +62,35 @@ def all_captions() -> list[str]:
     """Every caption the vocabulary can produce plus the background prompts (tokenizer training)."""
     out = [caption(k, c, t) for k in KINDS for c in COLOR_NAMES for t in range(len(CAPTION_TEMPLATES))]
     return out + list(BACKGROUND_PROMPTS)
+
+
+def check_featured(featured) -> tuple[tuple[str, str], ...]:
+    """Validate ``(colour, kind)`` pairs (or ``"red cup"`` strings); return distinct pairs."""
+    if isinstance(featured, str):
+        raise ConfigError(f"featured must be a sequence of (colour, kind) pairs, got the string {featured!r}; "
+                          "use parse_featured() for text")
+    out: list[tuple[str, str]] = []
+    for item in featured or ():
+        if isinstance(item, str):
+            item = tuple(item.split())
+        if not isinstance(item, (tuple, list)) or len(item) != 2:
+            raise ConfigError(f"featured object must be a (colour, kind) pair such as ('red', 'cup'), got {item!r}")
+        colour, kind = str(item[0]).lower(), str(item[1]).lower()
+        check_choice("featured colour", colour, COLOR_NAMES)
+        check_choice("featured kind", kind, KINDS)
+        if (colour, kind) not in out:
+            out.append((colour, kind))
+    if len(out) > 4:
+        raise ConfigError(f"featured holds at most 4 objects, got {len(out)}: {out}")
+    return tuple(out)
+
+
+def parse_featured(text: str) -> tuple[tuple[str, str], ...]:
+    """``"red cup"`` / ``"red cup,blue ball"`` / ``"none"`` (or empty) -> ``(colour, kind)`` pairs."""
+    text = text.strip().lower()
+    if text in ("", "none"):
+        return ()
+    return check_featured([tuple(part.replace("+", " ").split()) for part in text.split(",")])
 
 
 # ----------------------------------------------------------------------------- results
@@ -643,6 +673,7 @@ class _Mover:
     vy: float
     born: float  # s
     dies: float  # s
+    featured: bool = False  # never leaves, stays inside the frame, drawn on top
 
 
 class TabletopStream:
@@ -651,12 +682,18 @@ class TabletopStream:
     ``read()`` returns ``(frame_bgr, scene)`` for the next time step (t = step / fps);
     the sequence is deterministic for ``seed``. The background, lighting and sprites are
     drawn once, so a frame costs a few alpha blends (well over 30 fps at 480x640).
+
+    ``featured``: ``(colour, kind)`` pairs, e.g. ``(("red", "cup"),)``, present in every frame:
+    they move and bounce like the others but never leave and are drawn on top (never hidden).
+    Other objects never duplicate them (another red object of another kind can still appear).
     """
 
-    def __init__(self, seed: int = 0, size: tuple[int, int] = (480, 640), fps: float = 30.0):
+    def __init__(self, seed: int = 0, size: tuple[int, int] = (480, 640), fps: float = 30.0,
+                 featured: tuple[tuple[str, str], ...] = ()):
         self.size = _check_size(size)
         if not fps or fps <= 0:
             raise ConfigError(f"TabletopStream fps must be positive, got {fps!r}")
+        self.featured = check_featured(featured)
         self.seed = int(seed)
         self.fps = float(fps)
         self.step = 0
@@ -672,7 +709,13 @@ class TabletopStream:
         self._top = int(H * 0.12)
         self._noise = [rng.normal(0, 3.0, (H, W, 3)).astype(np.float32) for _ in range(4)]
         self._movers: list[_Mover] = []
-        for pair in _pick_objects(rng)[:5]:
+        feat = [(k, c) for c, k in self.featured]  # internal pairs are (kind, colour)
+        for pair in feat:
+            m = self._spawn(pair, 0.0, anywhere=True)
+            m.featured, m.dies = True, math.inf
+            self._movers.append(m)
+        n_other = max(0, 5 - len(feat))
+        for pair in [p for p in _pick_objects(rng) if p not in feat][:n_other]:
             self._movers.append(self._spawn(pair, 0.0, anywhere=True))
 
     def _spawn(self, pair: tuple[str, str], t: float, anywhere: bool = False) -> _Mover:
@@ -706,12 +749,16 @@ class TabletopStream:
             if m.y < self._top or m.y > H - h:
                 m.vy = -m.vy
                 m.y = min(max(m.y, self._top), H - h)
-            if (m.x < 0 and m.vx < 0 and t - m.born > 3) or (m.x > W - w and m.vx > 0 and t - m.born > 3):
+            settled = m.featured or t - m.born > 3
+            if (m.x < 0 and m.vx < 0 and settled) or (m.x > W - w and m.vx > 0 and settled):
                 m.vx = -m.vx  # bounce off the side walls once settled in
+            if m.featured:
+                m.x = min(max(m.x, 0.0), float(max(0, W - w)))
             keep.append(m)
         self._movers = keep
         present = {(m.sprite.kind, m.sprite.color) for m in keep}
-        while len(self._movers) < 3 or (len(self._movers) < 6 and self._rng.random() < 0.25 * dt):
+        while len(self._movers) < 3 + len(self.featured) or (
+                len(self._movers) < 6 + len(self.featured) and self._rng.random() < 0.25 * dt):
             pair = (KINDS[int(self._rng.integers(len(KINDS)))], COLOR_NAMES[int(self._rng.integers(len(COLOR_NAMES)))])
             if pair in present:
                 continue
@@ -723,8 +770,9 @@ class TabletopStream:
         t = self.step / self.fps
         if self.step:
             self._advance(t, 1.0 / self.fps)
-        placed = sorted(((m.sprite, int(round(m.x)), int(round(m.y))) for m in self._movers),
+        placed = sorted(((m.sprite, int(round(m.x)), int(round(m.y))) for m in self._movers if not m.featured),
                         key=lambda p: p[2] + p[0].alpha.shape[0])
+        placed += [(m.sprite, int(round(m.x)), int(round(m.y))) for m in self._movers if m.featured]  # on top
         canvas, objects = compose(self._bg, placed, self._shadow)
         canvas += self._noise[self.step % len(self._noise)]
         frame = np.clip(canvas, 0, 255).astype(np.uint8)

@@ -110,6 +110,82 @@ def test_stream_is_deterministic_moves_and_changes_objects():
     assert not np.array_equal(c.read()[0], syn.TabletopStream(seed=3, fps=2.0).read()[0])
 
 
+def _default_demo_stream():
+    from vlmedge.runtime.sources import open_source
+
+    src = open_source("synthetic://tabletop")  # what `vlmedge run` with no arguments opens
+    src.open()
+    return src
+
+
+def test_default_demo_stream_always_shows_the_red_cup():
+    src = _default_demo_stream()
+    assert src.featured == (("red", "cup"),) and "featured red cup" in src.describe()
+    boxes = []
+    for _ in range(60):
+        frame = src.read()
+        cup = src.last_scene.find("cup", "red")
+        assert cup is not None and cup.area >= 2000, "the red cup must be visible in every frame"
+        assert src.last_scene.frame is frame
+        boxes.append(cup.bbox)
+    assert len(set(boxes)) > 10, "the featured cup must move"
+    # deterministic, and featured=none gives the plain stream
+    again = syn.TabletopStream(seed=0, featured=(("red", "cup"),))
+    np.testing.assert_array_equal(again.read()[0], _default_demo_stream().read())
+    from vlmedge.runtime.sources import open_source
+    plain = open_source("synthetic://tabletop?featured=none")
+    plain.open()
+    np.testing.assert_array_equal(plain.read(), syn.TabletopStream(seed=0).read()[0])
+
+
+def test_featured_objects_survive_a_long_stream():
+    s = syn.TabletopStream(seed=5, size=(240, 320), fps=2.0, featured=(("blue", "ball"), ("green", "book")))
+    for _ in range(200):  # 100 simulated seconds: longer than any object's lifetime
+        _, scene = s.read()
+        for colour, kind in s.featured:
+            o = scene.find(kind, colour)
+            assert o is not None and o.bbox[0] >= 0 and o.bbox[2] <= 320
+        assert sum(o.kind == "ball" and o.color == "blue" for o in scene.objects) == 1
+
+
+def test_featured_validation():
+    assert syn.parse_featured("red cup,blue+ball") == (("red", "cup"), ("blue", "ball"))
+    assert syn.parse_featured("none") == () == syn.parse_featured("")
+    with pytest.raises(ConfigError, match="did you mean 'cup'"):
+        syn.TabletopStream(featured=(("red", "cupp"),))
+    with pytest.raises(ConfigError, match="pair"):
+        syn.parse_featured("cup")
+    from vlmedge.runtime.sources import open_source
+    with pytest.raises(ConfigError, match="featured='red cupp'.*did you mean 'cup'"):
+        open_source("synthetic://tabletop?featured=red+cupp")
+    assert open_source("synthetic://tabletop?featured=blue+ball").featured == (("blue", "ball"),)
+    assert open_source("synthetic://tabletop?featured=red+cup").clone().featured == (("red", "cup"),)
+
+
+def test_embedded_bundle_finds_the_red_cup_in_the_default_stream():
+    from vlmedge.errors import ArtifactError
+    from vlmedge.runtime.assets import embedded_bundle
+    from vlmedge.runtime.grounder import Grounder
+    try:
+        bundle = embedded_bundle("int8")  # what `vlmedge run` uses by default
+    except ArtifactError as e:
+        pytest.skip(f"embedded bundle not built: {e}")
+    g = Grounder(bundle, smoothing=False)
+    src = _default_demo_stream()
+    hits = n = 0
+    for i in range(60):
+        frame = src.read()
+        if i % 3:
+            continue  # every third frame: 20 groundings keep the test short
+        n += 1
+        cup = src.last_scene.find("cup", "red")
+        found = [t for t in g.ground(frame, ["the red cup"]).targets if t.found]
+        if found:
+            x, y = (int(v) for v in max(found, key=lambda t: t.score).peak)
+            hits += bool(cup.mask[min(y, cup.mask.shape[0] - 1), min(x, cup.mask.shape[1] - 1)])
+    assert hits >= 0.8 * n, f"the red cup was pointed at in {hits}/{n} frames"
+
+
 def test_stream_renders_faster_than_30_fps():
     s = syn.TabletopStream(seed=0)
     s.read()

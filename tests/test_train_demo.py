@@ -92,6 +92,14 @@ def test_losses_are_finite_and_drop_when_fitting_one_batch(td):
     assert loss.item() < 0.8 * first
 
 
+def test_same_colour_other_kind_pairs(td):
+    m = td._same_colour_other_kind(len(td.COMBOS), "cpu")
+    red_cup, red_can, blue_cup = (td.COMBO_INDEX[p] for p in (("cup", "red"), ("can", "red"), ("cup", "blue")))
+    assert m[red_can, red_cup] and m[red_cup, red_can]  # a red can is a hard negative for "the red cup"
+    assert not m[blue_cup, red_cup] and not m[red_cup, red_cup]
+    assert int(m.sum()) == len(syn.COLOR_NAMES) * len(syn.KINDS) * (len(syn.KINDS) - 1)
+
+
 def test_train_demo_cli_is_registered():
     from vlmedge.cli import build_parser
     args = build_parser().parse_args(["train-demo", "--out", "x", "--steps", "5", "--seed", "3", "--minutes", "1"])
