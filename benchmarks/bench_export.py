@@ -46,6 +46,7 @@ def session(path: Path, threads: int):
     so.inter_op_num_threads = 1
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.log_severity_level = 3
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")  # as runtime/encoders.py does
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
@@ -98,18 +99,20 @@ def main() -> int:
     paths = {"ort_fp32": fp32_onnx, "ort_int8_qdq": int8_onnx, "ort_int8_dynamic": dyn}
     spec = fp32.preprocess
     eval_px = calibration.preprocess_frames(calibration.frames_synthetic(8, seed=100_000), spec)
+    frames = calibration.calibration_frames("synthetic", args.calib_count)
+    reader = calibration.frame_reader(frames, spec)
+    # the same recipe plus the ORT-only graph rewrites (MultiHeadAttention fusion, patch Conv as MatMul)
+    recipes = {"ort_int8_qdq_mha_convmm": quantize.Int8Recipe(fuse_attention=True, conv_as_matmul=True)}
     if args.variants:
-        frames = calibration.calibration_frames("synthetic", args.calib_count)
-        reader = calibration.frame_reader(frames, spec)
-        recipes = {"ort_int8_qdq_unfused": quantize.Int8Recipe(),  # same recipe, QDQ left to ORT at load
+        recipes.update({"ort_int8_qdq_unfused": quantize.Int8Recipe(),  # same recipe, QDQ left to ORT at load
                    "ort_int8_s8s8_sym": quantize.Int8Recipe(activation="int8", symmetric_activations=True),
                    "ort_int8_qdq_outputs": quantize.Int8Recipe(quantize_outputs=True),
-                   "ort_int8_with_conv": quantize.Int8Recipe(op_types=("MatMul", "Gemm", "Conv"))}
-        for name, recipe in recipes.items():
-            reader.rewind()
-            out = work / f"{name}.onnx"
-            quantize.quantize_int8(raw, out, reader, recipe)
-            paths[name] = out
+                   "ort_int8_with_conv": quantize.Int8Recipe(op_types=("MatMul", "Gemm", "Conv"))})
+    for name, recipe in recipes.items():
+        reader.rewind()
+        out = work / f"{name}.onnx"
+        quantize.quantize_int8(raw, out, reader, recipe)
+        paths[name] = out
 
     x = eval_px[0]
     xt = torch.from_numpy(x)
