@@ -347,15 +347,22 @@ class TorchGrounder:
         return self.model.encode_text(torch.from_numpy(self.tok.encode(texts))).numpy()
 
     @torch.no_grad()
+    def _patches(self, frame) -> np.ndarray:
+        from vlmedge.preprocess import preprocess
+
+        return self.model.encode_image(torch.from_numpy(preprocess(frame, self.pp)))[1][0].numpy()
+
+    def _query_embeds(self, queries) -> np.ndarray:
+        return self._text(list(queries))
+
+    @torch.no_grad()
     def ground(self, frame, queries):
         from types import SimpleNamespace
 
-        from vlmedge.preprocess import preprocess
         from vlmedge.runtime.regions import find_regions
         from vlmedge.similarity import contrastive_maps
 
-        _, patches = self.model.encode_image(torch.from_numpy(preprocess(frame, self.pp)))
-        maps = contrastive_maps(patches[0].numpy(), self._text(list(queries)), self.bg,
+        maps = contrastive_maps(self._patches(frame), self._query_embeds(queries), self.bg,
                                 float(self.model.logit_scale.detach().exp()))
         h, w = frame.shape[:2]
         targets = []
@@ -413,25 +420,14 @@ class _CachedTorchGrounder(TorchGrounder):
         self._img: dict[bytes, np.ndarray] = {}
         self._txt: dict[str, np.ndarray] = {}
 
-    @torch.no_grad()
-    def ground(self, frame, queries):
-        from types import SimpleNamespace
-
-        from vlmedge.preprocess import preprocess
-        from vlmedge.runtime.regions import find_regions
-        from vlmedge.similarity import contrastive_maps
-
+    def _patches(self, frame) -> np.ndarray:
         key = frame.tobytes()[::997] + bytes(str(frame.shape), "ascii")
         if key not in self._img:
-            self._img[key] = self.model.encode_image(torch.from_numpy(preprocess(frame, self.pp)))[1][0].numpy()
+            self._img[key] = super()._patches(frame)
+        return self._img[key]
+
+    def _query_embeds(self, queries) -> np.ndarray:
         for q in queries:
             if q not in self._txt:
                 self._txt[q] = self._text([q])[0]
-        maps = contrastive_maps(self._img[key], np.stack([self._txt[q] for q in queries]), self.bg,
-                                float(self.model.logit_scale.detach().exp()))
-        h, w = frame.shape[:2]
-        targets = []
-        for q, m in zip(queries, maps):
-            targets += find_regions(m, q, threshold=self.threshold, min_area_patches=self.min_area,
-                                    frame_size=(h, w), crop_box=(0, 0, w, h))
-        return SimpleNamespace(targets=tuple(targets), patch_maps=maps)
+        return np.stack([self._txt[q] for q in queries])

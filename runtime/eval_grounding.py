@@ -29,6 +29,7 @@ import numpy as np
 from vlmedge.errors import ConfigError
 
 from . import synthetic as syn
+from .tracking import iou  # the same IoU the tracker uses
 
 log = logging.getLogger(__name__)
 
@@ -62,15 +63,6 @@ class GroundingReport:
                 f"box hit {100 * self.box_hit:.1f}% (n={self.n_present}), rejection {100 * self.rejection:.1f}% "
                 f"(n={self.n_absent}), discrimination {100 * self.discrimination:.1f}% (n={self.n_discrimination}), "
                 f"{self.mean_ground_ms:.1f} ms/ground")
-
-
-def iou(a: Sequence[float], b: Sequence[float]) -> float:
-    """IoU of two (x0, y0, x1, y1) boxes with exclusive x1/y1."""
-    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = iw * ih
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return float(inter / union) if union > 0 else 0.0
 
 
 def best_target(result: Any, query: str):
