@@ -22,7 +22,7 @@ import zmq
 from vlmedge import protocol
 from vlmedge.errors import ConfigError, ProtocolError, VlmEdgeError, did_you_mean
 
-from .zmq_util import CurveClientKeys, CurveServerKeys, bind, check_address, setup_curve_client, setup_curve_server
+from .zmq_util import CurveClientKeys, CurveServerKeys, bind, check_address, setup_curve_client, setup_curve_server, shutdown
 
 log = logging.getLogger(__name__)
 
@@ -234,12 +234,8 @@ class ControlServer:
         if self._thread is not None:
             self._thread.join(timeout=2.0)
             self._thread = None
-        if not self._sock.closed:
-            self._sock.close(linger=0)
-        if self._auth is not None:
-            self._auth.stop()
-            self._auth = None
-        self._ctx.term()
+        shutdown(self._ctx, self._sock, self._auth)
+        self._auth = None
 
     def __enter__(self) -> ControlServer:
         return self

@@ -20,7 +20,7 @@ import zmq
 from vlmedge import protocol
 from vlmedge.errors import ConfigError, VlmEdgeError
 
-from .zmq_util import CurveServerKeys, bind, setup_curve_server
+from .zmq_util import CurveServerKeys, bind, setup_curve_server, shutdown
 
 log = logging.getLogger(__name__)
 
@@ -161,13 +161,9 @@ class Publisher:
         if self._hb_thread is not None:
             self._hb_thread.join(timeout=2.0)
             self._hb_thread = None
-        with self._lock:
-            if not self._sock.closed:
-                self._sock.close(linger=0)
-        if self._auth is not None:
-            self._auth.stop()
-            self._auth = None
-        self._ctx.term()
+        with self._lock:  # no send may run while the socket closes
+            shutdown(self._ctx, self._sock, self._auth)
+        self._auth = None
 
     def __enter__(self) -> Publisher:
         return self

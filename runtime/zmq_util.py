@@ -152,6 +152,15 @@ def setup_curve_server(ctx: zmq.Context, sock: zmq.Socket, keys: CurveServerKeys
     return auth
 
 
+def shutdown(ctx: zmq.Context, sock: zmq.Socket, auth) -> None:
+    """Close ``sock`` without lingering, stop its CURVE authenticator (if any) and end ``ctx``."""
+    if not sock.closed:
+        sock.close(linger=0)
+    if auth is not None:
+        auth.stop()
+    ctx.term()
+
+
 def setup_curve_client(sock: zmq.Socket, keys: CurveClientKeys) -> None:
     """Make ``sock`` a CURVE client (call before connect)."""
     require_curve()
