@@ -28,7 +28,7 @@ from vlmedge.manifest import (
     DENSE_HEADS, MANIFEST_NAME, PRECISIONS, TARGETS, EncoderEntry, GroundingDefaults, Manifest, TensorSpec,
     file_entry, open_bundle,
 )
-from vlmedge.spec import RESIZE_MODES, PreprocessSpec, _pair
+from vlmedge.spec import RESIZE_MODES, PreprocessSpec, hw_pair
 
 from . import calibration, onnx_export, quantize
 from .onnx_export import IMAGE_INPUT, IMAGE_OUTPUTS, TARGET_PROFILES, TEXT_INPUT, TEXT_OUTPUTS
@@ -57,7 +57,7 @@ def parse_image_size(value) -> tuple[int, int] | None:
         if len(nums) not in (1, 2):
             raise ConfigError(f"image size {value!r} must look like H or HxW, e.g. 224 or 224x320")
         value = nums[0] if len(nums) == 1 else tuple(nums)
-    return _pair("image_size", value)
+    return hw_pair("image_size", value)
 
 
 def read_vocab(path: str | Path) -> list[str]:

@@ -18,7 +18,7 @@ from torch import nn
 
 from vlmedge.errors import ConfigError, InputError
 from vlmedge.manifest import DENSE_HEADS
-from vlmedge.spec import ClipSpec, VisionSpec, TextSpec, _pair
+from vlmedge.spec import ClipSpec, VisionSpec, TextSpec, hw_pair
 
 from . import dense
 
@@ -156,7 +156,7 @@ class VisionTower(nn.Module):
         self._refresh()
 
     def set_image_size(self, size) -> None:
-        h, w = _pair("image_size", size)
+        h, w = hw_pair("image_size", size)
         p = self.spec.patch_size
         if h % p or w % p:
             raise ConfigError(f"image_size {(h, w)} must be a multiple of the patch size {p} in both H and W")

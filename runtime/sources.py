@@ -35,6 +35,7 @@ from urllib.parse import parse_qsl
 import numpy as np
 
 from vlmedge.errors import BackendUnavailable, ConfigError, SourceError, did_you_mean
+from vlmedge.spec import hw_pair
 
 log = logging.getLogger(__name__)
 
@@ -87,13 +88,7 @@ def _check_size(size: Any) -> tuple[int, int] | None:
         return None
     if isinstance(size, str):
         return parse_size(size)
-    try:
-        h, w = (int(v) for v in size)
-    except (TypeError, ValueError):
-        raise ConfigError(f"size must be (height, width) or 'WIDTHxHEIGHT', got {size!r}") from None
-    if h <= 0 or w <= 0:
-        raise ConfigError(f"size must be positive, got {size!r}")
-    return h, w
+    return hw_pair("size (height, width) or 'WIDTHxHEIGHT'", size)
 
 
 def _check_fps(fps: Any) -> float | None:

@@ -15,7 +15,8 @@ ACTIVATIONS = ("quick_gelu", "gelu")
 RESIZE_MODES = ("shortest-crop", "full-frame")
 
 
-def _pair(name: str, value: Any) -> tuple[int, int]:
+def hw_pair(name: str, value: Any) -> tuple[int, int]:
+    """An int (square) or an (H, W) pair of positive ints; ConfigError naming ``name`` otherwise."""
     if isinstance(value, int):
         value = (value, value)
     try:
@@ -57,7 +58,7 @@ class VisionSpec:
     mlp_ratio: float = 4.0  # MLP hidden = width * mlp_ratio
 
     def __post_init__(self):
-        object.__setattr__(self, "image_size", _pair("VisionSpec.image_size", self.image_size))
+        object.__setattr__(self, "image_size", hw_pair("VisionSpec.image_size", self.image_size))
         _positive(self, "patch_size", "width", "layers", "heads")
         if self.width % self.heads:
             raise ConfigError(f"VisionSpec.width ({self.width}) must be divisible by heads ({self.heads})")
@@ -129,7 +130,7 @@ class PreprocessSpec:
     interpolation: str = "bicubic"  # bicubic | bilinear | area
 
     def __post_init__(self):
-        object.__setattr__(self, "size", _pair("PreprocessSpec.size", self.size))
+        object.__setattr__(self, "size", hw_pair("PreprocessSpec.size", self.size))
         check_choice("PreprocessSpec.mode", self.mode, RESIZE_MODES)
         check_choice("PreprocessSpec.interpolation", self.interpolation, ("bicubic", "bilinear", "area"))
         for n in ("mean", "std"):
