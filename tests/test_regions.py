@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from vlmedge.errors import InputError
-from vlmedge.runtime.regions import find_regions
+from vlmedge.runtime.regions import find_regions, refined_peak
 from vlmedge.runtime.results import GroundingResult, Target, upsample_map
 
 FRAME = (480, 640)          # (H, W)
@@ -43,6 +43,28 @@ def test_two_blobs_give_two_targets_in_frame_pixels():
     assert 0.5 * (3 * patch) ** 2 < ts[0].area < 1.5 * (3 * patch) ** 2
     # the other blob is in the upper left
     assert ts[1].bbox[2] < 80 + 6 * patch and ts[1].bbox[3] < 6 * patch
+
+
+def test_peak_is_refined_between_patches_an_object_straddles():
+    # an object covering the right part of patch (5, 5) and the left part of patch (5, 6): both light up
+    m = np.full((14, 14), 0.05, dtype=np.float32)
+    m[5, 5], m[5, 6] = 0.9, 0.7
+    (t,) = find_regions(m, "cup", threshold=0.5, min_area_patches=1, frame_size=FRAME, crop_box=CROP)
+    patch = 480 / 14
+    # weights 0.4 and 0.2 -> x = 5.5 + 1/3 patches; y stays at the row centre
+    assert t.peak[0] == pytest.approx(80 + (5.5 + 1 / 3) * patch - 0.5, abs=1e-3)
+    assert t.peak[1] == pytest.approx(5.5 * patch - 0.5, abs=1e-3)
+    assert t.score == pytest.approx(0.9)
+    # a lone patch keeps its centre; patches under the threshold do not pull
+    m[5, 6] = 0.45
+    assert refined_peak(m, 5, 5, 0.5) == (5.5, 5.5)
+    # symmetric neighbours cancel out
+    m[5, 4] = m[5, 6] = 0.8
+    assert refined_peak(m, 5, 5, 0.5) == pytest.approx((5.5, 5.5))
+    # at the map border the window is clipped, not wrapped
+    m2 = np.zeros((3, 3), np.float32)
+    m2[0, 0], m2[0, 1] = 0.9, 0.9
+    assert refined_peak(m2, 0, 0, 0.5) == pytest.approx((1.0, 0.5))
 
 
 def test_min_area_filters_small_regions():
