@@ -14,7 +14,7 @@ def register(subparsers) -> None:
     p.add_argument("--out", default=None,
                    help="output model directory (default: the package's runtime/assets/tabletop/model)")
     p.add_argument("--steps", type=int, default=None, help="optimizer steps (default 5200, as the shipped model)")
-    p.add_argument("--scenes", type=int, default=None, help="distinct training scenes (default 4000)")
+    p.add_argument("--scenes", type=int, default=None, help="distinct training scenes (default 8000, as the shipped model)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--minutes", type=float, default=40.0,
                    help="wall-clock budget in minutes; steps are cut to fit (default 40)")

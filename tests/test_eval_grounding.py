@@ -74,13 +74,13 @@ def _bundle(precision):
         pytest.skip(f"embedded {precision} bundle not built yet: {e}")
 
 
-# Measured with the shipped bundles (model v2) and the sub-patch peak (regions.refined_peak) on these
-# 40 scenes (seed 1_000_000), evaluate_bundle:
-#   fp32: pointing 100.0%, box hit 95.0%, rejection 100.0%, discrimination 94.3% (n=35)
-#   int8: pointing 100.0%, box hit 95.0%, rejection 100.0%, discrimination 94.3% (n=35)
-# (500 scenes, `vlmedge eval-grounding`: fp32 97.0 / 91.4 / 98.4 / 96.8, int8 97.2 / 91.6 / 98.6 / 96.8;
-#  with the patch-centre peak it was fp32 93.8 / 91.4 / 98.4 / 93.4.) Floors sit a few points below.
-FLOORS = dict(pointing=0.95, box_hit=0.88, rejection=0.95, discrimination=0.88)
+# Measured with the shipped bundles (model v3: 8000 scenes) and the sub-patch peak (regions.refined_peak)
+# on these 40 scenes (seed 1_000_000), evaluate_bundle:
+#   fp32: pointing 100.0%, box hit 90.0%, rejection 100.0%, discrimination 94.3% (n=35)
+#   int8: pointing 100.0%, box hit 90.0%, rejection 97.5%, discrimination 94.3% (n=35)
+# (500 scenes, `vlmedge eval-grounding`: fp32 97.6 / 93.4 / 99.0 / 97.8, int8 98.2 / 93.6 / 98.8 / 98.3.)
+# Floors sit a few points below.
+FLOORS = dict(pointing=0.95, box_hit=0.85, rejection=0.92, discrimination=0.88)
 
 
 @pytest.fixture(scope="module")

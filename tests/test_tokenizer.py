@@ -365,3 +365,14 @@ def test_lazy_export_and_torch_free():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[49406, 518, 736, 1937, 49407]"
+
+
+def test_train_is_deterministic_across_processes(tmp_path):
+    # The Rust trainer seeds its hash maps per process: the same texts must still give the same merges.
+    code = ("import sys; from vlmedge.runtime.synthetic import all_captions; from vlmedge.tokenizer import ClipTokenizer; "
+            "sys.stdout.write(ClipTokenizer.train(all_captions(), 640).to_json())")
+    outs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+            for _ in range(3)}
+    assert len(outs) == 1
+    merges = json.loads(outs.pop())["model"]["merges"]
+    assert len(merges) > 20

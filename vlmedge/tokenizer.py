@@ -30,14 +30,13 @@ import gzip
 import json
 import logging
 import os
-from collections import defaultdict
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tokenizers import Regex, Tokenizer, decoders, normalizers, pre_tokenizers, processors
+from tokenizers import Regex, Tokenizer, decoders, normalizers, pre_tokenizers, processors, trainers
 from tokenizers.models import BPE
 
 from .errors import ArtifactError, ConfigError, InputError
@@ -279,12 +278,17 @@ class ClipTokenizer:
     @classmethod
     def train(cls, texts: Sequence[str], vocab_size: int, *, min_frequency: int = 2,
               context_length: int = DEFAULT_CONTEXT_LENGTH) -> "ClipTokenizer":
-        """Train a small CLIP-style BPE on ``texts`` (deterministic for the same input).
+        """Train a small CLIP-style BPE on ``texts`` with the ``tokenizers`` BpeTrainer.
 
         The vocabulary has OpenAI's layout: 512 byte symbols (with/without ``</w>``), then one
         token per learned merge, then ``<|startoftext|>``, ``<|endoftext|>`` (pad). So
         ``vocab_size`` must be >= 514; the result has at most ``vocab_size`` tokens (fewer when
         the corpus runs out of pairs seen ``min_frequency`` times).
+
+        Deterministic across processes: BpeTrainer breaks ties between equally frequent pairs by
+        symbol id, and gives symbols it meets while walking its (randomly seeded) word hash map
+        ids in that walk's order. Handing it all 512 byte symbols as special tokens first pins
+        every starting symbol's id, so the merges are the same in every run.
         """
         _check_texts(texts)
         if not isinstance(vocab_size, int) or isinstance(vocab_size, bool) or vocab_size < 514:
@@ -295,13 +299,12 @@ class ClipTokenizer:
             raise InputError("train() needs at least one text, got an empty list")
         scratch = Tokenizer(BPE(unk_token=EOS, continuing_subword_prefix="", end_of_word_suffix=EOW))
         _clip_pipeline(scratch)
-        words: dict[tuple[str, ...], int] = {}
-        for text in texts:
-            for piece, _ in scratch.pre_tokenizer.pre_tokenize_str(scratch.normalizer.normalize_str(text)):
-                if piece not in (BOS, EOS):
-                    w = tuple(piece[:-1]) + (piece[-1] + EOW,)
-                    words[w] = words.get(w, 0) + 1
-        merges = _learn_merges(words, vocab_size - 514, min_frequency)
+        pinned = list(clip_vocab([]))  # 256 bytes, 256 bytes + </w>, bos, eos: ids fixed before training
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=pinned,
+                                      show_progress=False, continuing_subword_prefix="", end_of_word_suffix=EOW)
+        scratch.train_from_iterator(list(texts), trainer)
+        merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m)
+                  for m in json.loads(scratch.to_str())["model"]["merges"]]
         tok = _build_clip_bpe(clip_vocab(merges), merges)
         tok.add_special_tokens([BOS, EOS])
         tok.post_processor = processors.RobertaProcessing((EOS, tok.token_to_id(EOS)), (BOS, tok.token_to_id(BOS)),
@@ -418,47 +421,6 @@ def _read_merges_txt(path: Path) -> list[tuple[str, str]]:
         merges.append((parts[0], parts[1]))
     return merges
 
-
-def _learn_merges(words: dict[tuple[str, ...], int], n_merges: int, min_frequency: int) -> list[tuple[str, str]]:
-    """Classic BPE training: repeatedly merge the most frequent adjacent pair.
-
-    Ties go to the lexicographically smallest pair, so the result does not depend on hash
-    order (the ``tokenizers`` BpeTrainer breaks ties by internal ids that vary run to run).
-    """
-    seqs = [list(w) for w in words]
-    counts = list(words.values())
-    pair_counts: dict[tuple[str, str], int] = defaultdict(int)
-    where: dict[tuple[str, str], set[int]] = defaultdict(set)
-    for i, w in enumerate(seqs):
-        for p in zip(w, w[1:]):
-            pair_counts[p] += counts[i]
-            where[p].add(i)
-    merges: list[tuple[str, str]] = []
-    while len(merges) < n_merges and pair_counts:
-        best, n = min(pair_counts.items(), key=lambda kv: (-kv[1], kv[0]))
-        if n < min_frequency:
-            break
-        merges.append(best)
-        joined = best[0] + best[1]
-        for i in sorted(where.pop(best, ())):
-            w, c = seqs[i], counts[i]
-            for p in zip(w, w[1:]):
-                pair_counts[p] -= c
-                if pair_counts[p] <= 0:
-                    del pair_counts[p]
-            out, j = [], 0
-            while j < len(w):
-                if j < len(w) - 1 and (w[j], w[j + 1]) == best:
-                    out.append(joined)
-                    j += 2
-                else:
-                    out.append(w[j])
-                    j += 1
-            seqs[i] = out
-            for p in zip(out, out[1:]):
-                pair_counts[p] += c
-                where[p].add(i)
-    return merges
 
 
 def _check_texts(texts: Any) -> None:
