@@ -5,10 +5,14 @@ Measured (all in this process, which stays torch-free):
 * encoder: ``encode_image`` on one preprocessed frame, ``frames`` runs after a warm-up: mean/p50/p99 ms.
 * pipeline: the real ``vlmedge run`` loop (capture thread -> Grounder -> Publisher on a loopback port,
   control socket polled) on a video source played at its frame rate like a camera. Without
-  ``--source`` a temporary MJPG video of synthetic scenes is written (in a child process, so scene
-  rendering does not count in the memory figures) at 30 fps, or 1.5x the encoder's rate when that is
-  higher, so the model is the bottleneck. Steady throughput (fps) and capture-to-publish latency
-  (``Frame.t_capture_ns`` -> after the publish call) p50/p99.
+  ``--source`` a temporary video of synthetic scenes is written (in a child process, so scene
+  rendering does not count in the memory figures) and played as the camera: ``--camera-fps``
+  (default 30 fps, or 1.5x the encoder's rate when that is higher, so the model is the bottleneck)
+  and ``--camera-format`` (``raw``: uncompressed YUV 4:2:0 frames, what a YUYV/CSI camera hands
+  over, only a colour conversion to undo; ``mjpg``: JPEG frames to decode, like a USB MJPG
+  webcam). Steady throughput (fps) and capture-to-publish latency (``Frame.t_capture_ns`` -> after
+  the publish call) p50/p99. The newest frame waits for the encoder to finish the previous one, so
+  capture-to-publish includes up to one camera frame period on top of the processing.
 * query switch: while the pipeline runs, a REQ client sends ``set_queries`` and a SUB client checks
   that every targets message published after the reply carries the new query.
 * memory: VmRSS and VmHWM (peak) from /proc/self/status at the end.
@@ -35,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vlmedge.errors import BackendUnavailable, ConfigError
+from vlmedge.errors import BackendUnavailable, ConfigError, check_choice
 
 log = logging.getLogger(__name__)
 
@@ -81,16 +85,21 @@ def bench_encoder(encoders, pixels: np.ndarray, frames: int, warmup: int = 5) ->
     return _stats_ms(time_encoder(encoders, pixels, frames, warmup))
 
 
-def write_synthetic_video(path: Path, frames: int, fps: float, size=(480, 640)) -> Path:
-    """An MJPG .avi of moving synthetic tabletop scenes."""
+CAMERA_FORMATS = {"raw": "I420", "mjpg": "MJPG"}  # --camera-format -> AVI fourcc
+
+
+def write_synthetic_video(path: Path, frames: int, fps: float, size=(480, 640), camera_format: str = "raw") -> Path:
+    """An .avi of moving synthetic tabletop scenes: raw YUV 4:2:0 (``raw``) or JPEG (``mjpg``) frames."""
     import cv2
 
     from .synthetic import TabletopStream
 
+    check_choice("camera_format", camera_format, tuple(CAMERA_FORMATS))
+    fourcc = CAMERA_FORMATS[camera_format]
     stream = TabletopStream(seed=0, size=size, fps=fps)
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (size[1], size[0]))
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), fps, (size[1], size[0]))
     if not writer.isOpened():
-        raise BackendUnavailable("an OpenCV video writer (MJPG/.avi)", "this OpenCV build cannot write videos")
+        raise BackendUnavailable(f"an OpenCV video writer ({fourcc}/.avi)", "this OpenCV build cannot write it")
     try:
         for _ in range(frames):
             frame, _ = stream.read()
@@ -100,11 +109,11 @@ def write_synthetic_video(path: Path, frames: int, fps: float, size=(480, 640)) 
     return path
 
 
-def write_synthetic_video_subprocess(path: Path, frames: int, fps: float) -> Path:
+def write_synthetic_video_subprocess(path: Path, frames: int, fps: float, camera_format: str = "raw") -> Path:
     """``write_synthetic_video`` in a child process, so that rendering does not count in this process's
     memory figures (a camera or file source needs none of it)."""
     cmd = [sys.executable, "-m", "vlmedge.runtime.bench", "--write-video",
-           json.dumps({"path": str(path), "frames": int(frames), "fps": float(fps)})]
+           json.dumps({"path": str(path), "frames": int(frames), "fps": float(fps), "format": camera_format})]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     if proc.returncode != 0 or not path.is_file():
         raise BackendUnavailable("writing the synthetic benchmark video", (proc.stderr.strip().splitlines()
@@ -244,12 +253,19 @@ def _torch_worker(spec: dict) -> dict:
 
 
 def bench(bundle, *, source: str | None = None, frames: int = 100, queries=("the red cup",),
-          torch_source: str | None = None, providers=None, prefetch: bool | None = None) -> dict:
+          torch_source: str | None = None, providers=None, prefetch: bool | None = None,
+          camera_fps: float | None = None, camera_format: str = "raw") -> dict:
     """Run every measurement; returns the report dict (see the module docstring)."""
     from .grounder import Grounder
 
     if not isinstance(frames, int) or frames < 2:
         raise ConfigError(f"frames must be an int >= 2, got {frames!r}")
+    check_choice("camera_format", camera_format, tuple(CAMERA_FORMATS))
+    if camera_fps is not None and not (isinstance(camera_fps, (int, float)) and 0 < camera_fps <= 240):
+        raise ConfigError(f"camera_fps must be a number in (0, 240], got {camera_fps!r}")
+    if source is not None and camera_fps is not None:
+        raise ConfigError("camera_fps sets the frame rate of the synthetic camera video; with --source the "
+                          "source's own rate is used")
     grounder = Grounder(bundle, providers=providers)
     m = grounder.manifest
     enc = grounder.encoders
@@ -262,11 +278,16 @@ def bench(bundle, *, source: str | None = None, frames: int = 100, queries=("the
     with tempfile.TemporaryDirectory(prefix="vlmedge-bench-") as tmp:
         if source is None:
             # A first guess of the encoder rate sets the camera-like frame rate of the synthetic video.
-            probe_px = np.zeros((1, 3, *m.image_size), dtype=np.float32)
-            rate = 1000.0 / float(np.median(time_encoder(enc, probe_px, 3, warmup=1)))
-            fps = float(min(max(30.0, math.ceil(1.5 * rate)), 240.0))
+            if camera_fps is None:
+                probe_px = np.zeros((1, 3, *m.image_size), dtype=np.float32)
+                rate = 1000.0 / float(np.median(time_encoder(enc, probe_px, 3, warmup=1)))
+                fps = float(min(max(30.0, math.ceil(1.5 * rate)), 240.0))
+            else:
+                fps = float(camera_fps)
             n = int(min(max(2 * fps, 60), 300))
-            source = "file://" + str(write_synthetic_video_subprocess(Path(tmp) / "synthetic.avi", n, fps))
+            source = "file://" + str(write_synthetic_video_subprocess(Path(tmp) / "synthetic.avi", n, fps,
+                                                                      camera_format))
+            report["camera"] = {"synthetic": True, "fps": fps, "format": camera_format}
         report.update(_bench_with_source(grounder, bundle, source, frames, queries, prefetch))
     report["memory_mb"] = memory_mb()
     report["loadavg"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
@@ -370,6 +391,8 @@ def format_report(r: dict) -> str:
              f"grid {b['patch_grid'][0]}x{b['patch_grid'][1]}, D={b['embed_dim']}] at {b['path']}",
              f"runtime   {', '.join(r['runtime']['providers'])}, {r['runtime']['threads']} threads, "
              f"{r['runtime']['cpus']} CPUs, torch imported: {r['runtime']['torch_imported']}",
+             (f"camera    synthetic scenes played as a {r['camera']['fps']:g} fps camera "
+              f"({r['camera']['format']} frames)" if r.get("camera") else f"source    {pipe['source']}"),
              "",
              f"{'measurement':<34}{'mean':>9}{'p50':>9}{'p99':>9}   other",
              f"{'preprocess (640x480 frame)':<34}{r['preprocess']['mean_ms']:>9.2f}{r['preprocess']['p50_ms']:>9.2f}"
@@ -410,7 +433,8 @@ def _fmt(v) -> str:
 def bench_command(args) -> int:
     bundle = Path(args.bundle)
     report = bench(bundle, source=args.source, frames=args.frames, queries=tuple(args.queries or ("the red cup",)),
-                   torch_source=args.torch_baseline, providers=args.providers, prefetch=args.prefetch)
+                   torch_source=args.torch_baseline, providers=args.providers, prefetch=args.prefetch,
+                   camera_fps=args.camera_fps, camera_format=args.camera_format)
     print(format_report(report))
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
@@ -424,6 +448,7 @@ if __name__ == "__main__":
         sys.exit(0)
     if len(sys.argv) == 3 and sys.argv[1] == "--write-video":
         spec = json.loads(sys.argv[2])
-        write_synthetic_video(Path(spec["path"]), int(spec["frames"]), float(spec["fps"]))
+        write_synthetic_video(Path(spec["path"]), int(spec["frames"]), float(spec["fps"]),
+                              camera_format=spec.get("format", "raw"))
         sys.exit(0)
     sys.exit("usage: python -m vlmedge.runtime.bench --torch-worker|--write-video JSON (internal; use `vlmedge bench`)")

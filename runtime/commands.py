@@ -106,6 +106,12 @@ def register(subparsers) -> None:
     b.add_argument("--providers", nargs="+", default=None, metavar="EP", help="ONNX Runtime execution providers")
     b.add_argument("--prefetch", action=argparse.BooleanOptionalAction, default=None,
                    help="preprocess in its own thread during the pipeline run (default: auto, as `vlmedge run`)")
+    b.add_argument("--camera-fps", type=float, default=None, metavar="FPS",
+                   help="frame rate of the synthetic camera video (without --source; default 30, or 1.5x the "
+                        "encoder's rate when higher)")
+    b.add_argument("--camera-format", choices=("raw", "mjpg"), default="raw",
+                   help="frames of the synthetic camera video: raw YUV like a YUYV/CSI camera (default) or JPEG "
+                        "like an MJPG webcam (decoding then runs in the capture thread)")
     b.set_defaults(func=_bench)
 
 

@@ -89,11 +89,13 @@ def test_classify_cli_json(bundle, tmp_path, capsys):
 
 def test_bench_cli_writes_json_with_checks(bundle, tmp_path, capsys):
     out = tmp_path / "bench.json"
-    rc = main(["bench", str(bundle), "--frames", "8", "--json", str(out)])
+    rc = main(["bench", str(bundle), "--frames", "8", "--json", str(out), "--camera-fps", "40", "--camera-format", "mjpg"])
     assert rc == 0
     text = capsys.readouterr().out
     assert "image encoder" in text and ("PASS" in text or "FAIL" in text)
+    assert "40 fps camera (mjpg frames)" in text
     r = json.loads(out.read_text())
+    assert r["camera"] == {"synthetic": True, "fps": 40.0, "format": "mjpg"}
     assert r["encoder"]["n"] == 8 and r["encoder"]["p50_ms"] > 0
     assert r["pipeline"]["frames"] == 8 and r["pipeline"]["fps"] > 0
     assert r["pipeline"]["capture_to_publish_p99_ms"] >= r["pipeline"]["capture_to_publish_p50_ms"] > 0
@@ -101,3 +103,27 @@ def test_bench_cli_writes_json_with_checks(bundle, tmp_path, capsys):
     assert r["memory_mb"]["VmHWM"] >= r["memory_mb"]["VmRSS"] > 0
     assert [c["name"] for c in r["checks"]][2] == "a new query takes effect on the next frame"
     assert all(isinstance(c["ok"], bool) for c in r["checks"])
+
+
+def test_bench_synthetic_camera_video_formats(tmp_path):
+    from vlmedge.errors import ConfigError
+    from vlmedge.runtime.bench import bench, write_synthetic_video
+
+    for fmt in ("raw", "mjpg"):
+        path = write_synthetic_video(tmp_path / f"{fmt}.avi", frames=6, fps=45.0, size=(120, 160), camera_format=fmt)
+        cap = cv2.VideoCapture(str(path))
+        frames = []
+        while True:
+            ok, frame = cap.read()
+            if not ok:
+                break
+            frames.append(frame)
+        assert cap.get(cv2.CAP_PROP_FPS) == pytest.approx(45.0)
+        cap.release()
+        assert len(frames) == 6 and frames[0].shape == (120, 160, 3) and frames[0].std() > 10
+    with pytest.raises(ConfigError, match="camera_format.*'h264'"):
+        write_synthetic_video(tmp_path / "x.avi", 2, 30.0, camera_format="h264")
+    with pytest.raises(ConfigError, match="camera_fps"):
+        bench(tmp_path, camera_fps=0)
+    with pytest.raises(ConfigError, match="with --source"):
+        bench(tmp_path, source="file://x.avi", camera_fps=30)
