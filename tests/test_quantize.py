@@ -67,17 +67,21 @@ def test_int8_matches_fp32_on_calibration_like_frames(bundles, name):
     assert m.extra["int8"]["calibration"]["frames"] == 16
 
 
-def _check_qdq_counts(rep: dict, layers: int = 2) -> None:
+def _check_qdq_counts(rep: dict, layers: int = 2, conv_as_matmul: bool = False) -> None:
     assert rep["QuantizeLinear"] > 0 and rep["DequantizeLinear"] > 0
-    # every weight MatMul (q, k, v, out, fc1, fc2 per block + final projection) reads int8 inputs
+    # every weight MatMul (q, k, v, out, fc1, fc2 per block + final projection; + the patch
+    # embedding when its Conv was rewritten as a MatMul) reads int8 inputs
     # (static-batch graphs hold them as Gemm after the basic optimization)
     quantized = rep["quantized"].get("MatMul", 0) + rep["quantized"].get("Gemm", 0)
-    assert quantized >= layers * 6 + 1
+    assert quantized >= layers * 6 + 1 + int(conv_as_matmul)
     assert rep["weight_matmuls"] == quantized  # q @ k^T and attn @ v stay float
     assert rep["float"].get("MatMul", 0) == 2 * layers
     for op in ("LayerNormalization", "Softmax", "Sigmoid", "ReduceL2", "Conv"):
         assert op not in rep["quantized"], f"{op} must stay float"
-        assert rep["float"].get(op, 0) > 0
+        if op != "Conv" or not conv_as_matmul:
+            assert rep["float"].get(op, 0) > 0
+    if conv_as_matmul:
+        assert "Conv" not in rep["float"]
 
 
 def test_int8_qdq_graph_quantizes_weight_matmuls_and_keeps_norms_float(bundles):
@@ -98,7 +102,8 @@ def test_int8_qdq_graph_quantizes_weight_matmuls_and_keeps_norms_float(bundles):
 
 def test_int8_cpu_bundle_is_ort_fused_form_of_the_same_quantization(bundles):
     m, path = bundles["int8"]
-    _check_qdq_counts(m.extra["int8"]["qdq"])  # the QDQ graph it was fused from
+    _check_qdq_counts(m.extra["int8"]["qdq"], conv_as_matmul=True)  # the QDQ graph it was fused from
+    assert m.extra["int8"]["recipe"]["conv_as_matmul"] is True
     assert m.extra["int8"]["form"].startswith("onnxruntime-cpu")
     graph = onnx.load(str(path / "image_encoder.onnx")).graph
     ops = [n.op_type for n in graph.node]
