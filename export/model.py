@@ -17,7 +17,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from vlmedge.errors import ConfigError, InputError
-from vlmedge.manifest import DENSE_HEADS
 from vlmedge.spec import ClipSpec, VisionSpec, TextSpec, hw_pair
 
 from . import dense

@@ -37,7 +37,7 @@ def _main(args: argparse.Namespace) -> int:
     cfg = TrainConfig(steps=args.steps or defaults.steps, scenes=args.scenes or defaults.scenes, seed=args.seed,
                       minutes=args.minutes, threads=args.threads, workers=args.workers)
     out = Path(args.out) if args.out else DEMO_DIR / "model"
-    model = train(cfg, out)
+    train(cfg, out)
     print(f"model written to {out}")
     bundles = args.bundles if args.bundles is not None else args.out is None
     if bundles:

@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import signal
-import sys
 import threading
 import time
 from dataclasses import dataclass, field, fields
@@ -215,35 +213,15 @@ class _Stats:
         return float(np.percentile(self.latencies, q)) if self.latencies else None
 
 
-PREFETCH_NICE = 10  # niceness added to the preprocessing thread (Linux): it uses the encoder's idle gaps
-
-
-def lower_thread_priority(increment: int) -> bool:
-    """Make the calling thread ``increment`` nicer (Linux gives every thread its own nice value).
-    Best effort: False where the OS does not support it."""
-    if not hasattr(os, "setpriority") or not sys.platform.startswith("linux"):
-        return False
-    try:
-        tid = threading.get_native_id()
-        os.setpriority(os.PRIO_PROCESS, tid, min(os.getpriority(os.PRIO_PROCESS, tid) + int(increment), 19))
-        return True
-    except OSError:
-        return False
-
-
 class _Prefetcher:
     """Preprocesses the newest captured frame in a thread, so preprocessing overlaps the encoder.
-
-    The thread runs at a lower OS priority (``nice``): on a machine whose cores the encoder's
-    threads already use it fills the gaps between the encoder's parallel sections instead of
-    taking cores from them.
 
     ``latest(after_id, timeout) -> (Frame, Prepared) | None`` mirrors ``Capture.latest``; an error in
     the thread is re-raised in the caller.
     """
 
-    def __init__(self, capture, grounder, nice: int = PREFETCH_NICE):
-        self.capture, self.grounder, self.nice = capture, grounder, nice
+    def __init__(self, capture, grounder):
+        self.capture, self.grounder = capture, grounder
         self._cond = threading.Condition()
         self._item = None
         self._error: BaseException | None = None
@@ -257,8 +235,6 @@ class _Prefetcher:
 
     def _run(self) -> None:
         last = -1
-        if self.nice:
-            lower_thread_priority(self.nice)
         try:
             while not self._stop.is_set():
                 frame = self.capture.latest(after_id=last, timeout=0.1)

@@ -226,7 +226,7 @@ def _draw_bottle(rng, color, size):
     W, H = w + 4, h + 2
     a = np.zeros((H, W), np.uint8)
     cx = W // 2
-    y_cap, y_neck, y_sh0, y_sh1 = int(h * 0.09), int(h * 0.2), int(h * 0.26), int(h * 0.4)
+    y_cap, y_sh0, y_sh1 = int(h * 0.09), int(h * 0.26), int(h * 0.4)
     r = max(3, w // 6)
     cv2.rectangle(a, (cx - w // 2, y_sh1), (cx + w // 2 - 1, h - r), 255, -1, cv2.LINE_AA)
     cv2.rectangle(a, (cx - w // 2 + r, h - 2 * r), (cx + w // 2 - 1 - r, h), 255, -1, cv2.LINE_AA)

@@ -322,22 +322,3 @@ def test_live_window_on_a_virtual_display(bundle, video):
     assert "5 frames" in proc.stdout and "stopped by max_frames" in proc.stdout
     assert not any(line.startswith("frame ") for line in proc.stdout.splitlines())  # the window, not the printout
 
-
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice values are Linux-only")
-def test_lower_thread_priority_affects_only_the_calling_thread():
-    from vlmedge.runtime.app import lower_thread_priority
-
-    main_before = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-    seen = {}
-
-    def worker():
-        tid = threading.get_native_id()
-        before = os.getpriority(os.PRIO_PROCESS, tid)
-        seen["ok"] = lower_thread_priority(5)
-        seen["delta"] = os.getpriority(os.PRIO_PROCESS, tid) - before
-
-    t = threading.Thread(target=worker)
-    t.start()
-    t.join()
-    assert seen["ok"] is True and seen["delta"] == min(5, 19 - main_before)
-    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == main_before

@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save_file
 from vlmedge.errors import ArtifactError, ConfigError
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/_models.py (pytest uses importlib mode)
-from _models import hf_model, save_hf_dir, tiny_hf_clip_dir, tiny_hf_config, token_ids
+from _models import hf_model, tiny_hf_clip_dir, tiny_hf_config, token_ids
 
 from vlmedge.export.loaders import load_clip, save_clip
 

@@ -6,7 +6,7 @@ runtime (which reads them from a bundle manifest). No torch here.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from .errors import ConfigError, check_choice
