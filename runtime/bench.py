@@ -88,7 +88,8 @@ def bench_encoder(encoders, pixels: np.ndarray, frames: int, warmup: int = 5) ->
 CAMERA_FORMATS = {"raw": "I420", "mjpg": "MJPG"}  # --camera-format -> AVI fourcc
 
 
-def write_synthetic_video(path: Path, frames: int, fps: float, size=(480, 640), camera_format: str = "raw") -> Path:
+def write_synthetic_video(path: Path, frames: int, fps: float, size=(480, 640), camera_format: str = "raw",
+                          seed: int = 0) -> Path:
     """An .avi of moving synthetic tabletop scenes: raw YUV 4:2:0 (``raw``) or JPEG (``mjpg``) frames."""
     import cv2
 
@@ -96,7 +97,7 @@ def write_synthetic_video(path: Path, frames: int, fps: float, size=(480, 640), 
 
     check_choice("camera_format", camera_format, tuple(CAMERA_FORMATS))
     fourcc = CAMERA_FORMATS[camera_format]
-    stream = TabletopStream(seed=0, size=size, fps=fps)
+    stream = TabletopStream(seed=seed, size=size, fps=fps)
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), fps, (size[1], size[0]))
     if not writer.isOpened():
         raise BackendUnavailable(f"an OpenCV video writer ({fourcc}/.avi)", "this OpenCV build cannot write it")

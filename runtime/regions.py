@@ -59,12 +59,12 @@ def find_regions(prob_map: np.ndarray, query: str, *, threshold: float, min_area
     px = np.minimum(((jj + 0.5) * ww / w).astype(int), ww - 1)
     patch_labels = labels[py, px]
     patch_counts = np.bincount(patch_labels, minlength=n)
+    # Each region's best grid patch: the first of its patches in descending-probability order.
+    order = np.argsort(-pm[ii, jj], kind="stable")
+    regions, first = np.unique(patch_labels[order], return_index=True)
+    best_patch = {int(k): (int(ii[order[f]]), int(jj[order[f]])) for k, f in zip(regions, first)}
     patch_max = np.full(n, -1.0)
-    np.maximum.at(patch_max, patch_labels, pm[ii, jj])
-    best_patch = {}  # region -> (row, col) of its best grid patch
-    for r_, c_, k_ in zip(ii, jj, patch_labels):
-        if k_ not in best_patch or pm[r_, c_] > pm[best_patch[k_]]:
-            best_patch[k_] = (r_, c_)
+    patch_max[regions] = pm[ii[order[first]], jj[order[first]]]
 
     targets: list[Target] = []
     for k in range(1, n):

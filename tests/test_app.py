@@ -23,7 +23,7 @@ from vlmedge.errors import BackendUnavailable, ConfigError  # noqa: E402
 from vlmedge.runtime.app import RunConfig, run  # noqa: E402
 from vlmedge.runtime.control import ControlClient  # noqa: E402
 from vlmedge.runtime.sources import FrameSource  # noqa: E402
-from vlmedge.runtime.synthetic import TabletopStream  # noqa: E402
+from vlmedge.runtime.bench import write_synthetic_video  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -47,13 +47,7 @@ def bundle():
 def video(tmp_path_factory):
     """A 30-frame 320x240 MJPG video of synthetic scenes at 30 fps."""
     path = tmp_path_factory.mktemp("video") / "scene.avi"
-    stream = TabletopStream(seed=1, size=(240, 320))
-    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 30.0, (320, 240))
-    assert w.isOpened()
-    for _ in range(30):
-        w.write(stream.read()[0])
-    w.release()
-    return path
+    return write_synthetic_video(path, 30, 30.0, size=(240, 320), camera_format="mjpg", seed=1)
 
 
 class Subscriber:

@@ -11,7 +11,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _bundles import tiny_bundle  # noqa: E402
 
 from vlmedge.cli import build_parser, main  # noqa: E402
-from vlmedge.runtime.synthetic import TabletopStream, render_scene  # noqa: E402
+from vlmedge.runtime.bench import write_synthetic_video  # noqa: E402
+from vlmedge.runtime.synthetic import render_scene  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -22,12 +23,7 @@ def bundle():
 @pytest.fixture(scope="module")
 def video(tmp_path_factory):
     path = tmp_path_factory.mktemp("cli") / "clip.avi"
-    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 30.0, (320, 240))
-    stream = TabletopStream(seed=2, size=(240, 320))
-    for _ in range(10):
-        w.write(stream.read()[0])
-    w.release()
-    return path
+    return write_synthetic_video(path, 10, 30.0, size=(240, 320), camera_format="mjpg", seed=2)
 
 
 def test_run_flags_and_defaults():
@@ -107,7 +103,7 @@ def test_bench_cli_writes_json_with_checks(bundle, tmp_path, capsys):
 
 def test_bench_synthetic_camera_video_formats(tmp_path):
     from vlmedge.errors import ConfigError
-    from vlmedge.runtime.bench import bench, write_synthetic_video
+    from vlmedge.runtime.bench import bench
 
     for fmt in ("raw", "mjpg"):
         path = write_synthetic_video(tmp_path / f"{fmt}.avi", frames=6, fps=45.0, size=(120, 160), camera_format=fmt)
