@@ -193,3 +193,11 @@ def test_spec_and_shape_validation():
         preprocess(np.zeros((8, 8, 3), np.uint8), {"size": 8})
     with pytest.raises(InputError, match=r"frame_shape must be.*got \(0, 5\)"):
         crop_box((0, 5), PreprocessSpec(size=8))
+
+
+def test_rounding_is_pillows_clip8_at_ties_and_limits():
+    k = np.arange(-3, 260, dtype=np.float64)
+    step = 2.0 ** -22  # the fixed-point resolution of a pass's sums
+    x = np.concatenate([k + 0.5, k + 0.5 - step, k + 0.5 + step, k, k - step, k + step])
+    expected = np.clip(np.floor(x + 0.5), 0, 255).astype(np.uint8)
+    assert np.array_equal(_resample._to_uint8(x.reshape(1, -1)).ravel(), expected)

