@@ -72,10 +72,15 @@ class Capture:
     reconnects before giving up with state "failed" (None: never). detect_repeats: treat identical
     consecutive frames as no frame (default: for live sources). lossless: never overwrite an
     unconsumed frame (for files in benchmarks/evaluation: every frame is processed, in order).
+    on_demand: read a frame only when ``latest()`` asks for one newer than the last (files and
+    synthetic scenes without real-time pacing: every frame, in order, none decoded in vain, and
+    ``t_capture_ns`` is when the consumer asked for it rather than up to a frame earlier). Not for
+    live sources, which must be drained continuously.
     """
 
     def __init__(self, source: FrameSource, *, stall_timeout: float = 2.0, backoff: tuple[float, float] = (0.5, 8.0),
-                 max_attempts: int | None = None, detect_repeats: bool | None = None, lossless: bool = False):
+                 max_attempts: int | None = None, detect_repeats: bool | None = None, lossless: bool = False,
+                 on_demand: bool = False):
         if not isinstance(source, FrameSource):
             raise ConfigError(f"Capture needs a FrameSource (see open_source), got {type(source).__name__}")
         if not stall_timeout > 0:
@@ -94,6 +99,12 @@ class Capture:
         self.max_attempts = max_attempts
         self.detect_repeats = source.is_live if detect_repeats is None else bool(detect_repeats)
         self.lossless = bool(lossless)
+        self.on_demand = bool(on_demand)
+        if self.on_demand and source.is_live:
+            raise ConfigError(f"on_demand capture needs a file, image or synthetic source; {source.describe()} is "
+                              "live and must be read continuously")
+        self._demand = False  # on_demand: the consumer waits for a new frame
+        self._reading = False  # on_demand: the requested read is under way
         # counters (read them any time)
         self.grabbed = 0  # new frames delivered by the source
         self.dropped = 0  # frames overwritten before latest() returned them
@@ -174,6 +185,9 @@ class Capture:
                     return f
                 if self._state in _FINAL or self._stop.is_set():
                     return None
+                if self.on_demand and not self._demand and not self._reading:
+                    self._demand = True  # a re-check while the read runs must not ask for a second frame
+                    self._cond.notify_all()
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     return None
@@ -257,6 +271,8 @@ class Capture:
                     opened = True
                     self.reconnects += 1  # last_sum is kept: the same stale image after a reopen is no news
                     log.info("capture: reopened %s", src.describe())
+                if self.on_demand and not self._wait_for_demand(gen):
+                    return
                 self._read_started = (gen, time.monotonic())
                 err = None
                 try:
@@ -312,6 +328,17 @@ class Capture:
                     if self._reader_closes:
                         src.close()
 
+    def _wait_for_demand(self, gen: int) -> bool:
+        """on_demand: block until latest() asks for a frame; False when stopped or replaced."""
+        with self._cond:
+            self._reading = False  # the previous read is over, whatever it returned
+            while not self._demand:
+                if not self._current(gen):
+                    return False
+                self._cond.wait(0.1)
+            self._demand, self._reading = False, True
+        return self._current(gen)
+
     def _publish(self, image: np.ndarray) -> None:
         t_mono, t_unix = time.monotonic_ns(), time.time_ns()
         with self._cond:
@@ -324,6 +351,7 @@ class Capture:
             frame = Frame(self._next_id, image, t_mono, t_unix)
             self._next_id += 1
             self._latest = frame
+            self._reading = False
             self.grabbed += 1
             self._times.append(t_mono / 1e9)
             self._last_new = time.monotonic()

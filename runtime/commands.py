@@ -70,7 +70,8 @@ def register(subparsers) -> None:
     p.add_argument("--loop", action=argparse.BooleanOptionalAction, default=False,
                    help="restart a video file / image folder at its end")
     p.add_argument("--realtime", action=argparse.BooleanOptionalAction, default=True,
-                   help="play files and synthetic scenes at their frame rate like a camera (default: on)")
+                   help="play files and synthetic scenes at their frame rate like a camera (default: on); "
+                        "--no-realtime: ground every frame, each read when the loop is ready for it")
     p.add_argument("--curve-keys", metavar="DIR", default=None,
                    help="CURVE-encrypt both sockets with the keys in DIR (from `vlmedge keys DIR`)")
     p.add_argument("--providers", nargs="+", default=None, metavar="EP",

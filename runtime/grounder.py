@@ -86,6 +86,17 @@ class Prepared:
     preprocess_ms: float
 
 
+@dataclass(frozen=True, eq=False)
+class Encoded:
+    """A frame through the image encoder (see ``Grounder.encode``), not yet matched to queries."""
+
+    image_embed: np.ndarray  # [D], L2-normalized
+    patches: np.ndarray  # [h, w, D]
+    crop_box: tuple[int, int, int, int]
+    frame_size: tuple[int, int]
+    timings: dict  # preprocess and encode milliseconds
+
+
 class Grounder:
     """Language grounding on frames: ``ground(frame_bgr, queries) -> GroundingResult``.
 
@@ -188,6 +199,12 @@ class Grounder:
         return (l2_normalize(np.asarray(image_embeds, dtype=np.float32)[0]),
                 np.asarray(patch_embeds, dtype=np.float32)[0], prepared.crop_box, timings)
 
+    def encode(self, prepared: Prepared) -> Encoded:
+        """Run the image encoder on a prepared frame; ``ground_encoded`` finishes the job. Splitting
+        ``ground`` in two lets a pipeline prepare the next frame while it matches this one."""
+        image_embed, patches, box, timings = self.encode_frame(prepared=prepared)
+        return Encoded(image_embed, patches, box, prepared.frame_size, timings)
+
     def ground(self, frame_bgr: np.ndarray | None, queries: Sequence[str], *,
                thresholds: Mapping[str, float] | None = None, prepared: Prepared | None = None) -> GroundingResult:
         """Find every query in the frame. See the module docstring for the method.
@@ -203,23 +220,37 @@ class Grounder:
             prepared = self.prepare(frame_bgr)
         elif frame_bgr is not None and tuple(np.shape(frame_bgr)[:2]) != prepared.frame_size:
             raise InputError(f"prepared is for a {prepared.frame_size} frame, got a frame of shape {np.shape(frame_bgr)}")
-        image_embed, patches, box, timings = self.encode_frame(prepared=prepared)
+        result = self._match(self.encode(prepared), queries, per_query)
+        result.timings["total"] = (time.perf_counter() - t_start) * 1e3 + (prepared.preprocess_ms if given else 0.0)
+        return result
+
+    def ground_encoded(self, encoded: Encoded, queries: Sequence[str], *,
+                       thresholds: Mapping[str, float] | None = None) -> GroundingResult:
+        """``ground`` for a frame that went through :meth:`encode` already."""
+        if not isinstance(encoded, Encoded):
+            raise InputError(f"encoded must come from Grounder.encode(), got {type(encoded).__name__}")
+        queries = check_queries(queries)
+        per_query = {q: check_threshold(v) for q, v in (thresholds or {}).items()}
+        result = self._match(encoded, queries, per_query)
+        result.timings["total"] = sum(result.timings[k] for k in ("preprocess", "encode", "ground"))
+        return result
+
+    def _match(self, encoded: Encoded, queries: tuple[str, ...], per_query: dict) -> GroundingResult:
         t2 = time.perf_counter()
+        patches, box, frame_size = encoded.patches, encoded.crop_box, encoded.frame_size
         q_emb = self.text_embeddings(queries)
         maps = contrastive_maps(patches, q_emb, self._bg_embeds, self.logit_scale) if queries else \
             np.zeros((0, *patches.shape[:2]), dtype=np.float32)
-        frame_size = prepared.frame_size
         targets = []
         for q, m in zip(queries, maps):
             targets.extend(find_regions(m, q, threshold=per_query.get(q, self.threshold),
                                         min_area_patches=self.min_area_patches, frame_size=frame_size, crop_box=box))
         if self.tracker is not None:
             targets = self.tracker.update(targets)
-        t3 = time.perf_counter()
-        timings["ground"] = (t3 - t2) * 1e3
-        timings["total"] = (t3 - t_start) * 1e3 + (timings["preprocess"] if given else 0.0)
+        timings = dict(encoded.timings)
+        timings["ground"] = (time.perf_counter() - t2) * 1e3
         return GroundingResult(queries=queries, targets=tuple(targets), patch_maps=maps, frame_size=frame_size,
-                               crop_box=box, timings=timings, image_embed=image_embed)
+                               crop_box=box, timings=timings, image_embed=encoded.image_embed)
 
     def classify(self, frame_bgr: np.ndarray, labels: Sequence[str], prompt: str = "a photo of {}") -> Classification:
         """Whole-frame zero-shot classification: labels sorted by softmax(logit_scale * cos)."""

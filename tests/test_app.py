@@ -239,6 +239,15 @@ def test_file_source_end_stops_the_run(bundle, video, prefetch):
     assert s.stop_reason == "source_end" and 1 <= s.frames <= 30
 
 
+def test_file_without_realtime_grounds_every_frame_in_order(bundle, video):
+    seen = []
+    s = run(RunConfig(source=f"file://{video}", bundle=bundle, display=False, publish=None, control=None,
+                      realtime=False, print_interval_s=None, prefetch=False),
+            on_result=lambda result, frame: seen.append((frame.id, result.frame_size)))
+    assert s.stop_reason == "source_end" and s.frames == 30 and s.dropped_frames == 0
+    assert [i for i, _ in seen] == list(range(30)) and {hw for _, hw in seen} == {(240, 320)}
+
+
 def test_display_without_a_display_is_a_clear_error(bundle, video, monkeypatch):
     monkeypatch.delenv("DISPLAY", raising=False)
     monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)

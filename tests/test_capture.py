@@ -243,6 +243,31 @@ def test_file_source_ends_and_lossless_delivers_every_frame(video):
         assert not cap.detect_repeats  # files may legitimately repeat frames
 
 
+def test_on_demand_reads_each_frame_when_asked(video):
+    with Capture(open_source(str(video)), on_demand=True) as cap:
+        time.sleep(0.1)
+        assert cap.grabbed == 0  # nothing is read before the consumer asks
+        ids, last = [], None
+        while True:
+            asked = time.monotonic_ns()
+            f = cap.latest(after_id=last, timeout=3)
+            if f is None:
+                break
+            assert f.t_capture_ns >= asked  # read for this request, not waiting since the last one
+            ids.append(f.id)
+            last = f.id
+            time.sleep(0.02)  # a slow consumer: the capture must not run ahead
+            assert cap.grabbed == len(ids)
+        assert ids == list(range(10)) and cap.dropped == 0 and cap.state == "ended"
+        for _ in range(3):  # asking again at the end neither blocks nor reads
+            assert cap.latest(after_id=last, timeout=0.05) is None
+
+
+def test_on_demand_refuses_live_sources():
+    with pytest.raises(ConfigError, match="on_demand.*live"):
+        Capture(FakeSource(Camera()), on_demand=True)
+
+
 def test_looping_file_keeps_going(video):
     with Capture(open_source(str(video), loop=True)) as cap:
         wait_for(lambda: cap.grabbed > 25, what="more frames than the file has")
