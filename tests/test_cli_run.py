@@ -89,12 +89,15 @@ def test_bench_cli_writes_json_with_checks(bundle, tmp_path, capsys):
     assert rc == 0
     text = capsys.readouterr().out
     assert "image encoder" in text and ("PASS" in text or "FAIL" in text)
-    assert "40 fps camera (mjpg frames)" in text
+    assert "synthetic scenes video (mjpg frames, 40 fps)" in text and "video as a 40 fps camera" in text
     r = json.loads(out.read_text())
     assert r["camera"] == {"synthetic": True, "fps": 40.0, "format": "mjpg"}
     assert r["encoder"]["n"] == 8 and r["encoder"]["p50_ms"] > 0
-    assert r["pipeline"]["frames"] == 8 and r["pipeline"]["fps"] > 0
-    assert r["pipeline"]["capture_to_publish_p99_ms"] >= r["pipeline"]["capture_to_publish_p50_ms"] > 0
+    for run, realtime in (("pipeline", False), ("camera_pipeline", True)):
+        p = r[run]
+        assert p["realtime"] is realtime and p["frames"] == 8 and p["fps"] > 0
+        assert p["capture_to_publish_p99_ms"] >= p["capture_to_publish_p50_ms"] > p["wait_p50_ms"]
+    assert r["pipeline"]["dropped_frames"] == 0  # the video run reads every frame, when the loop asks
     assert r["query_switch"]["measured"] and r["query_switch"]["next_frame"] is True
     assert r["memory_mb"]["VmHWM"] >= r["memory_mb"]["VmRSS"] > 0
     assert [c["name"] for c in r["checks"]][2] == "a new query takes effect on the next frame"
