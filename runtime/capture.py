@@ -26,6 +26,7 @@ import time
 import zlib
 from collections import deque
 from dataclasses import dataclass
+from typing import Any, Callable
 
 import numpy as np
 
@@ -50,6 +51,7 @@ class Frame:
     image: np.ndarray
     t_capture_ns: int
     t_capture_unix_ns: int
+    data: Any = None  # what Capture's ``process`` made of the image (e.g. the preprocessed pixels)
 
     @property
     def age_s(self) -> float:
@@ -75,12 +77,16 @@ class Capture:
     on_demand: read a frame only when ``latest()`` asks for one newer than the last (files and
     synthetic scenes without real-time pacing: every frame, in order, none decoded in vain, and
     ``t_capture_ns`` is when the consumer asked for it rather than up to a frame earlier). Not for
-    live sources, which must be drained continuously.
+    live sources, which must be drained continuously. process: with on_demand, a function applied
+    to each image in the reader thread before the frame is handed over (``Frame.data``; the
+    exception when it raises), e.g. the
+    model's preprocessing: the consumer calls ``request()``, does other work, and ``latest()`` then
+    returns a frame that is read and processed without another thread in between.
     """
 
     def __init__(self, source: FrameSource, *, stall_timeout: float = 2.0, backoff: tuple[float, float] = (0.5, 8.0),
                  max_attempts: int | None = None, detect_repeats: bool | None = None, lossless: bool = False,
-                 on_demand: bool = False):
+                 on_demand: bool = False, process: Callable[[np.ndarray], Any] | None = None):
         if not isinstance(source, FrameSource):
             raise ConfigError(f"Capture needs a FrameSource (see open_source), got {type(source).__name__}")
         if not stall_timeout > 0:
@@ -103,6 +109,10 @@ class Capture:
         if self.on_demand and source.is_live:
             raise ConfigError(f"on_demand capture needs a file, image or synthetic source; {source.describe()} is "
                               "live and must be read continuously")
+        if process is not None and not self.on_demand:
+            raise ConfigError("Capture(process=...) needs on_demand=True (a live capture would process every "
+                              "frame it reads, most of them never used)")
+        self.process = process
         self._demand = False  # on_demand: the consumer waits for a new frame
         self._reading = False  # on_demand: the requested read is under way
         # counters (read them any time)
@@ -192,6 +202,17 @@ class Capture:
                 if remaining is not None and remaining <= 0:
                     return None
                 self._cond.wait(remaining if remaining is not None else 0.5)
+
+    def request(self) -> None:
+        """on_demand: start reading (and processing) the next frame now, without waiting for it; the
+        next ``latest()`` returns it. No effect on other captures or while a frame is unread."""
+        if not self.on_demand:
+            return
+        with self._cond:
+            unread = self._latest is not None and self._latest.id > self._consumed_id
+            if not self._demand and not self._reading and not unread:
+                self._demand = True
+                self._cond.notify_all()
 
     def stop(self, timeout: float = 1.0) -> None:
         """Stop the threads (joined within ``timeout``) and close the source. A read() that hangs
@@ -318,7 +339,19 @@ class Capture:
                             opened = False
                         continue
                     last_sum = s
-                self._publish(image)
+                stamp = time.monotonic_ns(), time.time_ns()  # at grab, before any processing
+                data = None
+                if self.process is not None:
+                    try:
+                        data = self.process(image)
+                    except Exception as e:  # handed to the consumer, which decides (app.run re-raises it)
+                        data = e
+                self._publish(image, stamp, data)
+        except Exception as e:  # a bug, not a camera fault: fail loudly instead of leaving "running" forever
+            log.exception("capture: reader thread crashed")
+            if gen == self._gen:
+                self.last_error = f"reader thread crashed: {type(e).__name__}: {e}"
+                self._set_state("failed", self.last_error)
         finally:
             with self._close_lock:
                 if gen != self._gen:
@@ -339,8 +372,8 @@ class Capture:
             self._demand, self._reading = False, True
         return self._current(gen)
 
-    def _publish(self, image: np.ndarray) -> None:
-        t_mono, t_unix = time.monotonic_ns(), time.time_ns()
+    def _publish(self, image: np.ndarray, stamp: tuple[int, int], data: Any = None) -> None:
+        t_mono, t_unix = stamp
         with self._cond:
             if self.lossless:
                 while (self._latest is not None and self._latest.id > self._consumed_id
@@ -348,7 +381,7 @@ class Capture:
                     self._cond.wait(0.1)
             if self._latest is not None and self._latest.id > self._consumed_id:
                 self.dropped += 1
-            frame = Frame(self._next_id, image, t_mono, t_unix)
+            frame = Frame(self._next_id, image, t_mono, t_unix, data)
             self._next_id += 1
             self._latest = frame
             self._reading = False

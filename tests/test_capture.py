@@ -268,6 +268,44 @@ def test_on_demand_refuses_live_sources():
         Capture(FakeSource(Camera()), on_demand=True)
 
 
+def test_on_demand_process_runs_in_the_reader_after_the_stamp(video):
+    def slow_gray(image):
+        time.sleep(0.05)
+        if image[0, 0, 0] > 100:
+            raise ValueError("too bright")
+        return image.mean()
+
+    with pytest.raises(ConfigError, match="process.*on_demand"):
+        Capture(open_source(str(video)), process=slow_gray)
+    with Capture(open_source(str(video)), on_demand=True, process=slow_gray) as cap:
+        cap.request()  # start the read now; latest() collects it
+        time.sleep(0.1)
+        assert cap.grabbed == 1
+        f = cap.latest(after_id=None, timeout=3)
+        assert f.id == 0 and f.data == pytest.approx(f.image.mean())
+        asked = time.monotonic_ns()
+        f = cap.latest(after_id=0, timeout=3)
+        got = time.monotonic_ns()
+        assert asked <= f.t_capture_ns <= got - 40_000_000  # stamped at the read, before the 50 ms process
+        last = f.id
+        while (f := cap.latest(after_id=last, timeout=3)) is not None:
+            last = f.id
+            if f.image[0, 0, 0] > 100:
+                assert isinstance(f.data, ValueError)  # handed over, not swallowed
+        assert last == 9 and cap.dropped == 0
+
+
+def test_a_crashing_reader_fails_loudly():
+    class Garbage(FakeSource):
+        def read(self):
+            return "not an image"  # the repeat check on a live source cannot take this
+
+    with Capture(Garbage(Camera())) as cap:
+        wait_for(lambda: cap.state == "failed", what="state failed")
+        assert "reader thread crashed" in cap.last_error
+        assert cap.latest(timeout=0.2) is None
+
+
 def test_looping_file_keeps_going(video):
     with Capture(open_source(str(video), loop=True)) as cap:
         wait_for(lambda: cap.grabbed > 25, what="more frames than the file has")
