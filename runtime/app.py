@@ -277,10 +277,11 @@ class _Prefetcher:
 
 
 class _NextFrame:
-    """Reads and preprocesses the next frame in a helper thread while the loop matches the current
-    one and publishes it. Nothing runs beside the encoder itself: on a 2-core CPU, work next to a
-    2-thread encoder slowed it by more than the work took (measured: a 2.3 ms preprocessing during
-    the encoder's last 3 ms made it 4.5 ms slower; even a 0.4 ms frame read cost ~1%).
+    """For a live source: preprocesses the newest frame in a helper thread while the loop matches the
+    current one and publishes it (on-demand files use ``_ReadWhenAsked``). Nothing runs beside the
+    encoder itself: on a 2-core CPU, work next to a 2-thread encoder slowed it by more than the work
+    took (measured: a 2.3 ms preprocessing during the encoder's last 3 ms made it 4.5 ms slower; even
+    a 0.4 ms frame read 2 ms before its end cost ~1%).
 
     ``start(after_id)`` begins after the encoder; ``take(after_id)`` returns its ``(Frame, Prepared)``
     or None (no new frame within 0.1 s), starting the fetch itself when none is running. Errors
@@ -312,6 +313,29 @@ class _NextFrame:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+class _ReadWhenAsked:
+    """``_NextFrame`` for an on-demand capture that preprocesses in its own reader thread: ``start``
+    asks it for the next frame (read + preprocessed while the loop matches and publishes), ``take``
+    returns ``(Frame, Prepared)``. One hand-off each way instead of two."""
+
+    def __init__(self, capture):
+        self.capture = capture
+
+    def start(self, after_id: int) -> None:
+        self.capture.request()
+
+    def take(self, after_id: int):
+        frame = self.capture.latest(after_id=after_id, timeout=0.1)
+        if frame is None:
+            return None
+        if isinstance(frame.data, BaseException):
+            raise frame.data
+        return frame, frame.data
+
+    def close(self) -> None:
+        pass
 
 
 def _want_prefetch(cfg: RunConfig, grounder) -> bool:
@@ -392,12 +416,18 @@ def run(config: RunConfig | dict | None = None, *, stop_event: threading.Event |
     try:
         source = cfg.source if not isinstance(cfg.source, str) else \
             open_source(cfg.source, loop=cfg.loop, realtime=cfg.realtime)
-        # Files and synthetic scenes without real-time pacing: every frame, read when the loop asks.
-        capture = Capture(source, on_demand=not source.is_live and not getattr(source, "realtime", True))
+        # Files and synthetic scenes without real-time pacing: every frame, read (and preprocessed, in
+        # the capture thread) when the loop asks.
+        on_demand = not source.is_live and not getattr(source, "realtime", True)
+        prefetch = _want_prefetch(cfg, grounder)
+        capture = Capture(source, on_demand=on_demand,
+                          process=grounder.prepare if on_demand and not prefetch else None)
         capture.start()
-        if _want_prefetch(cfg, grounder):
+        if prefetch:
             prefetcher = _Prefetcher(capture, grounder).start()
             log.info("preprocessing runs in its own thread (prefetch)")
+        elif on_demand:
+            preparer = _ReadWhenAsked(capture)
         else:
             preparer = _NextFrame(capture, grounder)
 

@@ -248,6 +248,21 @@ def test_file_without_realtime_grounds_every_frame_in_order(bundle, video):
     assert [i for i, _ in seen] == list(range(30)) and {hw for _, hw in seen} == {(240, 320)}
 
 
+def test_a_preprocessing_error_in_the_capture_thread_reaches_the_caller(bundle, video):
+    from vlmedge.errors import InputError
+    from vlmedge.runtime.grounder import Grounder
+
+    g = Grounder(bundle)
+
+    def broken(_image):
+        raise InputError("this frame cannot be preprocessed")
+
+    g.prepare = broken
+    with pytest.raises(InputError, match="cannot be preprocessed"):
+        run(RunConfig(source=f"file://{video}", bundle=bundle, display=False, publish=None, control=None,
+                      realtime=False, print_interval_s=None, prefetch=False), grounder=g)
+
+
 def test_display_without_a_display_is_a_clear_error(bundle, video, monkeypatch):
     monkeypatch.delenv("DISPLAY", raising=False)
     monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
