@@ -62,6 +62,7 @@ class RunConfig:
     # frame, each read when the loop is ready for it
     curve_keys: str | Path | None = None  # folder from `vlmedge keys DIR`: CURVE-encrypt both sockets
     providers: tuple[str, ...] | None = None  # ONNX Runtime providers; None = best for the bundle target
+    ort_spinning: bool = True  # ONNX Runtime workers spin-wait during each encode (False: sleep; busy machines)
     print_interval_s: float | None = 0.5  # headless: print targets at most this often (0: every frame, None: never)
     status_interval_s: float = 1.0  # status heartbeat period
     smoothing: bool = True  # temporal smoothing + stable track ids
@@ -81,6 +82,8 @@ class RunConfig:
             raise ConfigError(str(e)) from None
         if self.prefetch not in (None, True, False):
             raise ConfigError(f"RunConfig.prefetch must be None (auto), True or False, got {self.prefetch!r}")
+        if self.ort_spinning not in (True, False):
+            raise ConfigError(f"RunConfig.ort_spinning must be True or False, got {self.ort_spinning!r}")
         if self.display not in (None, True, False):
             raise ConfigError(f"RunConfig.display must be None (auto), True or False, got {self.display!r}")
         object.__setattr__(self, "publish", _address("RunConfig.publish", self.publish))
@@ -384,7 +387,7 @@ def run(config: RunConfig | dict | None = None, *, stop_event: threading.Event |
 
     if grounder is None:
         grounder = Grounder(resolve_bundle(cfg.bundle), providers=list(cfg.providers) if cfg.providers else None,
-                            threshold=cfg.threshold, smoothing=cfg.smoothing)
+                            threshold=cfg.threshold, smoothing=cfg.smoothing, spinning=cfg.ort_spinning)
     elif cfg.threshold is not None:
         grounder.set_threshold(cfg.threshold)
     model = grounder.manifest.model_id

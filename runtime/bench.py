@@ -273,7 +273,7 @@ def _torch_worker(spec: dict) -> dict:
 
 def bench(bundle, *, source: str | None = None, frames: int = 100, queries=("the red cup",),
           torch_source: str | None = None, providers=None, prefetch: bool | None = None,
-          camera_fps: float | None = None, camera_format: str = "raw") -> dict:
+          camera_fps: float | None = None, camera_format: str = "raw", spinning: bool = True) -> dict:
     """Run every measurement; returns the report dict (see the module docstring)."""
     from .grounder import Grounder
 
@@ -285,7 +285,7 @@ def bench(bundle, *, source: str | None = None, frames: int = 100, queries=("the
     if source is not None and camera_fps is not None:
         raise ConfigError("camera_fps sets the frame rate of the synthetic camera video; with --source the "
                           "source's own rate is used")
-    grounder = Grounder(bundle, providers=providers)
+    grounder = Grounder(bundle, providers=providers, spinning=spinning)
     m = grounder.manifest
     enc = grounder.encoders
     report: dict = {"bundle": {"path": str(bundle), "model_id": m.model_id, "precision": m.precision,
@@ -293,6 +293,7 @@ def bench(bundle, *, source: str | None = None, frames: int = 100, queries=("the
                                "embed_dim": m.embed_dim, "dense_head": m.dense_head},
                     "runtime": {"providers": list(getattr(enc, "providers", [])),
                                 "threads": getattr(enc, "threads", None), "cpus": os.cpu_count(),
+                                "ort_spinning": bool(getattr(enc, "spinning", False)),
                                 "torch_imported": "torch" in sys.modules}}
     with tempfile.TemporaryDirectory(prefix="vlmedge-bench-") as tmp:
         if source is None:
@@ -436,8 +437,9 @@ def format_report(r: dict) -> str:
     video = "synthetic scenes video" if r.get("camera") else pipe["source"]
     lines = [f"bundle    {b['model_id']} [{b['precision']}, {b['target']}, {b['image_size'][0]}x{b['image_size'][1]}, "
              f"grid {b['patch_grid'][0]}x{b['patch_grid'][1]}, D={b['embed_dim']}] at {b['path']}",
-             f"runtime   {', '.join(r['runtime']['providers'])}, {r['runtime']['threads']} threads, "
-             f"{r['runtime']['cpus']} CPUs, torch imported: {r['runtime']['torch_imported']}",
+             f"runtime   {', '.join(r['runtime']['providers'])}, {r['runtime']['threads']} threads "
+             f"(spinning {'on' if r['runtime'].get('ort_spinning') else 'off'}), {r['runtime']['cpus']} CPUs, "
+             f"torch imported: {r['runtime']['torch_imported']}",
              f"source    {video}" + ("" if not r.get("camera") else
                                       f" ({r['camera']['format']} frames, {r['camera']['fps']:g} fps)"),
              "",
@@ -486,7 +488,7 @@ def bench_command(args) -> int:
     bundle = Path(args.bundle)
     report = bench(bundle, source=args.source, frames=args.frames, queries=tuple(args.queries or ("the red cup",)),
                    torch_source=args.torch_baseline, providers=args.providers, prefetch=args.prefetch,
-                   camera_fps=args.camera_fps, camera_format=args.camera_format)
+                   camera_fps=args.camera_fps, camera_format=args.camera_format, spinning=args.ort_spinning)
     print(format_report(report))
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")

@@ -81,6 +81,10 @@ def register(subparsers) -> None:
                         "(default: when there are spare CPU cores or a GPU provider)")
     p.add_argument("--smoothing", action=argparse.BooleanOptionalAction, default=True,
                    help="temporal smoothing and stable track ids (default: on)")
+    p.add_argument("--ort-spinning", action=argparse.BooleanOptionalAction, default=True,
+                   help="ONNX Runtime worker threads spin-wait while an encode runs and stop when it returns "
+                        "(default: on; ~15%% faster on the 2-core dev box). --no-ort-spinning: they sleep, "
+                        "leaving those cycles to other busy processes")
     p.set_defaults(func=run_command)
 
     c = subparsers.add_parser(
@@ -107,6 +111,8 @@ def register(subparsers) -> None:
     b.add_argument("--providers", nargs="+", default=None, metavar="EP", help="ONNX Runtime execution providers")
     b.add_argument("--prefetch", action=argparse.BooleanOptionalAction, default=None,
                    help="preprocess in its own thread during the pipeline run (default: auto, as `vlmedge run`)")
+    b.add_argument("--ort-spinning", action=argparse.BooleanOptionalAction, default=True,
+                   help="as `vlmedge run --ort-spinning` (default: on), for the encoder and the pipeline")
     b.add_argument("--camera-fps", type=float, default=None, metavar="FPS",
                    help="frame rate of the synthetic camera video (without --source; default 30, or 1.5x the "
                         "encoder's rate when higher)")
@@ -124,7 +130,7 @@ def run_command(args) -> int:
                     heatmaps=args.heatmaps, max_frames=args.max_frames, threshold=args.threshold, loop=args.loop,
                     realtime=args.realtime, curve_keys=args.curve_keys,
                     providers=tuple(args.providers) if args.providers else None, smoothing=args.smoothing,
-                    prefetch=args.prefetch)
+                    prefetch=args.prefetch, ort_spinning=args.ort_spinning)
     summary = run(cfg)
     lat = "-" if summary.latency_p50_ms is None else f"{summary.latency_p50_ms:.1f}/{summary.latency_p99_ms:.1f} ms"
     print(f"vlmedge run: {summary.frames} frames in {summary.seconds:.1f} s ({summary.fps:.1f} FPS), "

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vlmedge.errors import ArtifactError, BackendUnavailable, InputError
+from vlmedge.errors import ArtifactError, BackendUnavailable, ConfigError, InputError
 from vlmedge.manifest import Manifest, open_bundle
 
 log = logging.getLogger(__name__)
@@ -76,17 +76,22 @@ class BundleEncoders:
 
     ``providers``: ONNX Runtime provider names (each must be available) or None for the best
     available for the bundle's target. ``verify``: check every file's size and sha256 first.
-    ``threads``: intra-op threads (default: physical cores).
+    ``threads``: intra-op threads (default: physical cores). ``spinning``: ONNX Runtime's worker
+    threads spin-wait between the parallel parts of a run and stop when it returns (see ``_session``);
+    False: they sleep between parts (for machines where other busy processes need those cycles).
     """
 
     def __init__(self, bundle_dir: str | Path, providers: list[str] | None = None, verify: bool = True,
-                 threads: int | None = None):
+                 threads: int | None = None, spinning: bool = True):
         from vlmedge.tokenizer import ClipTokenizer
 
         self.bundle_dir = Path(bundle_dir)
         self.manifest: Manifest = open_bundle(self.bundle_dir, verify=verify)
         self.providers = choose_providers(self.manifest.target, providers)
         self.threads = threads or physical_cores()
+        if spinning not in (True, False):
+            raise ConfigError(f"spinning must be True or False, got {spinning!r}")
+        self.spinning = spinning
         self.tokenizer = ClipTokenizer.from_file(self.bundle_dir / self.manifest.tokenizer)
         m = self.manifest
         self._image = self._session(m.image_encoder.file)
@@ -106,11 +111,14 @@ class BundleEncoders:
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.log_severity_level = 3
-        # Worker threads sleep instead of spin-waiting between parallel regions. On a small
-        # device the capture, preprocessing and publishing threads share the same cores, and
-        # spinning workers starve them: measured on the 2-core dev box with a ViT-B/16 int8
-        # bundle inside `vlmedge run`, encode time went from ~125 ms to ~66 ms with this off.
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        # Worker threads spin-wait between the parallel regions of a run, and stop spinning when it
+        # returns (force_spinning_stop), so they never compete with the loop's work between encodes.
+        # ViT-B/16 int8 on the 2-core dev box: `vlmedge run` 25.5-26.1 fps vs 21.8-22.7 with sleeping
+        # workers, both on a file and as a camera (README). Spinning that outlived the run starved the
+        # capture and preprocessing threads in an earlier loop (~125 ms per encode vs ~66 ms).
+        so.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.spinning else "0")
+        if self.spinning:
+            so.add_session_config_entry("session.force_spinning_stop", "1")
         path = self.bundle_dir / name
         try:
             return ort.InferenceSession(str(path), so, providers=self.providers)

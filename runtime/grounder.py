@@ -66,14 +66,14 @@ def check_threshold(threshold) -> float:
     return t
 
 
-def _open_encoders(bundle, providers):
+def _open_encoders(bundle, providers, spinning: bool = True):
     from .encoders import BundleEncoders
 
     if isinstance(bundle, BundleEncoders):
         return bundle
     if not isinstance(bundle, (str, Path)):
         raise ConfigError(f"bundle must be a bundle directory path or a BundleEncoders, got {type(bundle).__name__}")
-    return BundleEncoders(bundle, providers=providers)
+    return BundleEncoders(bundle, providers=providers, spinning=spinning)
 
 
 @dataclass(frozen=True, eq=False)
@@ -108,12 +108,13 @@ class Grounder:
         min_area_patches: smallest region in patches (default: manifest ``grounding``).
         smoothing: track targets across calls (stable ids, EMA on boxes; a ``Tracker`` to tune it);
             False = each call independent.
+        spinning: ONNX Runtime workers spin-wait during a run (``BundleEncoders``); False: they sleep.
     """
 
     def __init__(self, bundle, *, providers: Sequence[str] | None = None, threshold: float | None = None,
                  background_prompts: Sequence[str] | None = None, min_area_patches: int | None = None,
-                 smoothing: bool | Tracker = True):
-        self.encoders = _open_encoders(bundle, providers)
+                 smoothing: bool | Tracker = True, spinning: bool = True):
+        self.encoders = _open_encoders(bundle, providers, spinning)
         self.manifest = self.encoders.manifest
         g = self.manifest.grounding
         self.threshold = check_threshold(g.threshold if threshold is None else threshold)

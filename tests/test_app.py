@@ -283,6 +283,8 @@ def test_run_config_validation():
         RunConfig(queries=("a cup", "a cup"))
     with pytest.raises(ConfigError, match=".mp4 or .avi"):
         RunConfig(record="out.gif")
+    with pytest.raises(ConfigError, match="ort_spinning"):
+        RunConfig(ort_spinning="on")
     cfg = RunConfig(queries="the red cup", publish="none")
     assert cfg.queries == ("the red cup",) and cfg.publish is None
     assert cfg.replace(max_frames=3).max_frames == 3

@@ -85,13 +85,15 @@ def test_classify_cli_json(bundle, tmp_path, capsys):
 
 def test_bench_cli_writes_json_with_checks(bundle, tmp_path, capsys):
     out = tmp_path / "bench.json"
-    rc = main(["bench", str(bundle), "--frames", "8", "--json", str(out), "--camera-fps", "40", "--camera-format", "mjpg"])
+    rc = main(["bench", str(bundle), "--frames", "8", "--json", str(out), "--camera-fps", "40", "--camera-format", "mjpg",
+               "--no-ort-spinning"])
     assert rc == 0
     text = capsys.readouterr().out
     assert "image encoder" in text and ("PASS" in text or "FAIL" in text)
     assert "synthetic scenes video (mjpg frames, 40 fps)" in text and "video as a 40 fps camera" in text
     r = json.loads(out.read_text())
     assert r["camera"] == {"synthetic": True, "fps": 40.0, "format": "mjpg"}
+    assert r["runtime"]["ort_spinning"] is False and "(spinning off)" in text
     assert r["encoder"]["n"] == 8 and r["encoder"]["p50_ms"] > 0
     for run, realtime in (("pipeline", False), ("camera_pipeline", True)):
         p = r[run]

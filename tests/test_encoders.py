@@ -106,3 +106,16 @@ def test_threads_default_to_physical_cores(bundle):
     assert 1 <= n <= len(os.sched_getaffinity(0))
     assert BundleEncoders(bundle).threads == n
     assert BundleEncoders(bundle, threads=1, verify=False).threads == 1
+
+
+def test_spinning_is_an_explicit_choice_with_the_same_results(bundle):
+    from vlmedge.errors import ConfigError
+    from vlmedge.runtime.encoders import BundleEncoders
+
+    x = np.random.default_rng(1).normal(0, 1, (1, 3, 64, 64)).astype(np.float32)
+    spinning, still = BundleEncoders(bundle), BundleEncoders(bundle, spinning=False, verify=False)
+    assert still.spinning is False and spinning.spinning is True
+    a, b = still.encode_image(x), spinning.encode_image(x)
+    assert np.abs(a[0] - b[0]).max() < 1e-5 and np.abs(a[1] - b[1]).max() < 1e-5
+    with pytest.raises(ConfigError, match="spinning"):
+        BundleEncoders(bundle, spinning="yes", verify=False)
