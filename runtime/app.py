@@ -5,9 +5,10 @@
 
 Loop: the capture thread keeps only the newest frame (files without ``realtime``: reads every frame when
 the loop asks); each iteration serves pending control requests (a new query takes effect on the next
-frame), runs the image encoder alone on the cores, then reads and preprocesses the next frame in a helper
-thread while it matches this one to the queries, publishes its targets (and heatmaps when enabled), and
-draws/records/prints. A status heartbeat thread publishes once a second,
+frame), runs the image encoder alone on the cores, then has the next frame read and preprocessed (by the
+capture thread for files, a helper thread for live sources) while it matches this one to the queries,
+publishes its targets (and heatmaps when enabled), and draws/records/prints. While paused nothing is read
+or preprocessed (a file resumes where it stopped). A status heartbeat thread publishes once a second,
 also while the camera is down. SIGINT/SIGTERM set a stop flag; the loop exits within one frame (or
 0.1 s while waiting for frames), joins the capture thread and closes sockets with LINGER 0.
 """
@@ -314,6 +315,14 @@ class _NextFrame:
         job, self._job = self._job[1], None
         return job.result()
 
+    def drop(self) -> None:
+        """Forget the frame being prepared (the loop paused)."""
+        if self._job is not None:
+            try:
+                self._job[1].result()
+            finally:
+                self._job = None
+
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
@@ -336,6 +345,9 @@ class _ReadWhenAsked:
         if isinstance(frame.data, BaseException):
             raise frame.data
         return frame, frame.data
+
+    def drop(self) -> None:
+        """Nothing to forget: a file's next frame stays next (the file pauses with the loop)."""
 
     def close(self) -> None:
         pass
@@ -460,6 +472,14 @@ def run(config: RunConfig | dict | None = None, *, stop_event: threading.Event |
             if control is not None:
                 while control.poll_once(0):
                     pass
+            if state.snapshot().paused:  # nothing is grounded, and no frame is read or preprocessed for it
+                if preparer is not None:
+                    preparer.drop()  # a live frame prepared before the pause would be stale after it
+                if window is not None and not window.show_idle():
+                    reason["value"] = "window"
+                    break
+                stop.wait(0.02)
+                continue
             if prefetcher is not None:
                 item = prefetcher.latest(after_id=last_id, timeout=0.1)
             else:
@@ -474,17 +494,12 @@ def run(config: RunConfig | dict | None = None, *, stop_event: threading.Event |
                 continue
             frame, prepared = item
             last_id = frame.id
-            if state.snapshot().paused:
-                continue
             encoded = grounder.encode(prepared)
             if preparer is not None:
                 preparer.start(last_id)  # the next frame is read and preprocessed while this one is matched
-            if control is not None:  # a request that arrived by now applies to this frame
-                while control.poll_once(0):
-                    pass
+            # Control requests are served at the top of the loop only: one that arrives during this frame
+            # is answered after its publish and applies from the next frame on (pause included).
             snap = state.snapshot()
-            if snap.paused:  # paused while this frame was encoded: nothing more is published
-                continue
             if snap.threshold != grounder.threshold:
                 grounder.set_threshold(snap.threshold)
             result = grounder.ground_encoded(encoded, snap.queries, thresholds=snap.thresholds or None)

@@ -263,6 +263,36 @@ def test_a_preprocessing_error_in_the_capture_thread_reaches_the_caller(bundle, 
                       realtime=False, print_interval_s=None, prefetch=False), grounder=g)
 
 
+def test_pause_stops_reading_a_file_and_resume_continues_in_order(bundle, video):
+    pub, ctl = addresses()
+    sub = Subscriber(pub)
+    seen = []
+    cfg = RunConfig(source=f"file://{video}", bundle=bundle, display=False, publish=pub, control=ctl, loop=True,
+                    realtime=False, print_interval_s=None, prefetch=False, status_interval_s=0.2, max_frames=200)
+    t, out = start_run(cfg, on_result=lambda result, frame: seen.append(frame.id))
+    try:
+        deadline = time.monotonic() + 30
+        while len(seen) < 3:
+            assert time.monotonic() < deadline and "error" not in out, out
+            time.sleep(0.005)
+        with ControlClient(ctl, timeout_ms=10000) as client:
+            assert client.request({"op": "pause"})["paused"] is True
+            paused = []
+            while len(paused) < 3:  # heartbeats keep coming; nothing is read or grounded meanwhile
+                topic, msg = sub.recv()
+                assert topic is not None
+                if topic == "status" and msg["paused"]:
+                    paused.append((msg["grabbed"], len(seen)))
+            assert paused[1] == paused[2] and paused[2][1] < 200
+            assert client.request({"op": "resume"})["paused"] is False
+        t.join(60)
+        assert not t.is_alive() and "error" not in out, out
+        assert out["summary"].stop_reason == "max_frames" and out["summary"].dropped_frames == 0
+        assert seen == list(range(seen[0], seen[0] + 200))  # every frame once, in order, across the pause
+    finally:
+        sub.close()
+
+
 def test_display_without_a_display_is_a_clear_error(bundle, video, monkeypatch):
     monkeypatch.delenv("DISPLAY", raising=False)
     monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
