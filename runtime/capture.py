@@ -72,21 +72,18 @@ class Capture:
     stalled and is reconnected. backoff: (first, max) delay in seconds between reconnect attempts,
     doubling after every failed attempt, reset by a new frame. max_attempts: consecutive failed
     reconnects before giving up with state "failed" (None: never). detect_repeats: treat identical
-    consecutive frames as no frame (default: for live sources). lossless: never overwrite an
-    unconsumed frame (for files in benchmarks/evaluation: every frame is processed, in order).
-    on_demand: read a frame only when ``latest()`` asks for one newer than the last (files and
-    synthetic scenes without real-time pacing: every frame, in order, none decoded in vain, and
-    ``t_capture_ns`` is when the consumer asked for it rather than up to a frame earlier). Not for
-    live sources, which must be drained continuously. process: with on_demand, a function applied
-    to each image in the reader thread before the frame is handed over (``Frame.data``; the
-    exception when it raises), e.g. the
-    model's preprocessing: the consumer calls ``request()``, does other work, and ``latest()`` then
-    returns a frame that is read and processed without another thread in between.
+    consecutive frames as no frame (default: for live sources). on_demand: read a frame only when
+    ``latest()`` or ``request()`` asks for one (files and synthetic scenes without real-time pacing:
+    every frame, in order, none decoded in vain, ``t_capture_ns`` stamped at the read rather than a
+    frame before the consumer wanted it). Not for live sources, which must be drained continuously.
+    process: with on_demand, a function applied to each image in the reader thread before the frame
+    is handed over (``Frame.data``; the exception when it raises), e.g. the model's preprocessing:
+    the consumer calls ``request()``, does other work, and ``latest()`` then returns a frame that was
+    read and processed without another thread in between.
     """
 
     def __init__(self, source: FrameSource, *, stall_timeout: float = 2.0, backoff: tuple[float, float] = (0.5, 8.0),
-                 max_attempts: int | None = None, detect_repeats: bool | None = None, lossless: bool = False,
-                 on_demand: bool = False, process: Callable[[np.ndarray], Any] | None = None):
+                 max_attempts: int | None = None, detect_repeats: bool | None = None, on_demand: bool = False, process: Callable[[np.ndarray], Any] | None = None):
         if not isinstance(source, FrameSource):
             raise ConfigError(f"Capture needs a FrameSource (see open_source), got {type(source).__name__}")
         if not stall_timeout > 0:
@@ -104,7 +101,6 @@ class Capture:
         self.backoff = (b0, b1)
         self.max_attempts = max_attempts
         self.detect_repeats = source.is_live if detect_repeats is None else bool(detect_repeats)
-        self.lossless = bool(lossless)
         self.on_demand = bool(on_demand)
         if self.on_demand and source.is_live:
             raise ConfigError(f"on_demand capture needs a file, image or synthetic source; {source.describe()} is "
@@ -195,9 +191,7 @@ class Capture:
                     return f
                 if self._state in _FINAL or self._stop.is_set():
                     return None
-                if self.on_demand and not self._demand and not self._reading:
-                    self._demand = True  # a re-check while the read runs must not ask for a second frame
-                    self._cond.notify_all()
+                self._ask()
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     return None
@@ -209,10 +203,8 @@ class Capture:
         if not self.on_demand:
             return
         with self._cond:
-            unread = self._latest is not None and self._latest.id > self._consumed_id
-            if not self._demand and not self._reading and not unread:
-                self._demand = True
-                self._cond.notify_all()
+            if self._latest is None or self._latest.id <= self._consumed_id:  # not while a frame is unread
+                self._ask()
 
     def stop(self, timeout: float = 1.0) -> None:
         """Stop the threads (joined within ``timeout``) and close the source. A read() that hangs
@@ -361,6 +353,13 @@ class Capture:
                     if self._reader_closes:
                         src.close()
 
+    def _ask(self) -> None:
+        """on_demand, under the lock: ask the reader for one more frame (a request while one is asked
+        for or being read is the same request)."""
+        if self.on_demand and not self._demand and not self._reading:
+            self._demand = True
+            self._cond.notify_all()
+
     def _wait_for_demand(self, gen: int) -> bool:
         """on_demand: block until latest() asks for a frame; False when stopped or replaced."""
         with self._cond:
@@ -375,10 +374,6 @@ class Capture:
     def _publish(self, image: np.ndarray, stamp: tuple[int, int], data: Any = None) -> None:
         t_mono, t_unix = stamp
         with self._cond:
-            if self.lossless:
-                while (self._latest is not None and self._latest.id > self._consumed_id
-                       and not self._stop.is_set()):
-                    self._cond.wait(0.1)
             if self._latest is not None and self._latest.id > self._consumed_id:
                 self.dropped += 1
             frame = Frame(self._next_id, image, t_mono, t_unix, data)

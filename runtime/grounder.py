@@ -66,6 +66,11 @@ def check_threshold(threshold) -> float:
     return t
 
 
+def _checked(queries, thresholds) -> tuple[tuple[str, ...], dict[str, float]]:
+    """Validated queries and per-query threshold overrides."""
+    return check_queries(queries), {q: check_threshold(v) for q, v in (thresholds or {}).items()}
+
+
 def _open_encoders(bundle, providers, spinning: bool = True):
     from .encoders import BundleEncoders
 
@@ -213,8 +218,7 @@ class Grounder:
         ``thresholds`` optionally overrides the threshold for some queries (e.g. from the control socket).
         ``prepared``: the frame already preprocessed by :meth:`prepare` (then ``frame_bgr`` may be None).
         """
-        queries = check_queries(queries)
-        per_query = {q: check_threshold(v) for q, v in (thresholds or {}).items()}
+        queries, per_query = _checked(queries, thresholds)
         t_start = time.perf_counter()
         given = prepared is not None
         if not given:
@@ -230,8 +234,7 @@ class Grounder:
         """``ground`` for a frame that went through :meth:`encode` already."""
         if not isinstance(encoded, Encoded):
             raise InputError(f"encoded must come from Grounder.encode(), got {type(encoded).__name__}")
-        queries = check_queries(queries)
-        per_query = {q: check_threshold(v) for q, v in (thresholds or {}).items()}
+        queries, per_query = _checked(queries, thresholds)
         result = self._match(encoded, queries, per_query)
         result.timings["total"] = sum(result.timings[k] for k in ("preprocess", "encode", "ground"))
         return result

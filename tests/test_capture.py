@@ -231,13 +231,13 @@ def video(tmp_path):
     return path
 
 
-def test_file_source_ends_and_lossless_delivers_every_frame(video):
-    with Capture(open_source(str(video)), lossless=True) as cap:
+def test_file_source_ends_and_on_demand_delivers_every_frame(video):
+    with Capture(open_source(str(video)), on_demand=True) as cap:
         ids, last = [], None
         while (f := cap.latest(after_id=last, timeout=3)) is not None:
             ids.append(f.id)
             last = f.id
-            time.sleep(0.005)  # slower than decoding: lossless mode must wait for us
+            time.sleep(0.005)  # slower than decoding: on-demand mode must wait for us
         assert ids == list(range(10)) and cap.dropped == 0
         assert cap.state == "ended"
         assert not cap.detect_repeats  # files may legitimately repeat frames
