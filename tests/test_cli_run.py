@@ -85,7 +85,7 @@ def test_classify_cli_json(bundle, tmp_path, capsys):
 
 def test_bench_cli_writes_json_with_checks(bundle, tmp_path, capsys):
     out = tmp_path / "bench.json"
-    rc = main(["bench", str(bundle), "--frames", "8", "--json", str(out), "--camera-fps", "40", "--camera-format", "mjpg",
+    rc = main(["bench", str(bundle), "--frames", "41", "--json", str(out), "--camera-fps", "40", "--camera-format", "mjpg",
                "--no-ort-spinning"])
     assert rc == 0
     text = capsys.readouterr().out
@@ -94,16 +94,42 @@ def test_bench_cli_writes_json_with_checks(bundle, tmp_path, capsys):
     r = json.loads(out.read_text())
     assert r["camera"] == {"synthetic": True, "fps": 40.0, "format": "mjpg"}
     assert r["runtime"]["ort_spinning"] is False and "(spinning off)" in text
-    assert r["encoder"]["n"] == 8 and r["encoder"]["p50_ms"] > 0
+    # 41 frames: two video runs (21 + 20 frames) between three timings of the bare encoder (13 runs each)
+    assert r["encoder"]["n"] == 39 and r["encoder"]["p50_ms"] > 0
+    assert [s["frames"] for s in r["pipeline"]["segments"]] == [21, 20]
+    for s in r["pipeline"]["segments"]:
+        assert s["ratio"] == pytest.approx(s["fps"] / s["encoder_fps_around"], rel=1e-3)
+    assert "runs vs the bare encoder around" in text
     for run, realtime in (("pipeline", False), ("camera_pipeline", True)):
         p = r[run]
-        assert p["realtime"] is realtime and p["frames"] == 8 and p["fps"] > 0
+        assert p["realtime"] is realtime and p["frames"] == 41 and p["fps"] > 0
         assert p["capture_to_publish_p99_ms"] >= p["capture_to_publish_p50_ms"] > p["wait_p50_ms"]
     assert r["pipeline"]["dropped_frames"] == 0  # the video run reads every frame, when the loop asks
     assert r["query_switch"]["measured"] and r["query_switch"]["next_frame"] is True
     assert r["memory_mb"]["VmHWM"] >= r["memory_mb"]["VmRSS"] > 0
     assert [c["name"] for c in r["checks"]][2] == "a new query takes effect on the next frame"
     assert all(isinstance(c["ok"], bool) for c in r["checks"])
+
+
+def test_bench_pools_runs_by_frame_intervals_over_time():
+    import threading
+
+    from vlmedge.runtime.bench import _PipelineMeter, _segments, pipeline_report
+
+    def meter(times, latencies, encode_ms):
+        m = _PipelineMeter(len(times), warmup=0, stop=threading.Event())
+        m.times, m.latencies, m.encode_ms, m.waits = list(times), list(latencies), list(encode_ms), [0.0] * len(times)
+        return m
+
+    a = meter([10.0, 10.1, 10.2], [30, 31, 32], [80, 80, 80])  # 2 intervals in 0.2 s
+    b = meter([50.0, 50.3], [40, 41], [90, 90])  # 1 interval in 0.3 s
+    r = pipeline_report([a, b])
+    assert r["fps"] == pytest.approx(3 / 0.5) and r["frames"] == 5  # not the mean of 10 and 3.33 fps
+    assert r["encoder_busy_fraction"] == pytest.approx((0.16 + 0.09) / 0.5)
+    assert r["capture_to_publish_p50_ms"] == 32 and r["in_pipeline_encode_mean_ms"] == 84
+    assert pipeline_report([meter([1.0], [5], [3])])["fps"] == 0.0  # one frame: no interval, no rate
+    assert _segments(8) == [8] and _segments(41) == [21, 20] and _segments(150) == [30] * 5
+    assert _segments(1000) == [200] * 5
 
 
 def test_bench_synthetic_camera_video_formats(tmp_path):
