@@ -12,9 +12,9 @@ spinning sessions in one process every variant measured 20-40% slower).
 
 ONNX Runtime is timed twice: with its default thread spinning (``--spinning on``: worker threads
 busy-wait between operators, as PyTorch's OpenMP threads do; the isolated-encoder figure) and
-without (``off``: what ``vlmedge run`` uses, because spinning threads starve the capture and
-preprocessing threads on a small board). Accuracy vs the fp32 ONNX (image cosine, patch argmax
-agreement) is measured on held-out synthetic scenes.
+without (``off``: ``vlmedge run --no-ort-spinning``, for boards where other busy processes need
+those cycles; ``vlmedge run`` spins by default, only while an encode runs). Accuracy vs the fp32
+ONNX (image cosine, patch argmax agreement) is measured on held-out synthetic scenes.
 """
 
 from __future__ import annotations

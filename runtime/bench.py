@@ -245,11 +245,16 @@ class _PipelineMeter:
         if self.probe is not None and self.probe.done.is_set():
             self.stop.set()
 
-def pipeline_report(meters: list[_PipelineMeter]) -> dict:
-    """The figures of one or more measured runs, pooled: fps = frame intervals / time, over all runs."""
+def _rate(meters: list[_PipelineMeter]) -> tuple[float, float]:
+    """(fps, wall seconds) of measured runs, pooled: frame intervals / time, over all runs."""
     spans = [(len(m.times) - 1, m.times[-1] - m.times[0]) for m in meters if len(m.times) >= 2]
     wall = sum(t for _, t in spans)
-    fps = sum(n for n, _ in spans) / wall if wall > 0 else 0.0
+    return (sum(n for n, _ in spans) / wall if wall > 0 else 0.0), wall
+
+
+def pipeline_report(meters: list[_PipelineMeter]) -> dict:
+    """The figures of one or more measured runs, pooled (see ``_rate``)."""
+    fps, wall = _rate(meters)
     latencies = [x for m in meters for x in m.latencies]
     waits = [x for m in meters for x in m.waits]
     encode_ms = [x for m in meters for x in m.encode_ms]
@@ -419,7 +424,7 @@ def _bench_with_source(grounder, bundle, source: str, frames: int, queries, pref
         meters.append(meter)
         dropped += info["dropped_frames"]
         around = 1000.0 / float(np.mean(bare[-2] + bare[-1]))
-        fps = pipeline_report([meter])["fps"]
+        fps = round(_rate([meter])[0], 3)
         segments.append({"frames": len(meter.latencies), "fps": fps, "encoder_fps_around": round(around, 3),
                          "ratio": round(fps / around, 4)})
     report["pipeline"] = {**info, "dropped_frames": dropped, **pipeline_report(meters), "segments": segments}

@@ -83,7 +83,8 @@ class Capture:
     """
 
     def __init__(self, source: FrameSource, *, stall_timeout: float = 2.0, backoff: tuple[float, float] = (0.5, 8.0),
-                 max_attempts: int | None = None, detect_repeats: bool | None = None, on_demand: bool = False, process: Callable[[np.ndarray], Any] | None = None):
+                 max_attempts: int | None = None, detect_repeats: bool | None = None, on_demand: bool = False,
+                 process: Callable[[np.ndarray], Any] | None = None):
         if not isinstance(source, FrameSource):
             raise ConfigError(f"Capture needs a FrameSource (see open_source), got {type(source).__name__}")
         if not stall_timeout > 0:

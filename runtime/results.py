@@ -41,7 +41,8 @@ class Target:
 
     ``score`` is the highest per-patch probability inside the region (for a not-found target: the
     highest probability anywhere, which stayed below the threshold). ``center`` is the region's
-    centroid, ``peak`` the location of its highest probability (refined below the patch size, see ``regions``), ``area`` its size in frame pixels.
+    centroid, ``peak`` the location of its highest probability (refined below the patch size, see
+    ``regions``), ``area`` its size in frame pixels.
     A not-found target has ``found=False``, ``bbox``/``center``/``peak`` None, ``area`` 0 and no track id.
     """
 

@@ -57,6 +57,8 @@ class Pass:
     blocks: tuple[tuple[int, int, int, int, np.ndarray], ...]  # (o0, o1, i0, i1, weights [o1-o0, i1-i0] float64)
     lo: int
     hi: int
+    widest: int  # most inputs a block reads
+    work: int  # largest block's outputs x inputs (per column of a product)
 
 
 @functools.lru_cache(maxsize=128)
@@ -109,7 +111,9 @@ def plan_pass(in_size: int, out_size: int, start: int, stop: int, interpolation:
             wb[j, xmin - i0:xmin - i0 + len(k)] = k
         wb.flags.writeable = False
         blocks.append((start + b0, start + b0 + len(chunk), i0, i1, wb))
-    return Pass(tuple(blocks), min(b[2] for b in blocks), max(b[3] for b in blocks))
+    return Pass(tuple(blocks), min(b[2] for b in blocks), max(b[3] for b in blocks),
+                widest=max(i1 - i0 for _, _, i0, i1, _ in blocks),
+                work=max((o1 - o0) * (i1 - i0) for o0, o1, i0, i1, _ in blocks))
 
 
 _NUDGE = 2.0 ** -24  # < one fixed-point step (2**-22): turns round-half-even into Pillow's floor(x + 0.5)
@@ -128,11 +132,9 @@ def _rows(src: np.ndarray, p: Pass, first_in: int, first_out: int, n_out: int) -
     flat = src.reshape(src.shape[0], -1)
     m = flat.shape[1]
     out = np.empty((n_out, m), dtype=np.float64)
-    widest = max(i1 - i0 for _, _, i0, i1, _ in p.blocks)
-    work = max((o1 - o0) * (i1 - i0) for o0, o1, i0, i1, _ in p.blocks)
-    chunks = -(-m * work // _MAX_GEMM_WORK)  # columns split evenly into products under the limit
+    chunks = -(-m * p.work // _MAX_GEMM_WORK)  # columns split evenly into products under the limit
     step = -(-m // chunks)
-    buf = np.empty((widest, min(step, m)), dtype=np.float64)
+    buf = np.empty((p.widest, min(step, m)), dtype=np.float64)
     for x in range(0, m, step):
         x1 = min(x + step, m)
         for o0, o1, i0, i1, wb in p.blocks:

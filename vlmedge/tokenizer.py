@@ -422,7 +422,6 @@ def _read_merges_txt(path: Path) -> list[tuple[str, str]]:
     return merges
 
 
-
 def _check_texts(texts: Any) -> None:
     if isinstance(texts, (str, bytes)):
         raise InputError(f"expected a list of strings, got a single {type(texts).__name__} {texts[:40]!r}; "
