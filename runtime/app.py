@@ -461,8 +461,10 @@ def run(config: RunConfig | dict | None = None, *, stop_event: threading.Event |
             control = ControlServer(cfg.control, state.handle, curve=curve)
         endpoints = {"publish": publisher.endpoint if publisher else None,
                      "control": control.endpoint if control else None}
-        log.info("running: source %s, model %s, queries %s, publish %s, control %s", cfg.source, model,
-                 list(cfg.queries), endpoints["publish"], endpoints["control"])
+        from vlmedge.preprocess import kernels_backend
+
+        log.info("running: source %s, model %s, queries %s, publish %s, control %s, preprocessing %s", cfg.source,
+                 model, list(cfg.queries), endpoints["publish"], endpoints["control"], kernels_backend())
         if on_ready is not None:
             on_ready(endpoints)
 

@@ -10,6 +10,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _bundles import tiny_bundle  # noqa: E402
 
+from vlmedge import _native  # noqa: E402
 from vlmedge.cli import build_parser, main  # noqa: E402
 from vlmedge.runtime.bench import write_synthetic_video  # noqa: E402
 from vlmedge.runtime.synthetic import render_scene  # noqa: E402
@@ -94,6 +95,12 @@ def test_bench_cli_writes_json_with_checks(bundle, tmp_path, capsys):
     r = json.loads(out.read_text())
     assert r["camera"] == {"synthetic": True, "fps": 40.0, "format": "mjpg"}
     assert r["runtime"]["ort_spinning"] is False and "(spinning off)" in text
+    pre = r["preprocess"]
+    assert pre["frame"] == [480, 640] and pre["mean_ms"] > 0 and pre["kernels"] == _native.backend()
+    if _native.resample_rows is not None:  # the compiled kernel and the numpy fallback, side by side
+        assert pre["identical"] is True and pre["speedup"] == pytest.approx(pre["numpy"]["mean_ms"] / pre["mean_ms"],
+                                                                            abs=0.01)
+        assert "preprocess (640x480 frame, compiled)" in text and "bit-identical output" in text
     # 41 frames: two video runs (21 + 20 frames) between three timings of the bare encoder (13 runs each)
     assert r["encoder"]["n"] == 39 and r["encoder"]["p50_ms"] > 0
     assert [s["frames"] for s in r["pipeline"]["segments"]] == [21, 20]

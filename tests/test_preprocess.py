@@ -1,4 +1,6 @@
-"""preprocess / crop_box: parity with HF's CLIPImageProcessor (Pillow path) and Pillow, geometry, validation."""
+"""preprocess / crop_box: parity with HF's CLIPImageProcessor (Pillow path) and Pillow, geometry, validation.
+
+Every test here runs twice: with the compiled kernels and with the numpy fallback."""
 
 from __future__ import annotations
 
@@ -7,7 +9,7 @@ import logging
 import numpy as np
 import pytest
 
-from vlmedge import _resample
+from vlmedge import _native, _resample
 from vlmedge.errors import ConfigError, InputError
 from vlmedge.preprocess import crop_box, plan, preprocess
 from vlmedge.spec import OPENAI_MEAN, OPENAI_STD, PreprocessSpec
@@ -17,6 +19,18 @@ transformers = pytest.importorskip("transformers")
 
 STD = np.asarray(OPENAI_STD, dtype=np.float32)[:, None, None]
 TOL = 1 / 255 + 1e-6  # |ours - HF| * std, i.e. one uint8 level in [0, 1] units
+
+
+@pytest.fixture(autouse=True, params=["compiled", "numpy"])
+def kernels(request):
+    """Run the test with the compiled kernels and with the numpy paths (both must match Pillow/HF exactly)."""
+    if request.param == "numpy":
+        with _native.numpy_only():
+            yield request.param
+        return
+    if _native.resample_rows is None:
+        pytest.skip(f"compiled kernels not in use: {_native.backend()}")
+    yield request.param
 
 
 def _frame(h, w, seed=0):
@@ -201,3 +215,4 @@ def test_rounding_is_pillows_clip8_at_ties_and_limits():
     x = np.concatenate([k + 0.5, k + 0.5 - step, k + 0.5 + step, k, k - step, k + step])
     expected = np.clip(np.floor(x + 0.5), 0, 255).astype(np.uint8)
     assert np.array_equal(_resample._to_uint8(x.reshape(1, -1)).ravel(), expected)
+

@@ -13,9 +13,11 @@ Modes (``PreprocessSpec.mode``):
 
 Resampling (``PreprocessSpec.interpolation``) is Pillow's antialiased filter, reproduced bit
 for bit in :mod:`vlmedge._resample`: ``bicubic`` (a=-0.5), ``bilinear``, or ``area`` (Pillow
-BOX, i.e. area averaging when shrinking). Values are rounded to uint8 after each pass like
+BOX, i.e. area averaging when shrinking), by a compiled kernel when vlmedge was installed with a C
+compiler, else by numpy, with the same output (``kernels_backend()`` says which). Values are rounded to uint8 after each pass like
 Pillow, then ``(x / 255 - mean) / std`` in float32 (a 256-entry lookup table per channel,
-applied with ``cv2.LUT``). A 640x480 frame takes ~1.5 ms on one core of the dev box.
+written straight into the planar float32 array by the compiled kernel, or with ``cv2.LUT``). A 640x480
+frame takes ~0.6 ms (compiled) / ~1.6 ms (numpy) on one core of the dev box.
 
 Accepted frames: uint8 HxWx3 BGR (OpenCV's layout), HxWx4 BGRA (alpha dropped), HxW or HxWx1
 grayscale (replicated to three channels, as Pillow's RGB conversion does).
@@ -29,6 +31,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from . import _native
+from ._native import backend as kernels_backend
 from ._resample import resize_image
 from .errors import ConfigError, InputError
 from .spec import PreprocessSpec
@@ -110,6 +114,10 @@ def _check_spec(spec) -> None:
         raise ConfigError(f"spec must be a vlmedge.spec.PreprocessSpec, got {type(spec).__name__}")
 
 
+_BGR_PLANES = np.array([2, 1, 0], dtype=np.int32)  # model planes R, G, B read these channels of a BGR image
+_GRAY_PLANES = np.zeros(3, dtype=np.int32)
+
+
 def preprocess(frame_bgr: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     """One uint8 BGR frame -> ``pixel_values`` float32 [1, 3, H, W] (RGB, normalized)."""
     _check_spec(spec)
@@ -119,7 +127,16 @@ def preprocess(frame_bgr: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     p = plan(bgr.shape[:2], spec)
     values = resize_image(bgr, p.resized, p.crop, spec.interpolation)  # uint8 [H, W, C], C = 1 or 3
     out = np.empty((1, 3, *spec.size), dtype=np.float32)
-    if values.shape[2] == 1:  # grayscale: the same plane for R, G and B
+    if _native.normalize_planar is not None:
+        if values.strides[1:] != (values.shape[2], 1):
+            values = np.ascontiguousarray(values)
+        lut = _normalize_lut(spec.mean, spec.std)
+        planes = _GRAY_PLANES if values.shape[2] == 1 else _BGR_PLANES
+        rc = _native.normalize_planar(values.ctypes.data, values.strides[0], values.shape[0], values.shape[1],
+                                      values.shape[2], planes.ctypes.data, lut.ctypes.data, out.ctypes.data)
+        if rc != 0:
+            raise RuntimeError(f"normalization kernel failed (code {rc}) on {values.shape}")
+    elif values.shape[2] == 1:  # grayscale: the same plane for R, G and B
         lut = _normalize_lut(spec.mean, spec.std)
         for c in range(3):
             out[0, c] = cv2.LUT(values[:, :, 0], lut[c])
@@ -138,4 +155,4 @@ def _bgr_lut(mean: tuple[float, float, float], std: tuple[float, float, float]) 
     return lut
 
 
-__all__ = ["preprocess", "crop_box", "plan", "ResizePlan"]
+__all__ = ["preprocess", "crop_box", "plan", "ResizePlan", "kernels_backend"]

@@ -1,0 +1,69 @@
+"""The compiled preprocessing kernels (``_kernels.c``), loaded with ctypes; None where not available.
+
+``resample_rows`` and ``normalize_planar`` are the C functions (GIL released while they run) or
+None: the library was not built (no C compiler when vlmedge was installed), cannot be loaded, has
+another interface version (a stale build), or ``VLMEDGE_KERNELS=numpy`` is set. Callers then use
+their numpy path, which gives the same output. ``backend()`` says which is in use and why.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import importlib.machinery
+import logging
+import os
+from pathlib import Path
+
+ABI = 1  # vlm_kernels_abi() of the C file this module was written for
+
+log = logging.getLogger(__name__)
+
+
+def _load() -> tuple[ctypes.CDLL | None, str]:
+    if os.environ.get("VLMEDGE_KERNELS", "").strip().lower() == "numpy":
+        return None, "numpy (VLMEDGE_KERNELS=numpy)"
+    here = Path(__file__).resolve().parent
+    path = next((p for p in (here / f"_kernels{s}" for s in importlib.machinery.EXTENSION_SUFFIXES) if p.is_file()),
+                None)
+    if path is None:
+        return None, "numpy (the compiled kernels were not built: no C compiler when vlmedge was installed?)"
+    try:
+        lib = ctypes.CDLL(str(path))
+        abi = lib.vlm_kernels_abi()
+    except (OSError, AttributeError) as e:
+        log.warning("cannot load %s (%s); preprocessing with numpy", path, e)
+        return None, f"numpy (cannot load {path.name}: {e})"
+    if abi != ABI:
+        log.warning("%s has interface version %s, expected %s (a stale build?); preprocessing with numpy", path,
+                    abi, ABI)
+        return None, f"numpy ({path.name} has interface {abi}, expected {ABI}: reinstall vlmedge)"
+    p, n, i = ctypes.c_void_p, ctypes.c_ssize_t, ctypes.c_int
+    lib.vlm_resample_rows.argtypes = [p, n, p, n, n, i, p, p, p, i]
+    lib.vlm_normalize_planar.argtypes = [p, n, n, n, i, p, p, p]
+    lib.vlm_resample_rows.restype = lib.vlm_normalize_planar.restype = i
+    return lib, f"compiled ({path.name})"
+
+
+_lib, _description = _load()
+resample_rows = _lib.vlm_resample_rows if _lib is not None else None
+normalize_planar = _lib.vlm_normalize_planar if _lib is not None else None
+
+
+def backend() -> str:
+    """``compiled (<library>)`` or ``numpy (<why>)``."""
+    return _description if resample_rows is not None else (
+        "numpy (switched off in this block)" if _lib is not None else _description)
+
+
+@contextlib.contextmanager
+def numpy_only():
+    """Use the numpy paths inside the block (for side-by-side measurements and tests). Process-wide:
+    not while other threads preprocess."""
+    global resample_rows, normalize_planar
+    saved = resample_rows, normalize_planar
+    resample_rows = normalize_planar = None
+    try:
+        yield
+    finally:
+        resample_rows, normalize_planar = saved
