@@ -2,7 +2,7 @@
 
 Everything else is configured in pyproject.toml. The kernel is plain C loaded with ctypes (no
 Python headers needed); when no C compiler is available the build goes on without it and
-preprocessing uses the bit-identical numpy path (``vlmedge.preprocess.resampling_backend()``
+preprocessing uses the bit-identical numpy path (``vlmedge.preprocess.kernels_backend()``
 says which).
 """
 

@@ -3,9 +3,13 @@ arithmetic: test_preprocess.py runs every test with both), guarded against bad i
 
 from __future__ import annotations
 
+import importlib.machinery
 import os
+import shutil
 import subprocess
 import sys
+
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -106,3 +110,33 @@ def test_forcing_numpy_with_the_environment_variable():
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "numpy (VLMEDGE_KERNELS=numpy)"
+
+
+
+SUFFIX = importlib.machinery.EXTENSION_SUFFIXES[0]
+
+
+def test_a_missing_or_broken_library_falls_back_to_numpy_and_says_why(tmp_path, monkeypatch):
+    monkeypatch.delenv("VLMEDGE_KERNELS", raising=False)
+    lib, why = _native._load(tmp_path)
+    assert lib is None and why.startswith("numpy (the compiled kernels were not built")
+    (tmp_path / f"_kernels{SUFFIX}").write_bytes(b"not a shared library")
+    lib, why = _native._load(tmp_path)
+    assert lib is None and why.startswith(f"numpy (cannot load _kernels{SUFFIX}")
+
+
+@needs_kernels
+def test_a_library_older_than_its_source_is_not_used(tmp_path, monkeypatch):
+    """An editable install whose rebuild failed (setup.py builds the kernels as optional) keeps the old
+    library next to a newer _kernels.c: numpy is used until vlmedge is reinstalled."""
+    monkeypatch.delenv("VLMEDGE_KERNELS", raising=False)
+    name = f"_kernels{SUFFIX}"
+    shutil.copyfile(Path(_native._lib._name), tmp_path / name)
+    source = tmp_path / "_kernels.c"
+    source.write_text("/* the source */")
+    os.utime(tmp_path / name, (1_000_000, 1_000_000))
+    lib, why = _native._load(tmp_path)
+    assert lib is None and why == f"numpy ({name} is older than _kernels.c: reinstall vlmedge to rebuild it)"
+    os.utime(source, (500_000, 500_000))
+    lib, why = _native._load(tmp_path)
+    assert lib is not None and lib.vlm_kernels_abi() == _native.ABI and why == f"compiled ({name})"

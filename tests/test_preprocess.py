@@ -215,4 +215,3 @@ def test_rounding_is_pillows_clip8_at_ties_and_limits():
     x = np.concatenate([k + 0.5, k + 0.5 - step, k + 0.5 + step, k, k - step, k + step])
     expected = np.clip(np.floor(x + 0.5), 0, 255).astype(np.uint8)
     assert np.array_equal(_resample._to_uint8(x.reshape(1, -1)).ravel(), expected)
-

@@ -12,9 +12,9 @@
  * with Pillow's 22-bit fixed-point weights and its rounding (add half, arithmetic shift, clip to
  * 0..255), in int32 exactly as Pillow's C code does. The caller checks that no sum can overflow
  * (255 * sum |w| + 2^21 < 2^31). A horizontal pass is done on a transposed image, so both passes
- * are this loop, vectorized over x by the compiler. On x86-64 Linux, GCC builds AVX-512 (x86-64-v4)
- * and AVX2 (x86-64-v3) clones and the loader picks the best the CPU has: 640x480 -> 224x224 CLIP
- * crop 0.44 / 0.62 ms on the dev box, vs 1.3 ms for plain SSE2, about what the numpy path takes.
+ * are this loop, vectorized over x by the compiler. On x86-64 with GCC and glibc, AVX-512 (x86-64-v4)
+ * and AVX2 (x86-64-v3) clones are built and the loader (ifunc) picks the best the CPU has: 640x480 ->
+ * 224x224 CLIP crop 0.44 / 0.62 ms on the dev box, vs 1.3 ms for plain SSE2 (about the numpy path).
  *
  * vlm_normalize_planar: uint8 [h, w, channels] -> float32 [3, h, w] through a 256-entry table per
  * output plane (lut[p][v] = (v / 255 - mean) / std), plane p reading channel plane_channel[p]
@@ -25,9 +25,9 @@
 
 #define VLM_CHUNK 1024 /* int32 accumulators kept in L1 */
 
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) && __GNUC__ >= 12
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__GLIBC__) && __GNUC__ >= 12
 #define VLM_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#elif defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+#elif defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__GLIBC__)
 #define VLM_CLONES __attribute__((target_clones("avx2", "default")))
 #else
 #define VLM_CLONES

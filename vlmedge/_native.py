@@ -2,7 +2,8 @@
 
 ``resample_rows`` and ``normalize_planar`` are the C functions (GIL released while they run) or
 None: the library was not built (no C compiler when vlmedge was installed), cannot be loaded, has
-another interface version (a stale build), or ``VLMEDGE_KERNELS=numpy`` is set. Callers then use
+another interface version or is older than its source (a stale build), or ``VLMEDGE_KERNELS=numpy``
+is set. Callers then use
 their numpy path, which gives the same output. ``backend()`` says which is in use and why.
 """
 
@@ -20,14 +21,20 @@ ABI = 1  # vlm_kernels_abi() of the C file this module was written for
 log = logging.getLogger(__name__)
 
 
-def _load() -> tuple[ctypes.CDLL | None, str]:
+def _load(here: Path | None = None) -> tuple[ctypes.CDLL | None, str]:
+    """(the library or None, what is in use and why); ``here`` is the folder holding it (this package)."""
     if os.environ.get("VLMEDGE_KERNELS", "").strip().lower() == "numpy":
         return None, "numpy (VLMEDGE_KERNELS=numpy)"
-    here = Path(__file__).resolve().parent
+    here = Path(__file__).resolve().parent if here is None else Path(here)
     path = next((p for p in (here / f"_kernels{s}" for s in importlib.machinery.EXTENSION_SUFFIXES) if p.is_file()),
                 None)
     if path is None:
         return None, "numpy (the compiled kernels were not built: no C compiler when vlmedge was installed?)"
+    source = here / "_kernels.c"  # present in a source checkout (editable install), not in a wheel
+    if source.is_file() and source.stat().st_mtime > path.stat().st_mtime:
+        log.warning("%s is older than %s (a failed or skipped rebuild?); preprocessing with numpy until vlmedge is "
+                    "reinstalled", path, source)
+        return None, f"numpy ({path.name} is older than _kernels.c: reinstall vlmedge to rebuild it)"
     try:
         lib = ctypes.CDLL(str(path))
         abi = lib.vlm_kernels_abi()

@@ -13,9 +13,9 @@ Modes (``PreprocessSpec.mode``):
 
 Resampling (``PreprocessSpec.interpolation``) is Pillow's antialiased filter, reproduced bit
 for bit in :mod:`vlmedge._resample`: ``bicubic`` (a=-0.5), ``bilinear``, or ``area`` (Pillow
-BOX, i.e. area averaging when shrinking), by a compiled kernel when vlmedge was installed with a C
-compiler, else by numpy, with the same output (``kernels_backend()`` says which). Values are rounded to uint8 after each pass like
-Pillow, then ``(x / 255 - mean) / std`` in float32 (a 256-entry lookup table per channel,
+BOX, i.e. area averaging when shrinking), by a compiled kernel when vlmedge was installed with a
+C compiler, else by numpy, with the same output (``kernels_backend()`` says which). Values are
+rounded to uint8 after each pass like Pillow, then ``(x / 255 - mean) / std`` in float32 (a 256-entry lookup table per channel,
 written straight into the planar float32 array by the compiled kernel, or with ``cv2.LUT``). A 640x480
 frame takes ~0.6 ms (compiled) / ~1.6 ms (numpy) on one core of the dev box.
 
