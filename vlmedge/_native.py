@@ -38,6 +38,7 @@ def _load(here: Path | None = None) -> tuple[ctypes.CDLL | None, str]:
     try:
         lib = ctypes.CDLL(str(path))
         abi = lib.vlm_kernels_abi()
+        rows, normalize = lib.vlm_resample_rows, lib.vlm_normalize_planar
     except (OSError, AttributeError) as e:
         log.warning("cannot load %s (%s); preprocessing with numpy", path, e)
         return None, f"numpy (cannot load {path.name}: {e})"
@@ -46,9 +47,9 @@ def _load(here: Path | None = None) -> tuple[ctypes.CDLL | None, str]:
                     abi, ABI)
         return None, f"numpy ({path.name} has interface {abi}, expected {ABI}: reinstall vlmedge)"
     p, n, i = ctypes.c_void_p, ctypes.c_ssize_t, ctypes.c_int
-    lib.vlm_resample_rows.argtypes = [p, n, p, n, n, i, p, p, p, i]
-    lib.vlm_normalize_planar.argtypes = [p, n, n, n, i, p, p, p]
-    lib.vlm_resample_rows.restype = lib.vlm_normalize_planar.restype = i
+    rows.argtypes = [p, n, p, n, n, i, p, p, p, i]
+    normalize.argtypes = [p, n, n, n, i, p, p, p]
+    rows.restype = normalize.restype = i
     return lib, f"compiled ({path.name})"
 
 
