@@ -245,6 +245,7 @@ class _PipelineMeter:
         if self.probe is not None and self.probe.done.is_set():
             self.stop.set()
 
+
 def _rate(meters: list[_PipelineMeter]) -> tuple[float, float]:
     """(fps, wall seconds) of measured runs, pooled: frame intervals / time, over all runs."""
     spans = [(len(m.times) - 1, m.times[-1] - m.times[0]) for m in meters if len(m.times) >= 2]
@@ -486,34 +487,43 @@ def checks(report: dict) -> list[dict]:
     sw = report["query_switch"]
     out.append({"name": "a new query takes effect on the next frame", "ok": bool(sw.get("next_frame")),
                 "value": (f"{sw.get('stale_messages_after_reply')} stale messages after the reply, switch "
-                          f"{sw.get('switch_latency_ms')} ms") if sw.get("measured") else f"not measured: {sw.get('error')}"})
+                          f"{sw.get('switch_latency_ms')} ms") if sw.get("measured")
+                else f"not measured: {sw.get('error')}"})
     hwm = report["memory_mb"].get("VmHWM")
     out.append({"name": "resident memory <= 350 MB", "ok": hwm is not None and hwm <= MEMORY_LIMIT_MB,
                 "value": f"VmHWM {hwm} MB, VmRSS {report['memory_mb'].get('VmRSS')} MB"})
     return out
 
 
+def _row(label: str, mean=None, p50=None, p99=None, rest: str = "ms") -> str:
+    """One table line: label, then mean / p50 / p99 milliseconds (blank when None), then ``rest``."""
+    return f"{label:<34}" + "".join(f"{'' if v is None else f'{v:.2f}':>9}" for v in (mean, p50, p99)) + f"   {rest}"
+
+
+def _stats_row(label: str, d: dict, rest: str = "ms") -> str:
+    return _row(label, d["mean_ms"], d["p50_ms"], d["p99_ms"], rest)
+
+
 def _preprocess_lines(pre: dict) -> list[str]:
     size = "x".join(str(v) for v in reversed(pre["frame"]))
     kind = pre.get("kernels", "").split(" ")[0]
-    lines = [f"{f'preprocess ({size} frame, {kind})':<34}{pre['mean_ms']:>9.2f}{pre['p50_ms']:>9.2f}"
-             f"{pre['p99_ms']:>9.2f}   ms"]
+    lines = [_stats_row(f"preprocess ({size} frame, {kind})", pre)]
     if "numpy" in pre:
-        num = pre["numpy"]
-        lines.append(f"{'  same with the numpy fallback':<34}{num['mean_ms']:>9.2f}{num['p50_ms']:>9.2f}"
-                     f"{num['p99_ms']:>9.2f}   ms (compiled x{pre['speedup']:.2f} faster, "
-                     + ("bit-identical output)" if pre["identical"] else "OUTPUT DIFFERS: please report)"))
+        lines.append(_stats_row("  same with the numpy fallback", pre["numpy"],
+                                f"ms (compiled x{pre['speedup']:.2f} faster, "
+                                + ("bit-identical output)" if pre["identical"] else "OUTPUT DIFFERS: please report)")))
     return lines
 
 
 def _pipeline_lines(title: str, pipe: dict) -> list[str]:
-    return [f"{title:<34}{_fmt(pipe['capture_to_publish_mean_ms']):>9}{_fmt(pipe['capture_to_publish_p50_ms']):>9}"
-            f"{_fmt(pipe['capture_to_publish_p99_ms']):>9}   ms capture->publish, {pipe['fps']:.2f} fps over "
-            f"{pipe['frames']} frames{' (prefetch)' if pipe.get('prefetch') else ''}",
-            f"{'  of which waiting for the encoder':<34}{'':>9}{_fmt(pipe['wait_p50_ms']):>9}"
-            f"{_fmt(pipe['wait_p99_ms']):>9}   ms (frame age before preprocessing, hand-offs)",
-            f"{'  encoder inside the pipeline':<34}{_fmt(pipe['in_pipeline_encode_mean_ms']):>9}{'':>18}   ms, "
-            f"busy {_pct(pipe['encoder_busy_fraction'])} of the wall time"] + _segment_lines(pipe.get("segments"))
+    return [_row(title, pipe["capture_to_publish_mean_ms"], pipe["capture_to_publish_p50_ms"],
+                 pipe["capture_to_publish_p99_ms"], f"ms capture->publish, {pipe['fps']:.2f} fps over "
+                 f"{pipe['frames']} frames{' (prefetch)' if pipe.get('prefetch') else ''}"),
+            _row("  of which waiting for the encoder", None, pipe["wait_p50_ms"], pipe["wait_p99_ms"],
+                 "ms (frame age before preprocessing, hand-offs)"),
+            _row("  encoder inside the pipeline", pipe["in_pipeline_encode_mean_ms"],
+                 rest=f"ms, busy {_pct(pipe['encoder_busy_fraction'])} of the wall time"),
+            ] + _segment_lines(pipe.get("segments"))
 
 
 def _segment_lines(segments: list[dict] | None) -> list[str]:
@@ -537,8 +547,7 @@ def format_report(r: dict) -> str:
              "",
              f"{'measurement':<34}{'mean':>9}{'p50':>9}{'p99':>9}   other",
              *_preprocess_lines(r["preprocess"]),
-             f"{'image encoder (ONNX Runtime)':<34}{enc['mean_ms']:>9.2f}{enc['p50_ms']:>9.2f}{enc['p99_ms']:>9.2f}"
-             f"   ms, {enc['fps']:.2f} fps"]
+             _stats_row("image encoder (ONNX Runtime)", enc, f"ms, {enc['fps']:.2f} fps")]
     lines += _pipeline_lines("pipeline, video every frame" if cam is not None else "pipeline, live source", pipe)
     if cam is not None:
         fps = r["camera"]["fps"] if r.get("camera") else None
@@ -547,9 +556,8 @@ def format_report(r: dict) -> str:
     tb = r.get("torch_eager")
     if tb is not None:
         if tb.get("measured"):
-            lines.append(f"{'PyTorch eager encode_image':<34}{tb['mean_ms']:>9.2f}{tb['p50_ms']:>9.2f}"
-                         f"{tb['p99_ms']:>9.2f}   ms, torch {tb['torch']}, {tb['threads']} threads "
-                         f"(ORT speed-up x{tb['mean_ms'] / enc['mean_ms']:.2f})")
+            lines.append(_stats_row("PyTorch eager encode_image", tb, f"ms, torch {tb['torch']}, {tb['threads']} "
+                                    f"threads (ORT speed-up x{tb['mean_ms'] / enc['mean_ms']:.2f})"))
         else:
             lines.append(f"{'PyTorch eager encode_image':<34}   not measured: {tb.get('error')}")
     lines.append(f"{'memory':<34}   VmRSS {mem.get('VmRSS')} MB, VmHWM (peak) {mem.get('VmHWM')} MB")
