@@ -85,7 +85,7 @@ def main() -> int:
     from vlmedge.export import calibration, quantize
     from vlmedge.export.bundle import export_bundle
     from vlmedge.export.verify import agreement
-    from vlmedge.runtime.encoders import physical_cores
+    from vlmedge.runtime.grounding.encoders import physical_cores
 
     thread_counts = [int(t) for t in args.threads.split(",")] if args.threads else [physical_cores()]
     work = Path(args.workdir or tempfile.mkdtemp(prefix="vlmedge-bench-"))

@@ -30,8 +30,8 @@ from vlmedge.manifest import (
 )
 from vlmedge.spec import RESIZE_MODES, PreprocessSpec, hw_pair
 
-from . import calibration, onnx_export, quantize
-from .onnx_export import IMAGE_INPUT, IMAGE_OUTPUTS, TARGET_PROFILES, TEXT_INPUT, TEXT_OUTPUTS
+from vlmedge.export import calibration, onnx_export, quantize
+from vlmedge.export.onnx_export import IMAGE_INPUT, IMAGE_OUTPUTS, TARGET_PROFILES, TEXT_INPUT, TEXT_OUTPUTS
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +172,7 @@ def _load(source, opts: ExportOptions):
             model.dense_head = prev_head
             model.set_image_size(prev_size)
         return model, restore
-    from .loaders import load_clip
+    from vlmedge.export.loaders import load_clip
 
     model = load_clip(source, dense=opts.dense, image_size=opts.image_size).eval()
     return model, lambda: None
@@ -257,7 +257,7 @@ def export_bundle(source, out: str | Path, *, image_size=None, dense: str = "nai
                 **progress.timings, "total": round(time.perf_counter() - t_start, 3)}})
             _write_manifest(tmp, manifest)
             with progress.step("verify"):
-                from .verify import verify_bundle
+                from vlmedge.export.verify import verify_bundle
 
                 report = verify_bundle(tmp, providers=["CPUExecutionProvider"])
                 for line in report.checks:
@@ -373,7 +373,7 @@ def _build(model, opts: ExportOptions, tmp: Path, work: Path, progress: _Progres
             tensors = calibration.preprocess_frames(eval_frames, pre)
             ref = _run_image(_ort_session(opt_img), tensors, not dynamic)
             test = _run_image(_ort_session(image_out), tensors, not dynamic)
-            from .verify import agreement
+            from vlmedge.export.verify import agreement
 
             rep = agreement(ref, test, report_text)
             extra[f"{opts.precision}_report"] = rep

@@ -1,7 +1,7 @@
 """Calibration data for static int8 quantization: real frames through the runtime's preprocessing.
 
 ``calib`` is a folder of images, a video file (read with OpenCV), or ``"synthetic"`` (the
-built-in table-top scenes of ``vlmedge.runtime.synthetic``). Every frame goes through
+built-in table-top scenes of ``vlmedge.scenes.render``). Every frame goes through
 ``vlmedge.preprocess.preprocess`` with the bundle's own PreprocessSpec, so the quantizer sees
 exactly the tensors the device will feed.
 """
@@ -69,7 +69,7 @@ def frames_from_video(path: str | Path, count: int) -> list[np.ndarray]:
 
 def frames_synthetic(count: int, seed: int = 0) -> list[np.ndarray]:
     """``count`` rendered table-top scenes (seeds ``seed .. seed+count-1``)."""
-    from vlmedge.runtime.synthetic import render_scene
+    from vlmedge.scenes.render import render_scene
 
     return [render_scene(seed + i).frame for i in range(count)]
 

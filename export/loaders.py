@@ -28,9 +28,9 @@ import torch
 from vlmedge.errors import ArtifactError, ConfigError, check_choice
 from vlmedge.spec import ACTIVATIONS, ClipSpec, PreprocessSpec
 
-from . import checkpoint_layouts as layouts
-from .dense import check_head
-from .model import CLIP
+from vlmedge.export import checkpoint_layouts as layouts
+from vlmedge.export.dense import check_head
+from vlmedge.export.model import CLIP
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from torch import nn
 from vlmedge.errors import ConfigError, InputError
 from vlmedge.spec import ClipSpec, VisionSpec, TextSpec, hw_pair
 
-from . import dense
+from vlmedge.export import dense
 
 
 def _checking() -> bool:

@@ -28,7 +28,7 @@ import onnx
 
 from vlmedge.errors import ConfigError, check_choice
 
-from .onnx_export import check_single_file
+from vlmedge.export.onnx_export import check_single_file
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +128,7 @@ def fuse_for_cpu(src: str | Path, dst: str | Path) -> int:
     (ORT fuses it for quantize_dynamic graphs but not for QDQ ones). Returns the number of biases
     folded. The result runs on ONNX Runtime's CPU provider only.
     """
-    from .onnx_export import ort_optimize
+    from vlmedge.export.onnx_export import ort_optimize
 
     ort_optimize(src, dst, "extended")
     model = onnx.load(str(dst))

@@ -1,6 +1,6 @@
 """Train the embedded demo model: a small CLIP that grounds "the red cup" in synthetic tabletops.
 
-Data: :func:`vlmedge.runtime.synthetic.render_scene` on seeds ``[seed * 1_000_003 % 500_000,
+Data: :func:`vlmedge.scenes.render.render_scene` on seeds ``[seed * 1_000_003 % 500_000,
 + scenes)`` (always < 1_000_000; the shipped model, seed 0, used 0..7999). The grounding threshold is
 picked on seeds 900_000.. (:data:`VAL_SEED_BASE`) and the benchmark uses seeds >= 1_000_000
 (:data:`EVAL_SEED_BASE`), so neither was trained on. Scenes are preprocessed
@@ -44,8 +44,8 @@ import torch
 import torch.nn.functional as F
 
 from vlmedge.errors import ConfigError
-from vlmedge.runtime import synthetic as syn
-from vlmedge.runtime.eval_grounding import EVAL_SEED_BASE  # noqa: F401  (held-out seeds start here)
+from vlmedge.scenes import render as syn
+from vlmedge.scenes.evaluation import EVAL_SEED_BASE  # noqa: F401  (held-out seeds start here)
 from vlmedge.spec import ClipSpec, PreprocessSpec, TextSpec, VisionSpec
 
 log = logging.getLogger(__name__)
@@ -231,7 +231,7 @@ def train(cfg: TrainConfig, out: Path | None = None, checkpoint: Path | None = N
     """Train and (if ``out``) save the native model directory. Returns the CLIP model.
 
     ``checkpoint``: also write the state dict there every 200 steps (for looking at a long run)."""
-    from .model import CLIP
+    from vlmedge.export.model import CLIP
 
     t_start = time.time()
     torch.manual_seed(cfg.seed)
@@ -325,7 +325,7 @@ def save(model, tok, out: Path) -> Path:
     """Native layout via ``loaders.save_clip``, weights stored as float16 (half the size)."""
     import copy
 
-    from .loaders import save_clip
+    from vlmedge.export.loaders import save_clip
 
     half = copy.deepcopy(model).half()
     half.preprocess_spec, half.source_info = model.preprocess_spec, {"id": "vlmedge-tabletop-demo", "revision": "1"}
@@ -361,7 +361,7 @@ class TorchGrounder:
     def ground(self, frame, queries):
         from types import SimpleNamespace
 
-        from vlmedge.runtime.regions import find_regions
+        from vlmedge.runtime.grounding.regions import find_regions
         from vlmedge.similarity import contrastive_maps
 
         maps = contrastive_maps(self._patches(frame), self._query_embeds(queries), self.bg,
@@ -386,7 +386,7 @@ def calibrate_threshold(model, tokenizer, scenes: int = 100, seed: int = VAL_SEE
     """Pick the grounding threshold with the best mean of the four benchmark figures on
     validation scenes (seeds ``seed..``, disjoint from training and evaluation seeds).
     Returns (threshold, {threshold: GroundingReport})."""
-    from vlmedge.runtime.eval_grounding import evaluate
+    from vlmedge.scenes.evaluation import evaluate
 
     cached = _CachedTorchGrounder(model, tokenizer)
     reports = {}
@@ -402,7 +402,7 @@ def calibrate_threshold(model, tokenizer, scenes: int = 100, seed: int = VAL_SEE
 def export_bundles(model_dir: Path, out_dir: Path, threshold: float = THRESHOLD, force: bool = True) -> dict[str, Path]:
     """Export ``model_dir`` to ``out_dir/bundle-fp32`` and ``bundle-int8`` (synthetic calibration,
     naive dense head, the demo's background prompts and ``threshold`` in the manifest)."""
-    from .bundle import export_bundle
+    from vlmedge.export.bundle import export_bundle
 
     out = {}
     for precision in ("fp32", "int8"):

@@ -86,7 +86,7 @@ def _median_ms(fn, runs: int) -> float:
 def verify_bundle(bundle_dir: str | Path, against=None, *, runs: int = 5, seed: int = 0,
                   providers: list[str] | None = None) -> VerifyReport:
     """Verify ``bundle_dir``; ``against`` is a source (path / id) or a loaded CLIP for parity."""
-    from vlmedge.runtime.encoders import BundleEncoders
+    from vlmedge.runtime.grounding.encoders import BundleEncoders
 
     report = VerifyReport(str(bundle_dir))
     enc = BundleEncoders(bundle_dir, providers=providers or ["CPUExecutionProvider"], verify=True)
@@ -133,7 +133,7 @@ def _against_torch(enc, against, pixels: np.ndarray, ids: np.ndarray, runs: int)
     if isinstance(against, torch.nn.Module):
         model = against
     else:
-        from .loaders import load_clip
+        from vlmedge.export.loaders import load_clip
         model = load_clip(against, dense=m.dense_head, image_size=m.image_size)
     model = model.eval()
     if tuple(model.image_size) != tuple(m.image_size):

@@ -5,21 +5,21 @@ from __future__ import annotations
 import importlib
 
 _LAZY = {
-    "Grounder": ("vlmedge.runtime.grounder", "Grounder"),
-    "GroundingResult": ("vlmedge.runtime.results", "GroundingResult"),
-    "Target": ("vlmedge.runtime.results", "Target"),
-    "Classification": ("vlmedge.runtime.results", "Classification"),
+    "Grounder": ("vlmedge.runtime.grounding.grounder", "Grounder"),
+    "GroundingResult": ("vlmedge.runtime.grounding.results", "GroundingResult"),
+    "Target": ("vlmedge.runtime.grounding.results", "Target"),
+    "Classification": ("vlmedge.runtime.grounding.results", "Classification"),
     "RunConfig": ("vlmedge.runtime.app", "RunConfig"),
     "run": ("vlmedge.runtime.app", "run"),
-    "Tracker": ("vlmedge.runtime.tracking", "Tracker"),
-    "render_scene": ("vlmedge.runtime.synthetic", "render_scene"),
-    "open_source": ("vlmedge.runtime.sources", "open_source"),
-    "Capture": ("vlmedge.runtime.capture", "Capture"),
-    "Frame": ("vlmedge.runtime.capture", "Frame"),
-    "Publisher": ("vlmedge.runtime.publisher", "Publisher"),
-    "ControlServer": ("vlmedge.runtime.control", "ControlServer"),
-    "ControlClient": ("vlmedge.runtime.control", "ControlClient"),
-    "ControlState": ("vlmedge.runtime.control", "ControlState"),
+    "Tracker": ("vlmedge.runtime.grounding.tracking", "Tracker"),
+    "render_scene": ("vlmedge.scenes.render", "render_scene"),
+    "open_source": ("vlmedge.runtime.io.sources", "open_source"),
+    "Capture": ("vlmedge.runtime.io.capture", "Capture"),
+    "Frame": ("vlmedge.runtime.io.capture", "Frame"),
+    "Publisher": ("vlmedge.runtime.messaging.publisher", "Publisher"),
+    "ControlServer": ("vlmedge.runtime.messaging.control", "ControlServer"),
+    "ControlClient": ("vlmedge.runtime.messaging.control", "ControlClient"),
+    "ControlState": ("vlmedge.runtime.messaging.control", "ControlState"),
 }
 
 

@@ -27,19 +27,18 @@ from typing import Any
 import numpy as np
 
 from vlmedge import protocol
+from vlmedge.defaults import DEFAULT_QUERY, DEFAULT_SOURCE
 from vlmedge.errors import ConfigError, ProtocolError, did_you_mean
 
 log = logging.getLogger(__name__)
 
-DEFAULT_SOURCE = "synthetic://tabletop"
-DEFAULT_QUERY = "the red cup"
 STOP_REASONS = ("max_frames", "signal", "source_end", "window", "stop_event")
 
 
 def _address(name: str, value: Any) -> str | None:
     if value is None or value == "" or (isinstance(value, str) and value.lower() in ("none", "off")):
         return None
-    from .zmq_util import check_address
+    from vlmedge.runtime.messaging.sockets import check_address
 
     return check_address(str(value), purpose=name)
 
@@ -72,7 +71,7 @@ class RunConfig:
     prefetch: bool | None = None
 
     def __post_init__(self):
-        from .sources import FrameSource
+        from vlmedge.runtime.io.sources import FrameSource
         if not isinstance(self.source, FrameSource) and (not isinstance(self.source, str) or not self.source.strip()):
             raise ConfigError(f"RunConfig.source must be a source spec like 'synthetic://tabletop', '0' or "
                               f"'file://clip.mp4' (or a FrameSource), got {self.source!r}")
@@ -93,7 +92,7 @@ class RunConfig:
                                             or self.max_frames < 1):
             raise ConfigError(f"RunConfig.max_frames must be a positive int or None, got {self.max_frames!r}")
         if self.threshold is not None:
-            from .grounder import check_threshold
+            from vlmedge.runtime.grounding.grounder import check_threshold
             object.__setattr__(self, "threshold", check_threshold(self.threshold))
         if self.record is not None:
             ext = Path(self.record).suffix.lower()
@@ -150,26 +149,10 @@ class RunSummary:
         return dataclasses.asdict(self)
 
 
-def resolve_bundle(bundle: str | Path | None) -> Path:
-    """The bundle directory to use: the given one, or the embedded int8 demo bundle."""
-    from vlmedge.errors import ArtifactError
-
-    if bundle is not None:
-        return Path(bundle)
-    try:
-        from .assets import embedded_bundle
-        return embedded_bundle("int8")
-    except (ArtifactError, ModuleNotFoundError) as e:
-        raise ArtifactError(
-            f"no --bundle given and the embedded demo bundle is not available ({e}). Either pass "
-            "--bundle DIR with a bundle exported by `vlmedge export SOURCE --out DIR --precision int8`, "
-            "or build the embedded tabletop model with `vlmedge train-demo` (needs torch) first") from None
-
-
 def _curve(keys_dir):
     if keys_dir is None:
         return None
-    from .zmq_util import CurveServerKeys
+    from vlmedge.runtime.messaging.sockets import CurveServerKeys
 
     d = Path(keys_dir)
     secret = d / "server.key_secret"
@@ -392,10 +375,11 @@ def run(config: RunConfig | dict | None = None, *, stop_event: threading.Event |
     elif not isinstance(config, RunConfig):
         raise ConfigError(f"run() needs a RunConfig (or a dict of its options), got {type(config).__name__}")
     cfg = config
-    from .capture import Capture
-    from .display import Recorder, Window, display_available, draw_overlay
-    from .grounder import Grounder
-    from .sources import open_source
+    from vlmedge.runtime.io.capture import Capture
+    from vlmedge.runtime.display import Recorder, Window, display_available, draw_overlay
+    from vlmedge.embedded import resolve_bundle
+    from vlmedge.runtime.grounding.grounder import Grounder
+    from vlmedge.runtime.io.sources import open_source
 
     if grounder is None:
         grounder = Grounder(resolve_bundle(cfg.bundle), providers=list(cfg.providers) if cfg.providers else None,
@@ -404,7 +388,7 @@ def run(config: RunConfig | dict | None = None, *, stop_event: threading.Event |
         grounder.set_threshold(cfg.threshold)
     model = grounder.manifest.model_id
 
-    from .control import ControlServer, ControlState
+    from vlmedge.runtime.messaging.control import ControlServer, ControlState
 
     stats = _Stats()
     state = ControlState(queries=cfg.queries, threshold=grounder.threshold)
@@ -454,7 +438,7 @@ def run(config: RunConfig | dict | None = None, *, stop_event: threading.Event |
 
         state.status_fn = status
         if cfg.publish:
-            from .publisher import Publisher
+            from vlmedge.runtime.messaging.publisher import Publisher
             publisher = Publisher(cfg.publish, heatmaps=cfg.heatmaps, curve=curve, model=model)
             publisher.start_heartbeat(status, cfg.status_interval_s)
         if cfg.control:

@@ -24,7 +24,7 @@ Measured (all in this process, which stays torch-free):
   is handed back to the OS (``release_free_heap``), so the peak is that of one run (what ``vlmedge
   run`` uses), not of one run plus the freed leftovers of the runs before it.
 * torch eager (``--torch-baseline SOURCE``, when torch is installed): ``load_clip`` + ``encode_image``
-  timed in a SUBPROCESS (``python -m vlmedge.runtime.bench --torch-worker``).
+  timed in a SUBPROCESS (``python -m vlmedge.export.torch_baseline``).
 
 Targets checked (PASS/FAIL lines): pipeline fps >= 90% of the encoder rate; capture-to-publish p99
 <= 1.5x encoder p50; a new query takes effect on the next frame; peak resident memory <= 350 MB.
@@ -50,7 +50,8 @@ from pathlib import Path
 
 import numpy as np
 
-from vlmedge.errors import BackendUnavailable, ConfigError, check_choice
+from vlmedge.errors import ConfigError, check_choice
+from vlmedge.scenes.video import CAMERA_FORMATS, write_synthetic_video_subprocess
 
 log = logging.getLogger(__name__)
 
@@ -114,43 +115,6 @@ def bench_encoder(encoders, pixels: np.ndarray, frames: int, warmup: int = 5) ->
     return _stats_ms(time_encoder(encoders, pixels, frames, warmup))
 
 
-CAMERA_FORMATS = {"raw": "I420", "mjpg": "MJPG"}  # --camera-format -> AVI fourcc
-
-
-def write_synthetic_video(path: Path, frames: int, fps: float, size=(480, 640), camera_format: str = "raw",
-                          seed: int = 0) -> Path:
-    """An .avi of moving synthetic tabletop scenes: raw YUV 4:2:0 (``raw``) or JPEG (``mjpg``) frames."""
-    import cv2
-
-    from .synthetic import TabletopStream
-
-    check_choice("camera_format", camera_format, tuple(CAMERA_FORMATS))
-    fourcc = CAMERA_FORMATS[camera_format]
-    stream = TabletopStream(seed=seed, size=size, fps=fps)
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), fps, (size[1], size[0]))
-    if not writer.isOpened():
-        raise BackendUnavailable(f"an OpenCV video writer ({fourcc}/.avi)", "this OpenCV build cannot write it")
-    try:
-        for _ in range(frames):
-            frame, _ = stream.read()
-            writer.write(frame)
-    finally:
-        writer.release()
-    return path
-
-
-def write_synthetic_video_subprocess(path: Path, frames: int, fps: float, camera_format: str = "raw") -> Path:
-    """``write_synthetic_video`` in a child process, so that rendering does not count in this process's
-    memory figures (a camera or file source needs none of it)."""
-    cmd = [sys.executable, "-m", "vlmedge.runtime.bench", "--write-video",
-           json.dumps({"path": str(path), "frames": int(frames), "fps": float(fps), "format": camera_format})]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    if proc.returncode != 0 or not path.is_file():
-        raise BackendUnavailable("writing the synthetic benchmark video", (proc.stderr.strip().splitlines()
-                                                                           or ["no output"])[-1])
-    return path
-
-
 def _free_port() -> int:
     import socket
 
@@ -174,7 +138,7 @@ class _SwitchProbe(threading.Thread):
 
         from vlmedge import protocol
 
-        from .control import ControlClient
+        from vlmedge.runtime.messaging.control import ControlClient
 
         ctx = zmq.Context()
         sub = ctx.socket(zmq.SUB)
@@ -274,7 +238,7 @@ def torch_baseline(source: str, image_size: tuple[int, int], frames: int, thread
     """Time PyTorch eager encode_image in a subprocess (this process must stay torch-free)."""
     if importlib.util.find_spec("torch") is None:
         return {"measured": False, "error": "torch is not installed"}
-    cmd = [sys.executable, "-m", "vlmedge.runtime.bench", "--torch-worker",
+    cmd = [sys.executable, "-m", "vlmedge.export.torch_baseline",
            json.dumps({"source": str(source), "image_size": list(image_size), "frames": frames, "threads": threads})]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
@@ -285,30 +249,11 @@ def torch_baseline(source: str, image_size: tuple[int, int], frames: int, thread
     return {"measured": True, **json.loads(proc.stdout.strip().splitlines()[-1])}
 
 
-def _torch_worker(spec: dict) -> dict:
-    import torch
-
-    from vlmedge.export.loaders import load_clip
-
-    torch.set_num_threads(int(spec["threads"]))
-    model = load_clip(spec["source"], image_size=tuple(spec["image_size"])).eval()
-    x = torch.randn(1, 3, *spec["image_size"])
-    times = []
-    with torch.inference_mode():
-        for _ in range(3):
-            model.encode_image(x)
-        for _ in range(int(spec["frames"])):
-            t = time.perf_counter()
-            model.encode_image(x)
-            times.append((time.perf_counter() - t) * 1e3)
-    return {**_stats_ms(times), "torch": torch.__version__, "threads": torch.get_num_threads()}
-
-
 def bench(bundle, *, source: str | None = None, frames: int = 100, queries=("the red cup",),
           torch_source: str | None = None, providers=None, prefetch: bool | None = None,
           camera_fps: float | None = None, camera_format: str = "raw", spinning: bool = True) -> dict:
     """Run every measurement; returns the report dict (see the module docstring)."""
-    from .grounder import Grounder
+    from vlmedge.runtime.grounding.grounder import Grounder
 
     if not isinstance(frames, int) or frames < 2:
         raise ConfigError(f"frames must be an int >= 2, got {frames!r}")
@@ -355,7 +300,7 @@ def bench(bundle, *, source: str | None = None, frames: int = 100, queries=("the
 
 def first_frame(source: str) -> np.ndarray:
     """The first frame of a source (for the preprocessing/encoder measurements)."""
-    from .sources import open_source
+    from vlmedge.runtime.io.sources import open_source
 
     src = open_source(source)
     src.open()
@@ -371,7 +316,7 @@ def first_frame(source: str) -> np.ndarray:
 def _run_pipeline(grounder, bundle, source: str, frames: int, queries, prefetch, *, realtime: bool,
                   probe: _SwitchProbe | None = None) -> tuple[_PipelineMeter, dict]:
     """One ``vlmedge run`` on ``source`` with the meter (and the query-switch probe) attached."""
-    from .app import RunConfig, _want_prefetch, run
+    from vlmedge.runtime.app import RunConfig, _want_prefetch, run
 
     pub, ctl = (probe.publish, probe.control) if probe else (f"tcp://127.0.0.1:{_free_port()}", None)
     stop = threading.Event()
@@ -399,7 +344,7 @@ def _segments(frames: int) -> list[int]:
 def _bench_with_source(grounder, bundle, source: str, frames: int, queries, prefetch) -> dict:
     from vlmedge.preprocess import preprocess
 
-    from .sources import open_source
+    from vlmedge.runtime.io.sources import open_source
 
     m, enc = grounder.manifest, grounder.encoders
     report: dict = {}
@@ -443,7 +388,7 @@ def _bench_with_source(grounder, bundle, source: str, frames: int, queries, pref
 def bench_preprocess(frame: np.ndarray, spec, n: int) -> dict:
     """Preprocessing of one frame, back to back, with the kernels in use; when they are the compiled
     ones, the numpy path too, interleaved (``numpy`` figures and the ``speedup`` of compiled over it)."""
-    from vlmedge import _native
+    from vlmedge.preprocess import native as _native
     from vlmedge.preprocess import preprocess
 
     def once() -> float:
@@ -581,27 +526,3 @@ def _pct(v) -> str:
 
 def _fmt(v) -> str:
     return "-" if v is None else f"{v:.2f}"
-
-
-def bench_command(args) -> int:
-    bundle = Path(args.bundle)
-    report = bench(bundle, source=args.source, frames=args.frames, queries=tuple(args.queries or ("the red cup",)),
-                   torch_source=args.torch_baseline, providers=args.providers, prefetch=args.prefetch,
-                   camera_fps=args.camera_fps, camera_format=args.camera_format, spinning=args.ort_spinning)
-    print(format_report(report))
-    if args.json_out:
-        Path(args.json_out).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-        print(f"wrote {args.json_out}")
-    return 0
-
-
-if __name__ == "__main__":
-    if len(sys.argv) == 3 and sys.argv[1] == "--torch-worker":
-        print(json.dumps(_torch_worker(json.loads(sys.argv[2]))))
-        sys.exit(0)
-    if len(sys.argv) == 3 and sys.argv[1] == "--write-video":
-        spec = json.loads(sys.argv[2])
-        write_synthetic_video(Path(spec["path"]), int(spec["frames"]), float(spec["fps"]),
-                              camera_format=spec.get("format", "raw"))
-        sys.exit(0)
-    sys.exit("usage: python -m vlmedge.runtime.bench --torch-worker|--write-video JSON (internal; use `vlmedge bench`)")

@@ -10,7 +10,7 @@ import numpy as np
 
 from vlmedge.errors import BackendUnavailable
 
-from .results import GroundingResult
+from vlmedge.runtime.grounding.results import GroundingResult
 
 log = logging.getLogger(__name__)
 

@@ -21,9 +21,9 @@ from _bundles import tiny_bundle  # noqa: E402
 from vlmedge import protocol  # noqa: E402
 from vlmedge.errors import BackendUnavailable, ConfigError  # noqa: E402
 from vlmedge.runtime.app import RunConfig, run  # noqa: E402
-from vlmedge.runtime.control import ControlClient  # noqa: E402
-from vlmedge.runtime.sources import FrameSource  # noqa: E402
-from vlmedge.runtime.bench import write_synthetic_video  # noqa: E402
+from vlmedge.runtime.messaging.control import ControlClient  # noqa: E402
+from vlmedge.runtime.io.sources import FrameSource  # noqa: E402
+from vlmedge.scenes.video import write_synthetic_video  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -250,7 +250,7 @@ def test_file_without_realtime_grounds_every_frame_in_order(bundle, video):
 
 def test_a_preprocessing_error_in_the_capture_thread_reaches_the_caller(bundle, video):
     from vlmedge.errors import InputError
-    from vlmedge.runtime.grounder import Grounder
+    from vlmedge.runtime.grounding.grounder import Grounder
 
     g = Grounder(bundle)
 
@@ -346,8 +346,8 @@ def test_sigterm_stops_vlmedge_run_promptly(bundle, video):
 
 def test_overlay_draws_heatmap_boxes_and_labels(bundle):
     from vlmedge.runtime.display import draw_overlay
-    from vlmedge.runtime.grounder import Grounder
-    from vlmedge.runtime.synthetic import render_scene
+    from vlmedge.runtime.grounding.grounder import Grounder
+    from vlmedge.scenes.render import render_scene
 
     frame = render_scene(0).frame
     res = Grounder(bundle, threshold=0.2).ground(frame, ["the red cup"])

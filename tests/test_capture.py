@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from vlmedge.errors import ConfigError, SourceError
-from vlmedge.runtime.capture import Capture, Frame, frame_checksum
-from vlmedge.runtime.sources import FrameSource, open_source
+from vlmedge.runtime.io.capture import Capture, Frame, frame_checksum
+from vlmedge.runtime.io.sources import FrameSource, open_source
 
 
 class Camera:

@@ -10,10 +10,10 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _bundles import tiny_bundle  # noqa: E402
 
-from vlmedge import _native  # noqa: E402
+from vlmedge.preprocess import native as _native  # noqa: E402
 from vlmedge.cli import build_parser, main  # noqa: E402
-from vlmedge.runtime.bench import write_synthetic_video  # noqa: E402
-from vlmedge.runtime.synthetic import render_scene  # noqa: E402
+from vlmedge.scenes.video import write_synthetic_video  # noqa: E402
+from vlmedge.scenes.render import render_scene  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +53,7 @@ def test_help_mentions_the_options(capsys):
 
 
 def test_no_arguments_is_run_and_missing_embedded_bundle_is_explained(monkeypatch, tmp_path, capsys):
-    import vlmedge.runtime.assets as assets
+    import vlmedge.embedded as assets
 
     monkeypatch.setattr(assets, "DEMO_DIR", tmp_path / "no-demo")
     rc = main([])

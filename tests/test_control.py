@@ -11,8 +11,8 @@ import zmq
 
 from vlmedge import protocol
 from vlmedge.errors import ConfigError, ProtocolError
-from vlmedge.runtime.control import ControlClient, ControlServer, ControlState, ControlTimeout
-from vlmedge.runtime.zmq_util import CurveClientKeys, CurveServerKeys, create_keys
+from vlmedge.runtime.messaging.control import ControlClient, ControlServer, ControlState, ControlTimeout
+from vlmedge.runtime.messaging.sockets import CurveClientKeys, CurveServerKeys, create_keys
 
 ADDR = "tcp://127.0.0.1:0"
 

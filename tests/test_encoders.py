@@ -30,7 +30,7 @@ def bundle(tmp_path_factory):
 
 def test_runtime_encoders_and_export_commands_import_without_torch():
     code = ("import sys; sys.modules['torch'] = None\n"
-            "import vlmedge, vlmedge.runtime, vlmedge.runtime.encoders, vlmedge.export.commands\n"
+            "import vlmedge, vlmedge.runtime, vlmedge.runtime.grounding.encoders, vlmedge.cli.export\n"
             "import vlmedge.export.verify\n"
             "from vlmedge.cli import build_parser; build_parser()\n"
             "print('ok')")
@@ -39,7 +39,7 @@ def test_runtime_encoders_and_export_commands_import_without_torch():
 
 
 def test_encodes_images_and_texts(bundle):
-    from vlmedge.runtime.encoders import BundleEncoders
+    from vlmedge.runtime.grounding.encoders import BundleEncoders
 
     enc = BundleEncoders(bundle)
     assert enc.image_size == (64, 64) and enc.embed_dim == 32 and enc.providers == ["CPUExecutionProvider"]
@@ -65,7 +65,7 @@ def test_encodes_images_and_texts(bundle):
 ])
 def test_bad_pixels_are_input_errors(bundle, bad):
     from vlmedge.errors import InputError
-    from vlmedge.runtime.encoders import BundleEncoders
+    from vlmedge.runtime.grounding.encoders import BundleEncoders
 
     with pytest.raises(InputError, match="pixel_values"):
         BundleEncoders(bundle).encode_image(bad)
@@ -73,7 +73,7 @@ def test_bad_pixels_are_input_errors(bundle, bad):
 
 def test_bad_texts_and_ids_are_input_errors(bundle):
     from vlmedge.errors import InputError
-    from vlmedge.runtime.encoders import BundleEncoders
+    from vlmedge.runtime.grounding.encoders import BundleEncoders
 
     enc = BundleEncoders(bundle)
     for bad in ("the red cup", [], [1, 2], None):
@@ -89,7 +89,7 @@ def test_missing_provider_is_backend_unavailable(bundle):
     import onnxruntime as ort
 
     from vlmedge.errors import BackendUnavailable
-    from vlmedge.runtime.encoders import BundleEncoders, choose_providers
+    from vlmedge.runtime.grounding.encoders import BundleEncoders, choose_providers
 
     if "CUDAExecutionProvider" in ort.get_available_providers():
         pytest.skip("this onnxruntime has CUDA")
@@ -100,7 +100,7 @@ def test_missing_provider_is_backend_unavailable(bundle):
 
 
 def test_threads_default_to_physical_cores(bundle):
-    from vlmedge.runtime.encoders import BundleEncoders, physical_cores
+    from vlmedge.runtime.grounding.encoders import BundleEncoders, physical_cores
 
     n = physical_cores()
     assert 1 <= n <= len(os.sched_getaffinity(0))
@@ -110,7 +110,7 @@ def test_threads_default_to_physical_cores(bundle):
 
 def test_spinning_is_an_explicit_choice_with_the_same_results(bundle):
     from vlmedge.errors import ConfigError
-    from vlmedge.runtime.encoders import BundleEncoders
+    from vlmedge.runtime.grounding.encoders import BundleEncoders
 
     x = np.random.default_rng(1).normal(0, 1, (1, 3, 64, 64)).astype(np.float32)
     spinning, still = BundleEncoders(bundle), BundleEncoders(bundle, spinning=False, verify=False)

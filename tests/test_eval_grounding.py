@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 from vlmedge.errors import ArtifactError, ConfigError
-from vlmedge.runtime import eval_grounding as eg
-from vlmedge.runtime import synthetic as syn
-from vlmedge.runtime.results import Target
+from vlmedge.cli.evaluate import evaluate_bundle
+from vlmedge.scenes import evaluation as eg
+from vlmedge.scenes import render as syn
+from vlmedge.runtime.grounding.results import Target
 
 SEED, N = eg.EVAL_SEED_BASE, 12
 
@@ -67,7 +68,7 @@ def test_wrong_object_and_blind_grounders_fail():
 
 
 def _bundle(precision):
-    from vlmedge.runtime.assets import embedded_bundle
+    from vlmedge.embedded import embedded_bundle
     try:
         return embedded_bundle(precision)
     except ArtifactError as e:
@@ -85,7 +86,7 @@ FLOORS = dict(pointing=0.95, box_hit=0.85, rejection=0.92, discrimination=0.88)
 
 @pytest.fixture(scope="module")
 def reports():
-    return {p: eg.evaluate_bundle(str(_bundle(p)), scenes=40, seed=SEED) for p in ("fp32", "int8")}
+    return {p: evaluate_bundle(str(_bundle(p)), scenes=40, seed=SEED) for p in ("fp32", "int8")}
 
 
 @pytest.mark.parametrize("precision", ["fp32", "int8"])

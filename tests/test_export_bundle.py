@@ -18,7 +18,7 @@ from _bundles import tiny_clip  # noqa: E402
 from vlmedge.errors import ArtifactError, ConfigError  # noqa: E402
 from vlmedge.export.bundle import export_bundle, parse_image_size  # noqa: E402
 from vlmedge.manifest import DENSE_HEADS, open_bundle, sha256_file  # noqa: E402
-from vlmedge.runtime.encoders import BundleEncoders  # noqa: E402
+from vlmedge.runtime.grounding.encoders import BundleEncoders  # noqa: E402
 
 torch.set_num_threads(1)
 

@@ -10,10 +10,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _bundles import tiny_bundle  # noqa: E402
 
 from vlmedge.errors import ArtifactError, ConfigError, InputError  # noqa: E402
-from vlmedge.runtime.encoders import BundleEncoders  # noqa: E402
-from vlmedge.runtime.grounder import Grounder  # noqa: E402
+from vlmedge.runtime.grounding.encoders import BundleEncoders  # noqa: E402
+from vlmedge.runtime.grounding.grounder import Grounder  # noqa: E402
 from vlmedge.preprocess import crop_box  # noqa: E402
-from vlmedge.runtime.synthetic import render_scene  # noqa: E402
+from vlmedge.scenes.render import render_scene  # noqa: E402
 
 BACKGROUND = ("background", "a table", "a wall", "the floor")
 VOCAB = ("the red cup", "a blue ball", "the green bottle") + BACKGROUND

@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vlmedge import _native, _resample
+from vlmedge.preprocess import native as _native
+from vlmedge.preprocess import resample as _resample
 from vlmedge.preprocess import preprocess
 from vlmedge.spec import PreprocessSpec
 
@@ -105,7 +106,7 @@ def test_numpy_only_switches_both_kernels_off_and_back():
 
 
 def test_forcing_numpy_with_the_environment_variable():
-    code = "from vlmedge import _native as n; print(n.backend()); assert n.resample_rows is None"
+    code = "from vlmedge.preprocess import native as n; print(n.backend()); assert n.resample_rows is None"
     out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "VLMEDGE_KERNELS": "numpy"},
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr

@@ -19,8 +19,12 @@ root, bundle = Path(sys.argv[1]), sys.argv[2]
 import vlmedge, vlmedge.runtime
 names = []
 for folder, package in (("vlmedge", "vlmedge"), ("runtime", "vlmedge.runtime")):
-    for f in sorted((root / folder).glob("*.py")):
-        names.append(package if f.stem == "__init__" else f"{package}.{f.stem}")
+    for f in sorted((root / folder).rglob("*.py")):
+        parts = f.relative_to(root / folder).with_suffix("").parts
+        if parts[-1] == "__main__":
+            continue  # running it is the CLI itself
+        parts = parts[:-1] if parts[-1] == "__init__" else parts
+        names.append(".".join((package, *parts)))
 failed = {}
 for name in names:
     try:
@@ -28,8 +32,8 @@ for name in names:
     except Exception as e:
         failed[name] = f"{type(e).__name__}: {e}"
 
-from vlmedge.runtime.grounder import Grounder
-from vlmedge.runtime.synthetic import render_scene
+from vlmedge.runtime.grounding.grounder import Grounder
+from vlmedge.scenes.render import render_scene
 from vlmedge.runtime.app import RunConfig, run
 from vlmedge.cli import build_parser
 g = Grounder(bundle)
@@ -53,8 +57,8 @@ def test_runtime_never_imports_torch():
     assert out["failed"] == {}, out["failed"]
     assert out["torch_loaded"] == []
     mods = set(out["modules"])
-    for required in ("vlmedge.runtime.grounder", "vlmedge.runtime.app", "vlmedge.runtime.bench",
-                     "vlmedge.runtime.commands", "vlmedge.similarity", "vlmedge.preprocess"):
+    for required in ("vlmedge.runtime.grounding.grounder", "vlmedge.runtime.app", "vlmedge.runtime.bench",
+                     "vlmedge.cli.run", "vlmedge.similarity", "vlmedge.preprocess"):
         assert required in mods
     assert out["maps"] == [2, 480, 640] and out["targets"] >= 2
     assert sorted(out["labels"]) == ["ball", "cup"] and out["frames"] == 2

@@ -9,7 +9,8 @@ import logging
 import numpy as np
 import pytest
 
-from vlmedge import _native, _resample
+from vlmedge.preprocess import native as _native
+from vlmedge.preprocess import resample as _resample
 from vlmedge.errors import ConfigError, InputError
 from vlmedge.preprocess import crop_box, plan, preprocess
 from vlmedge.spec import OPENAI_MEAN, OPENAI_STD, PreprocessSpec

@@ -13,7 +13,7 @@ import pytest
 
 from vlmedge import protocol
 from vlmedge.errors import ProtocolError
-from vlmedge.runtime.results import Target
+from vlmedge.runtime.grounding.results import Target
 
 jsonschema = pytest.importorskip("jsonschema", reason="jsonschema is needed to check the shipped schemas")
 

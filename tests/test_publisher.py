@@ -16,10 +16,10 @@ import zmq
 
 from vlmedge import protocol
 from vlmedge.errors import ConfigError
-from vlmedge.runtime.capture import Frame
-from vlmedge.runtime.publisher import Publisher
-from vlmedge.runtime.results import GroundingResult, Target
-from vlmedge.runtime.zmq_util import CurveClientKeys, CurveServerKeys, check_address, create_keys, setup_curve_client
+from vlmedge.runtime.io.capture import Frame
+from vlmedge.runtime.messaging.publisher import Publisher
+from vlmedge.runtime.grounding.results import GroundingResult, Target
+from vlmedge.runtime.messaging.sockets import CurveClientKeys, CurveServerKeys, check_address, create_keys, setup_curve_client
 
 ROOT = Path(__file__).resolve().parents[1]
 ADDR = "tcp://127.0.0.1:0"
@@ -180,7 +180,7 @@ def test_slow_subscriber_does_not_grow_publisher_memory(ctx, sndhwm=2):
 
 
 def test_address_checks(caplog):
-    with caplog.at_level(logging.WARNING, logger="vlmedge.runtime.zmq_util"):
+    with caplog.at_level(logging.WARNING, logger="vlmedge.runtime.messaging.sockets"):
         check_address("tcp://127.0.0.1:5555")
         check_address("tcp://localhost:0")
         check_address("tcp://[::1]:5555")

@@ -20,7 +20,7 @@ from vlmedge.export.bundle import export_bundle  # noqa: E402
 from vlmedge.export.quantize import Int8Recipe, qdq_report  # noqa: E402
 from vlmedge.export.verify import agreement, cosine_rows  # noqa: E402
 from vlmedge.preprocess import preprocess  # noqa: E402
-from vlmedge.runtime.encoders import BundleEncoders  # noqa: E402
+from vlmedge.runtime.grounding.encoders import BundleEncoders  # noqa: E402
 from vlmedge.spec import PreprocessSpec  # noqa: E402
 
 torch.set_num_threads(1)
@@ -208,7 +208,7 @@ def test_int8_export_from_an_image_folder(tmp_path):
 def test_int8_on_the_trained_demo_model_when_present(tmp_path):
     """The acceptance bound on a trained model (skipped until `vlmedge train-demo` has been run)."""
     from vlmedge.errors import ArtifactError
-    from vlmedge.runtime.assets import embedded_model_dir
+    from vlmedge.embedded import embedded_model_dir
 
     try:
         src = embedded_model_dir()

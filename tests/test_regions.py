@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from vlmedge.errors import InputError
-from vlmedge.runtime.regions import find_regions, refined_peak
-from vlmedge.runtime.results import GroundingResult, Target, upsample_map
+from vlmedge.runtime.grounding.regions import find_regions, refined_peak
+from vlmedge.runtime.grounding.results import GroundingResult, Target, upsample_map
 
 FRAME = (480, 640)          # (H, W)
 CROP = (80, 0, 560, 480)    # centre 480x480 square, as a shortest-crop preprocess gives

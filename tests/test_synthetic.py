@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from vlmedge.errors import ConfigError
-from vlmedge.runtime import synthetic as syn
+from vlmedge.scenes import render as syn
 
 
 def test_vocabulary_and_captions():
@@ -111,7 +111,7 @@ def test_stream_is_deterministic_moves_and_changes_objects():
 
 
 def _default_demo_stream():
-    from vlmedge.runtime.sources import open_source
+    from vlmedge.runtime.io.sources import open_source
 
     src = open_source("synthetic://tabletop")  # what `vlmedge run` with no arguments opens
     src.open()
@@ -132,7 +132,7 @@ def test_default_demo_stream_always_shows_the_red_cup():
     # deterministic, and featured=none gives the plain stream
     again = syn.TabletopStream(seed=0, featured=(("red", "cup"),))
     np.testing.assert_array_equal(again.read()[0], _default_demo_stream().read())
-    from vlmedge.runtime.sources import open_source
+    from vlmedge.runtime.io.sources import open_source
     plain = open_source("synthetic://tabletop?featured=none")
     plain.open()
     np.testing.assert_array_equal(plain.read(), syn.TabletopStream(seed=0).read()[0])
@@ -155,7 +155,7 @@ def test_featured_validation():
         syn.TabletopStream(featured=(("red", "cupp"),))
     with pytest.raises(ConfigError, match="pair"):
         syn.parse_featured("cup")
-    from vlmedge.runtime.sources import open_source
+    from vlmedge.runtime.io.sources import open_source
     with pytest.raises(ConfigError, match="featured='red cupp'.*did you mean 'cup'"):
         open_source("synthetic://tabletop?featured=red+cupp")
     assert open_source("synthetic://tabletop?featured=blue+ball").featured == (("blue", "ball"),)
@@ -164,8 +164,8 @@ def test_featured_validation():
 
 def test_embedded_bundle_finds_the_red_cup_in_the_default_stream():
     from vlmedge.errors import ArtifactError
-    from vlmedge.runtime.assets import embedded_bundle
-    from vlmedge.runtime.grounder import Grounder
+    from vlmedge.embedded import embedded_bundle
+    from vlmedge.runtime.grounding.grounder import Grounder
     try:
         bundle = embedded_bundle("int8")  # what `vlmedge run` uses by default
     except ArtifactError as e:
@@ -210,9 +210,9 @@ def test_png_round_trip(tmp_path):
 
 def test_runtime_modules_are_torch_free():
     code = ("import sys; sys.modules['torch'] = None; import vlmedge, vlmedge.runtime; "
-            "import vlmedge.runtime.synthetic, vlmedge.runtime.eval_grounding, vlmedge.runtime.assets, "
-            "vlmedge.runtime.eval_commands, vlmedge.export.train_commands; "
+            "import vlmedge.scenes.render, vlmedge.scenes.evaluation, vlmedge.embedded, "
+            "vlmedge.cli.evaluate, vlmedge.cli.train; "
             "import argparse; p = argparse.ArgumentParser(); s = p.add_subparsers(); "
-            "vlmedge.runtime.eval_commands.register(s); vlmedge.export.train_commands.register(s)")
+            "vlmedge.cli.evaluate.register(s); vlmedge.cli.train.register(s)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr

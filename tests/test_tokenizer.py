@@ -369,7 +369,7 @@ def test_lazy_export_and_torch_free():
 
 def test_train_is_deterministic_across_processes(tmp_path):
     # The Rust trainer seeds its hash maps per process: the same texts must still give the same merges.
-    code = ("import sys; from vlmedge.runtime.synthetic import all_captions; from vlmedge.tokenizer import ClipTokenizer; "
+    code = ("import sys; from vlmedge.scenes.render import all_captions; from vlmedge.tokenizer import ClipTokenizer; "
             "sys.stdout.write(ClipTokenizer.train(all_captions(), 640).to_json())")
     outs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
             for _ in range(3)}

@@ -2,9 +2,9 @@
 
 import numpy as np
 
-from vlmedge.runtime.regions import find_regions
-from vlmedge.runtime.results import Target
-from vlmedge.runtime.tracking import Tracker, iou
+from vlmedge.runtime.grounding.regions import find_regions
+from vlmedge.runtime.grounding.results import Target
+from vlmedge.runtime.grounding.tracking import Tracker, iou
 
 FRAME, CROP = (224, 224), (0, 0, 224, 224)
 

@@ -7,7 +7,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from vlmedge.runtime import synthetic as syn  # noqa: E402
+from vlmedge.scenes import render as syn  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +31,7 @@ def test_patch_labels_follow_masks(td):
 
 
 def test_seeds_are_disjoint_from_evaluation(td):
-    from vlmedge.runtime.eval_grounding import EVAL_SEED_BASE
+    from vlmedge.scenes.evaluation import EVAL_SEED_BASE
     for seed in (0, 1, 12345):
         s = td.train_seeds(td.TrainConfig(seed=seed, scenes=5000))
         assert s.min() >= 0 and s.max() < td.TRAIN_SEED_LIMIT <= EVAL_SEED_BASE

@@ -19,7 +19,7 @@ from vlmedge.errors import ArtifactError  # noqa: E402
 from vlmedge.export.bundle import export_bundle  # noqa: E402
 from vlmedge.export.verify import verify_bundle  # noqa: E402
 from vlmedge.manifest import open_bundle  # noqa: E402
-from vlmedge.runtime.encoders import BundleEncoders  # noqa: E402
+from vlmedge.runtime.grounding.encoders import BundleEncoders  # noqa: E402
 
 torch.set_num_threads(1)
 

@@ -15,16 +15,20 @@ def _map_source_tree() -> None:
     The repository keeps them in top-level ``export/`` and ``runtime/`` folders, which the installer maps
     into the package (``package-dir`` in pyproject.toml). When Python runs with the checkout's root on
     ``sys.path`` (``python -c ...`` or a script started there), this folder shadows the installed package and
-    those two sub-packages would be missing; adding the checkout root to ``__path__`` finds them there.
+    those two sub-packages would be missing. A finder maps exactly those two names to their folders, so
+    nothing else of the checkout (``setup.py``, ``tests``, ``benchmarks``) becomes part of the package.
     Only done when the parent folder is the vlmedge checkout itself.
     """
+    import importlib.abc
+    import importlib.util
     import os
+    import sys
 
     here = os.path.dirname(os.path.abspath(__file__))
     root = os.path.dirname(here)
     marker = os.path.join(root, "pyproject.toml")
-    if not (os.path.isfile(os.path.join(root, "runtime", "__init__.py"))
-            and os.path.isfile(os.path.join(root, "export", "__init__.py")) and os.path.isfile(marker)):
+    folders = {f"{__name__}.{name}": os.path.join(root, name) for name in ("export", "runtime")}
+    if not (all(os.path.isfile(os.path.join(d, "__init__.py")) for d in folders.values()) and os.path.isfile(marker)):
         return
     try:
         with open(marker, encoding="utf-8") as f:
@@ -32,16 +36,25 @@ def _map_source_tree() -> None:
                 return
     except OSError:
         return
-    if root not in __path__:
-        __path__.append(root)
+
+    class _CheckoutFinder(importlib.abc.MetaPathFinder):
+        def find_spec(self, fullname, path=None, target=None):
+            folder = folders.get(fullname)
+            if folder is None:
+                return None
+            return importlib.util.spec_from_file_location(
+                fullname, os.path.join(folder, "__init__.py"), submodule_search_locations=[folder])
+
+    if not any(type(f).__name__ == "_CheckoutFinder" for f in sys.meta_path):
+        sys.meta_path.insert(0, _CheckoutFinder())
 
 
 _map_source_tree()
 
-from .errors import (  # noqa: E402
+from vlmedge.errors import (  # noqa: E402
     ArtifactError, BackendUnavailable, ConfigError, InputError, ProtocolError, SourceError, VlmEdgeError,
 )
-from .spec import ClipSpec, PreprocessSpec, TextSpec, VisionSpec  # noqa: E402
+from vlmedge.spec import ClipSpec, PreprocessSpec, TextSpec, VisionSpec  # noqa: E402
 
 _LAZY = {
     "ClipTokenizer": ("vlmedge.tokenizer", "ClipTokenizer"),

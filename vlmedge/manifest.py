@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ArtifactError, ConfigError, check_choice
-from .spec import ClipSpec, PreprocessSpec
+from vlmedge.errors import ArtifactError, ConfigError, check_choice
+from vlmedge.spec import ClipSpec, PreprocessSpec
 
 FORMAT = "vlmedge-bundle"
 FORMAT_VERSION = 1

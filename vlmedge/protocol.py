@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ProtocolError, did_you_mean
+from vlmedge.errors import ProtocolError, did_you_mean
 
 PROTOCOL_VERSION = 1
 TOPICS = ("targets", "heatmap", "status")
@@ -491,7 +491,7 @@ def schema_path(name: str):
     """Path of a shipped JSON Schema: name in SCHEMA_NAMES ('targets', 'status', 'heatmap', 'control')."""
     from importlib import resources
 
-    from .errors import check_choice
+    from vlmedge.errors import check_choice
     check_choice("schema", name, SCHEMA_NAMES)
     return resources.files("vlmedge").joinpath("schemas", SCHEMA_NAMES[name])
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from .errors import ConfigError, check_choice
+from vlmedge.errors import ConfigError, check_choice
 
 ACTIVATIONS = ("quick_gelu", "gelu")
 RESIZE_MODES = ("shortest-crop", "full-frame")

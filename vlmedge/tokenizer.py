@@ -39,7 +39,7 @@ import numpy as np
 from tokenizers import Regex, Tokenizer, decoders, normalizers, pre_tokenizers, processors, trainers
 from tokenizers.models import BPE
 
-from .errors import ArtifactError, ConfigError, InputError
+from vlmedge.errors import ArtifactError, ConfigError, InputError
 
 log = logging.getLogger(__name__)
 

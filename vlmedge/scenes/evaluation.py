@@ -28,8 +28,8 @@ import numpy as np
 
 from vlmedge.errors import ConfigError
 
-from . import synthetic as syn
-from .tracking import iou  # the same IoU the tracker uses
+from vlmedge.scenes import render as syn
+from vlmedge.geometry import iou  # the same IoU the tracker uses
 
 log = logging.getLogger(__name__)
 
@@ -125,14 +125,6 @@ def evaluate(ground: GroundFn, scenes: int = 500, seed: int = EVAL_SEED_BASE,
         pointing=point / max(n_pres, 1), box_hit=box / max(n_pres, 1), rejection=rej / max(n_abs, 1),
         discrimination=disc / max(n_disc, 1), n_present=n_pres, n_absent=n_abs, n_discrimination=n_disc,
         mean_ground_ms=1000 * t_ground / max(n_calls, 1))
-
-
-def evaluate_bundle(bundle, scenes: int = 500, seed: int = EVAL_SEED_BASE, progress: bool = False) -> GroundingReport:
-    """The benchmark through the runtime's :class:`~vlmedge.runtime.grounder.Grounder`."""
-    from .grounder import Grounder
-
-    g = Grounder(bundle, smoothing=False)  # scenes are independent: no tracking across calls
-    return evaluate(g.ground, scenes=scenes, seed=seed, progress=progress)
 
 
 def write_json(report: GroundingReport, path, bundle: str | None = None) -> None:

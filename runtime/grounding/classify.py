@@ -1,8 +1,7 @@
-"""Whole-frame zero-shot classification (CLIP style) and the ``vlmedge classify`` command."""
+"""Whole-frame zero-shot classification (CLIP style)."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -11,7 +10,7 @@ import numpy as np
 from vlmedge.errors import ConfigError, InputError
 from vlmedge.similarity import zero_shot_probs
 
-from .results import Classification
+from vlmedge.runtime.grounding.results import Classification
 
 
 def format_prompts(labels: Sequence[str], prompt: str) -> list[str]:
@@ -42,20 +41,3 @@ def read_image(path: str | Path) -> np.ndarray:
     if img is None:
         raise InputError(f"image {str(p)!r} could not be decoded (expected a PNG/JPEG/BMP... file)")
     return img
-
-
-def classify_command(args) -> int:
-    """``vlmedge classify IMAGE --labels a b c [--bundle B] [--prompt P] [--json]``."""
-    from .app import resolve_bundle
-    from .grounder import Grounder
-
-    frame = read_image(args.image)
-    grounder = Grounder(resolve_bundle(args.bundle), smoothing=False)
-    result = grounder.classify(frame, args.labels, prompt=args.prompt)
-    if args.json:
-        print(json.dumps({"image": str(args.image), "bundle": grounder.manifest.model_id, **result.to_dict()}))
-    else:
-        width = max(len(lab) for lab in result.labels)
-        for lab, p in zip(result.labels, result.probs):
-            print(f"{lab:<{width}}  {p:6.1%}")
-    return 0

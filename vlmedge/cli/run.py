@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from vlmedge.defaults import DEFAULT_QUERY, DEFAULT_SOURCE
 from vlmedge.protocol import DEFAULT_CONTROL_ADDRESS, DEFAULT_PUB_ADDRESS
 
-DEFAULT_SOURCE = "synthetic://tabletop"
-DEFAULT_QUERY = "the red cup"
 
 RUN_EPILOG = """\
 examples:
@@ -123,7 +122,7 @@ def register(subparsers) -> None:
 
 
 def run_command(args) -> int:
-    from .app import RunConfig, run
+    from vlmedge.runtime.app import RunConfig, run
 
     cfg = RunConfig(source=args.source, bundle=args.bundle, queries=tuple(args.queries or (DEFAULT_QUERY,)),
                     display=args.display, record=args.record, publish=args.publish, control=args.control,
@@ -139,12 +138,36 @@ def run_command(args) -> int:
 
 
 def _classify(args) -> int:
-    from .classify import classify_command
+    import json
 
-    return classify_command(args)
+    from vlmedge.embedded import resolve_bundle
+    from vlmedge.runtime.grounding.classify import read_image
+    from vlmedge.runtime.grounding.grounder import Grounder
+
+    frame = read_image(args.image)
+    grounder = Grounder(resolve_bundle(args.bundle), smoothing=False)
+    result = grounder.classify(frame, args.labels, prompt=args.prompt)
+    if args.json:
+        print(json.dumps({"image": str(args.image), "bundle": grounder.manifest.model_id, **result.to_dict()}))
+    else:
+        width = max(len(lab) for lab in result.labels)
+        for lab, p in zip(result.labels, result.probs):
+            print(f"{lab:<{width}}  {p:6.1%}")
+    return 0
 
 
 def _bench(args) -> int:
-    from .bench import bench_command
+    import json
+    from pathlib import Path
 
-    return bench_command(args)
+    from vlmedge.runtime.bench import bench, format_report
+
+    report = bench(Path(args.bundle), source=args.source, frames=args.frames,
+                   queries=tuple(args.queries or (DEFAULT_QUERY,)), torch_source=args.torch_baseline,
+                   providers=args.providers, prefetch=args.prefetch, camera_fps=args.camera_fps,
+                   camera_format=args.camera_format, spinning=args.ort_spinning)
+    print(format_report(report))
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        print(f"wrote {args.json_out}")
+    return 0

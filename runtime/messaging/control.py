@@ -22,7 +22,7 @@ import zmq
 from vlmedge import protocol
 from vlmedge.errors import ConfigError, ProtocolError, VlmEdgeError, did_you_mean
 
-from .zmq_util import CurveClientKeys, CurveServerKeys, bind, check_address, setup_curve_client, setup_curve_server, shutdown
+from vlmedge.runtime.messaging.sockets import CurveClientKeys, CurveServerKeys, bind, check_address, setup_curve_client, setup_curve_server, shutdown
 
 log = logging.getLogger(__name__)
 

@@ -325,7 +325,7 @@ class ImageSource(FrameSource):
 
 
 class _PlaceholderScene:
-    """Stand-in when vlmedge.runtime.synthetic is not installed: a moving red disc on a table."""
+    """Stand-in when vlmedge.scenes.render is not installed: a moving red disc on a table."""
 
     def __init__(self, seed: int, size: tuple[int, int], fps: float):
         self.rng = np.random.default_rng(seed)
@@ -347,7 +347,7 @@ DEFAULT_FEATURED: tuple[tuple[str, str], ...] = (("red", "cup"),)  # the default
 
 
 class SyntheticSource(FrameSource):
-    """Seeded synthetic scenes (``vlmedge.runtime.synthetic.TabletopStream``). ``last_scene`` holds the
+    """Seeded synthetic scenes (``vlmedge.scenes.render.TabletopStream``). ``last_scene`` holds the
     ground truth of the last frame. Paced at ``fps`` only with ``realtime=True``. ``featured``:
     ``(colour, kind)`` pairs always in view (default: the red cup)."""
 
@@ -372,11 +372,11 @@ class SyntheticSource(FrameSource):
 
     def open(self) -> None:
         try:
-            from .synthetic import TabletopStream
+            from vlmedge.scenes.render import TabletopStream
         except ImportError as e:
-            if getattr(e, "name", None) not in (f"{__package__}.synthetic", "vlmedge.runtime.synthetic"):
+            if getattr(e, "name", None) not in (f"{__package__}.synthetic", "vlmedge.scenes.render"):
                 raise
-            log.warning("vlmedge.runtime.synthetic is not available; %s uses a placeholder scene", self.spec)
+            log.warning("vlmedge.scenes.render is not available; %s uses a placeholder scene", self.spec)
             self.placeholder = True
             self._stream = _PlaceholderScene(self.seed, self.size, self.nominal_fps)
         else:
@@ -549,9 +549,9 @@ def open_source(spec: str, *, loop: bool = False, size: tuple[int, int] | str | 
 def _parse_featured(spec: str, text: str) -> tuple[tuple[str, str], ...]:
     """``featured=red cup,blue ball`` / ``none`` -> (colour, kind) pairs, checked when synthetic is installed."""
     try:
-        from .synthetic import parse_featured
+        from vlmedge.scenes.render import parse_featured
     except ImportError as e:
-        if getattr(e, "name", None) not in (f"{__package__}.synthetic", "vlmedge.runtime.synthetic"):
+        if getattr(e, "name", None) not in (f"{__package__}.synthetic", "vlmedge.scenes.render"):
             raise
         text = text.strip().lower()
         return () if text in ("", "none") else tuple(tuple(p.split()[:2]) for p in text.split(","))  # type: ignore

@@ -22,8 +22,8 @@ def register(subparsers) -> None:
 def _main(args: argparse.Namespace) -> int:
     from vlmedge.errors import ConfigError
 
-    from .assets import embedded_bundle
-    from .eval_grounding import EVAL_SEED_BASE, evaluate_bundle, write_json
+    from vlmedge.embedded import embedded_bundle
+    from vlmedge.scenes.evaluation import EVAL_SEED_BASE, write_json
 
     if args.scenes <= 0:
         raise ConfigError(f"--scenes must be positive, got {args.scenes}")
@@ -34,3 +34,12 @@ def _main(args: argparse.Namespace) -> int:
     if args.json:
         write_json(report, args.json, bundle=str(bundle))
     return 0
+
+
+def evaluate_bundle(bundle, scenes: int = 500, seed: int | None = None, progress: bool = False):
+    """The held-out scene benchmark through the runtime's ``Grounder`` (no tracking: scenes are independent)."""
+    from vlmedge.runtime.grounding.grounder import Grounder
+    from vlmedge.scenes.evaluation import EVAL_SEED_BASE, evaluate
+
+    g = Grounder(bundle, smoothing=False)
+    return evaluate(g.ground, scenes=scenes, seed=EVAL_SEED_BASE if seed is None else seed, progress=progress)

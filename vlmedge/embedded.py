@@ -1,6 +1,7 @@
-"""Locate the embedded demo model shipped as package data of ``vlmedge.runtime``.
+"""Locate the embedded demo model, shipped as package data of ``vlmedge`` (every side uses it: the
+runtime runs it by default, the export side trains and exports it, the evaluation scores it).
 
-Layout under ``runtime/assets/tabletop/``: ``model/`` (native: clip_spec.json, model.safetensors,
+Layout under ``vlmedge/assets/tabletop/``: ``model/`` (native: clip_spec.json, model.safetensors,
 tokenizer.json; written by ``vlmedge train-demo``), ``bundle-fp32/`` and ``bundle-int8/``
 (written by ``vlmedge.export.bundle.export_bundle`` from ``model/``).
 """
@@ -33,3 +34,16 @@ def embedded_bundle(precision: str = "int8") -> Path:
     if not (d / "manifest.json").is_file():
         raise ArtifactError(f"embedded {precision} bundle {d} is missing (no manifest.json); {_HINT}")
     return d
+
+
+def resolve_bundle(bundle: str | Path | None) -> Path:
+    """The bundle directory to use: the given one, or the embedded int8 demo bundle."""
+    if bundle is not None:
+        return Path(bundle)
+    try:
+        return embedded_bundle("int8")
+    except ArtifactError as e:
+        raise ArtifactError(
+            f"no --bundle given and the embedded demo bundle is not available ({e}). Either pass "
+            "--bundle DIR with a bundle exported by `vlmedge export SOURCE --out DIR --precision int8`, "
+            "or build the embedded tabletop model with `vlmedge train-demo` (needs torch) first") from None

@@ -29,9 +29,9 @@ def register(subparsers) -> None:
 def _main(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .train_demo import TrainConfig, calibrate_threshold, export_bundles, train
+    from vlmedge.export.train_demo import TrainConfig, calibrate_threshold, export_bundles, train
 
-    from vlmedge.runtime.assets import DEMO_DIR
+    from vlmedge.embedded import DEMO_DIR
 
     defaults = TrainConfig()
     cfg = TrainConfig(steps=args.steps or defaults.steps, scenes=args.scenes or defaults.scenes, seed=args.seed,
@@ -41,7 +41,7 @@ def _main(args: argparse.Namespace) -> int:
     print(f"model written to {out}")
     bundles = args.bundles if args.bundles is not None else args.out is None
     if bundles:
-        from .loaders import load_clip
+        from vlmedge.export.loaders import load_clip
 
         saved = load_clip(str(out))  # calibrate on the saved (float16-stored) weights
         threshold, reports = calibrate_threshold(saved, saved.tokenizer)

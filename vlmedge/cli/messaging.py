@@ -6,11 +6,11 @@ Top level is light (argparse only); zmq and the protocol are imported inside the
 from __future__ import annotations
 
 import argparse
+
+from vlmedge.protocol import DEFAULT_CONTROL_ADDRESS, DEFAULT_PUB_ADDRESS
 import json
 import sys
 
-DEFAULT_PUB = "tcp://127.0.0.1:5555"
-DEFAULT_CONTROL = "tcp://127.0.0.1:5556"
 NO_ARG_OPS = ("pause", "resume", "status", "ping")
 
 
@@ -35,7 +35,7 @@ def _curve_from_args(args):
         return None
     from vlmedge.errors import ConfigError
 
-    from .zmq_util import CurveClientKeys
+    from vlmedge.runtime.messaging.sockets import CurveClientKeys
     if not (server_key and client_key):
         raise ConfigError("CURVE needs both --server-key (server.key) and --client-key (client.key_secret), "
                           "or --curve-keys DIR")
@@ -47,7 +47,7 @@ def register(subparsers) -> None:
         "subscribe", help="print targets/status/heatmaps published by `vlmedge run`",
         description="Subscribe to a vlmedge publisher and print what arrives, one line per target "
                     "(or the raw JSON with --json).")
-    p.add_argument("address", nargs="?", default=DEFAULT_PUB, help=f"publisher address (default {DEFAULT_PUB})")
+    p.add_argument("address", nargs="?", default=DEFAULT_PUB_ADDRESS, help=f"publisher address (default {DEFAULT_PUB_ADDRESS})")
     p.add_argument("--topic", choices=("targets", "status", "heatmap", "all"), default="targets")
     p.add_argument("--count", type=int, default=0, help="exit after N messages (default: run until Ctrl-C)")
     p.add_argument("--json", action="store_true", help="print each message as one JSON line")
@@ -66,7 +66,7 @@ def register(subparsers) -> None:
                     "Ops: set_queries Q..., add_query Q, remove_query Q, set_threshold V [Q], pause, resume, "
                     "status, ping.")
     s.add_argument("words", nargs="*", metavar="[ADDRESS] OP ARG",
-                   help=f"optional address (default {DEFAULT_CONTROL}), the op, and its arguments")
+                   help=f"optional address (default {DEFAULT_CONTROL_ADDRESS}), the op, and its arguments")
     s.add_argument("--json", dest="raw_json", metavar="JSON", help="the whole request as a JSON object")
     s.add_argument("--timeout", type=float, default=3.0, metavar="S", help="seconds to wait for the reply")
     _curve_args(s)
@@ -118,7 +118,7 @@ def cmd_subscribe(args) -> int:
     from vlmedge import protocol
     from vlmedge.errors import ProtocolError
 
-    from .zmq_util import check_address, setup_curve_client
+    from vlmedge.runtime.messaging.sockets import check_address, setup_curve_client
 
     check_address(args.address, purpose="subscribe", bind=False)
     ctx = zmq.Context()
@@ -200,10 +200,10 @@ def cmd_send(args) -> int:
     from vlmedge import protocol
     from vlmedge.errors import ProtocolError
 
-    from .control import ControlClient
+    from vlmedge.runtime.messaging.control import ControlClient
 
     words = list(args.words)
-    address = DEFAULT_CONTROL
+    address = DEFAULT_CONTROL_ADDRESS
     if words and "://" in words[0]:
         address = words.pop(0)
     if args.raw_json is not None:
@@ -221,7 +221,7 @@ def cmd_send(args) -> int:
 
 
 def cmd_keys(args) -> int:
-    from .zmq_util import create_keys
+    from vlmedge.runtime.messaging.sockets import create_keys
 
     paths = create_keys(args.dir, clients=tuple(args.client or ("client",)))
     print(json.dumps(paths, indent=2))

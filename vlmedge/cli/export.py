@@ -65,7 +65,7 @@ def register(subparsers) -> None:
 
 
 def _export(args) -> int:
-    from .bundle import DEFAULT_CALIB_COUNT, export_bundle, summarize
+    from vlmedge.export.bundle import DEFAULT_CALIB_COUNT, export_bundle, summarize
 
     manifest = export_bundle(
         args.source, args.out, image_size=args.image_size, dense=args.dense, precision=args.precision,
@@ -76,7 +76,7 @@ def _export(args) -> int:
 
 
 def _verify(args) -> int:
-    from .verify import verify_bundle
+    from vlmedge.export.verify import verify_bundle
 
     report = verify_bundle(args.bundle, against=args.against, runs=max(1, args.runs))
     if args.json:
@@ -88,7 +88,7 @@ def _verify(args) -> int:
 
 
 def _build_engine(args) -> int:
-    from .tensorrt import build_engine
+    from vlmedge.export.tensorrt import build_engine
 
     engine = build_engine(args.bundle, precision=args.precision, workspace_mb=args.workspace,
                           max_batch=args.max_batch, out_dir=args.out_dir)

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from . import _native
+from vlmedge.preprocess import native as _native
 
 _PRECISION_BITS = 32 - 8 - 2  # Pillow's Resample.c
 _MAX_GEMM_WORK = 250_000  # M*N*K per product; OpenBLAS goes multithreaded above 65536*4 (interface/gemm.c)

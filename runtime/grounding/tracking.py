@@ -18,8 +18,9 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from vlmedge.errors import ConfigError
+from vlmedge.geometry import iou
 
-from .results import Target
+from vlmedge.runtime.grounding.results import Target
 
 
 @dataclass
@@ -30,15 +31,6 @@ class _Track:
     center: np.ndarray  # float [2] smoothed
     misses: int = 0
     hits: int = 1
-
-
-def iou(a: Sequence[float], b: Sequence[float]) -> float:
-    """Intersection over union of two (x0, y0, x1, y1) boxes."""
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return float(inter / union) if union > 0 else 0.0
 
 
 def _diag(box: Sequence[float]) -> float:

@@ -24,10 +24,10 @@ import numpy as np
 from vlmedge.errors import ConfigError, InputError
 from vlmedge.similarity import contrastive_maps, l2_normalize
 
-from .classify import zero_shot
-from .regions import find_regions
-from .results import Classification, GroundingResult
-from .tracking import Tracker
+from vlmedge.runtime.grounding.classify import zero_shot
+from vlmedge.runtime.grounding.regions import find_regions
+from vlmedge.runtime.grounding.results import Classification, GroundingResult
+from vlmedge.runtime.grounding.tracking import Tracker
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ def _checked(queries, thresholds) -> tuple[tuple[str, ...], dict[str, float]]:
 
 
 def _open_encoders(bundle, providers, spinning: bool = True):
-    from .encoders import BundleEncoders
+    from vlmedge.runtime.grounding.encoders import BundleEncoders
 
     if isinstance(bundle, BundleEncoders):
         return bundle

@@ -32,7 +32,7 @@ import numpy as np
 
 from vlmedge.errors import ConfigError, SourceError
 
-from .sources import FrameSource
+from vlmedge.runtime.io.sources import FrameSource
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ Modes (``PreprocessSpec.mode``):
   of view, and the aspect ratio changes when the frame's differs from H:W.
 
 Resampling (``PreprocessSpec.interpolation``) is Pillow's antialiased filter, reproduced bit
-for bit in :mod:`vlmedge._resample`: ``bicubic`` (a=-0.5), ``bilinear``, or ``area`` (Pillow
+for bit in :mod:`vlmedge.preprocess.resample`: ``bicubic`` (a=-0.5), ``bilinear``, or ``area`` (Pillow
 BOX, i.e. area averaging when shrinking), by a compiled kernel when vlmedge was installed with a
 C compiler, else by numpy, with the same output (``kernels_backend()`` says which). Values are
 rounded to uint8 after each pass like Pillow, then ``(x / 255 - mean) / std`` in float32 (a 256-entry lookup table per channel,
@@ -31,11 +31,11 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from . import _native
-from ._native import backend as kernels_backend
-from ._resample import resize_image
-from .errors import ConfigError, InputError
-from .spec import PreprocessSpec
+from vlmedge.preprocess import native as _native
+from vlmedge.preprocess.native import backend as kernels_backend
+from vlmedge.preprocess.resample import resize_image
+from vlmedge.errors import ConfigError, InputError
+from vlmedge.spec import PreprocessSpec
 
 _EXPECTED = "a uint8 numpy array HxWx3 (BGR), HxWx4 (BGRA, alpha dropped) or HxW / HxWx1 (grayscale)"
 

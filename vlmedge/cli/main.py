@@ -8,17 +8,17 @@ import importlib
 import logging
 import sys
 
-from . import __version__
-from .errors import VlmEdgeError
+from vlmedge import __version__
+from vlmedge.errors import VlmEdgeError
 
 # Modules that contribute sub-commands. Each defines register(subparsers) and sets
 # `func` (args -> int exit code) with set_defaults. Keep their top level torch-free.
 COMMAND_MODULES = (
-    "vlmedge.runtime.commands",      # run, classify, bench
-    "vlmedge.runtime.io_commands",   # subscribe, send (control requests)
-    "vlmedge.runtime.eval_commands",  # eval-grounding
-    "vlmedge.export.commands",       # export, build-engine, verify
-    "vlmedge.export.train_commands",  # train-demo
+    "vlmedge.cli.run",      # run, classify, bench
+    "vlmedge.cli.messaging",   # subscribe, send (control requests)
+    "vlmedge.cli.evaluate",  # eval-grounding
+    "vlmedge.cli.export",       # export, build-engine, verify
+    "vlmedge.cli.train",  # train-demo
 )
 
 

@@ -22,7 +22,7 @@ import numpy as np
 
 from vlmedge.errors import InputError
 
-from .results import Target
+from vlmedge.runtime.grounding.results import Target
 
 
 def _check(prob_map: np.ndarray, threshold: float, min_area_patches: int) -> np.ndarray:

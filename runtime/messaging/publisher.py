@@ -20,7 +20,7 @@ import zmq
 from vlmedge import protocol
 from vlmedge.errors import ConfigError, VlmEdgeError
 
-from .zmq_util import CurveServerKeys, bind, setup_curve_server, shutdown
+from vlmedge.runtime.messaging.sockets import CurveServerKeys, bind, setup_curve_server, shutdown
 
 log = logging.getLogger(__name__)
 

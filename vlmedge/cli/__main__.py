@@ -1,0 +1,5 @@
+import sys
+
+from vlmedge.cli.main import main
+
+sys.exit(main())
