@@ -65,6 +65,48 @@ def contrastive_maps(patch_embeds: np.ndarray, query_embeds: np.ndarray, backgro
     return softmax(float(logit_scale) * sims, axis=0)[:q]
 
 
+def query_maps(patch_embeds: np.ndarray, query_embeds: np.ndarray, background_embeds: np.ndarray | None,
+               logit_scale: float, *, competition: bool = False) -> np.ndarray:
+    """Per-patch probability of each query [Q, h, w]: each query scored on its own by default.
+
+    Independent (default): for every query, ``softmax(logit_scale * cos(patch, [query, backgrounds...]))``
+    and its share. A query's map then does not depend on which other queries are active: "the cup" and
+    "the red cup" can both claim the same patches, and a command's noun phrases are grounded the same way
+    whether the command arrives alone or beside others. ``competition=True`` is the joint softmax of
+    :func:`contrastive_maps` (queries compete for patches: use it when the queries name mutually
+    exclusive classes, as in a segmentation label set).
+    """
+    if competition:
+        return contrastive_maps(patch_embeds, query_embeds, background_embeds, logit_scale)
+    query_embeds = np.asarray(query_embeds, dtype=np.float32).reshape(-1, np.shape(patch_embeds)[-1])
+    q_sims = float(logit_scale) * patch_similarity(patch_embeds, query_embeds)  # [Q, h, w]
+    if background_embeds is None or not len(background_embeds):
+        return np.ones_like(q_sims)  # nothing to compete with: every patch is the query's
+    b_sims = float(logit_scale) * patch_similarity(patch_embeds, np.asarray(background_embeds, np.float32))
+    b_max = b_sims.max(axis=0)
+    # softmax over [q, b_1..b_n] for each query, without materialising [Q, 1 + n, h, w]:
+    # p = 1 / (1 + sum_j exp(b_j - q)), computed around the largest logit for stability.
+    top = np.maximum(q_sims, b_max[None])
+    b_sum = np.exp(b_sims[None] - top[:, None]).sum(axis=1)
+    q_exp = np.exp(q_sims - top)
+    return (q_exp / (q_exp + b_sum)).astype(np.float32)
+
+
+def temperature_probs(sims_q: np.ndarray, sims_bg: np.ndarray, logit_scale: float, temperature: float) -> np.ndarray:
+    """``softmax(temperature * logit_scale * [cos_q, cos_bg...])[0]`` for cosines ``sims_q`` [...] and
+    ``sims_bg`` [n, ...]: the query's probability with the logits scaled by a calibration temperature.
+
+    CLIP's logit scale makes the per-patch probability of a visible object nearly 1.0, so as a score it
+    tells a sure detection from a doubtful one poorly; temperature scaling (fitted on held-out scenes
+    by minimum log-loss) keeps the ranking and spreads the scores.
+    """
+    z_q = float(temperature) * float(logit_scale) * np.asarray(sims_q, np.float32)
+    z_b = float(temperature) * float(logit_scale) * np.asarray(sims_bg, np.float32)
+    top = np.maximum(z_q, z_b.max(axis=0)) if z_b.size else z_q
+    e_q = np.exp(z_q - top)
+    return e_q / (e_q + (np.exp(z_b - top).sum(axis=0) if z_b.size else 0.0))
+
+
 def zero_shot_probs(image_embed: np.ndarray, text_embeds: np.ndarray, logit_scale: float) -> np.ndarray:
     """CLIP zero-shot classification: softmax(logit_scale * cos(image, texts)) -> [N]."""
     image_embed = np.asarray(image_embed, dtype=np.float32).reshape(-1)
