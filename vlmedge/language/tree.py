@@ -8,7 +8,6 @@ wrapper the rest of vlmedge holds on to.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Union
 
 from .vocabulary import RELATION_WORDS
 
@@ -83,7 +82,10 @@ class Relation:
     anchor2: Node | None = None
 
     def describe(self) -> str:
-        text = f"{self.subject.describe()} {RELATION_WORDS[self.relation]} {_nested(self.anchor)}"
+        subject = self.subject.describe()
+        if isinstance(self.subject, Negated):  # "(the cup not red) left of ...": the negation binds first
+            subject = f"({subject})"
+        text = f"{subject} {RELATION_WORDS[self.relation]} {_nested(self.anchor)}"
         return text + (f" and {_nested(self.anchor2)}" if self.anchor2 is not None else "")
 
     def to_dict(self) -> dict:
@@ -150,7 +152,7 @@ class Quantity:
         return [f"quantity {head}", *_indent(self.of._lines(), "of: ")]
 
 
-Node = Union[NounPhrase, Negated, Relation, Select, Quantity]
+Node = NounPhrase | Negated | Relation | Select | Quantity
 
 
 @dataclass(frozen=True)
@@ -260,4 +262,4 @@ def _nth(i: int) -> str:
 
 
 def _indent(lines: list[str], label: str) -> list[str]:
-    return [("  " + label + line) if k == 0 else ("  " + " " * len(label) + line) for k, line in enumerate(lines)]
+    return [("  " + label + line) if k == 0 else ("  " + line) for k, line in enumerate(lines)]

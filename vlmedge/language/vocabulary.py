@@ -63,7 +63,7 @@ ORDINALS = {
     "1st": 1, "2nd": 2, "3rd": 3, "4th": 4, "5th": 5,
 }
 ORDINAL_WORDS = ("first", "second", "third", "fourth", "fifth")
-# Recognised only to say that ordinals stop at fifth (digit forms like "7th" are matched by pattern).
+# Recognised only to say that ordinals stop at MAX_ORDINAL (digit forms like "7th" are matched by pattern).
 ORDINALS_BEYOND = ("sixth", "seventh", "eighth", "ninth", "tenth", "eleventh", "twelfth")
 MAX_ORDINAL = 5
 
