@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import argparse
 import platform
-from pathlib import Path
 import time
+from pathlib import Path
 
 from vlmedge.scenes.render import TabletopStream
 

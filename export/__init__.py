@@ -7,6 +7,8 @@ import importlib
 
 _LAZY = {
     "load_clip": ("vlmedge.export.loaders", "load_clip"),
+    "LoadedClip": ("vlmedge.export.loaders", "LoadedClip"),
+    "save_clip": ("vlmedge.export.loaders", "save_clip"),
     "CLIP": ("vlmedge.export.model", "CLIP"),
     "export_bundle": ("vlmedge.export.bundle", "export_bundle"),
 }

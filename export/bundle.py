@@ -1,15 +1,18 @@
 """``export_bundle``: CLIP checkpoint -> self-describing, verified bundle directory, written atomically.
 
-Steps (each logged with its time and artifact sizes): load, trace, optimize, [calibrate,
-quantize | fp16], vocab, verify. Everything is written into a hidden temporary sibling of
-``out`` and renamed into place only once the bundle is complete and verified, so a failed or
-interrupted export never leaves a half-written bundle nor destroys an existing one.
-See docs/BUNDLE.md for the format.
+The export is a row of step functions, each returning a small record: load, trace, optimize,
+[calibrate, quantize | fp16, compare], vocab, tokenizer, manifest, verify. ``_step`` times and logs
+every one of them (its success with the time and the sizes of the files it wrote, or its failure,
+which it re-raises); ``_build`` composes them; ``_extra`` assembles the manifest's report from their
+records in one place. Everything is written into a hidden temporary sibling of ``out`` and renamed
+into place only once the bundle is complete and verified, so a failed or interrupted export never
+leaves a half-written bundle nor destroys an existing one. See docs/BUNDLE.md for the format.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -17,21 +20,31 @@ import shutil
 import tempfile
 import time
 import uuid
-from contextlib import contextmanager
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from vlmedge import __version__
 from vlmedge.errors import ArtifactError, ConfigError, check_choice
-from vlmedge.manifest import (
-    DENSE_HEADS, MANIFEST_NAME, PRECISIONS, TARGETS, EncoderEntry, GroundingDefaults, Manifest, TensorSpec,
-    file_entry, open_bundle,
-)
-from vlmedge.spec import RESIZE_MODES, PreprocessSpec, hw_pair
-
 from vlmedge.export import calibration, onnx_export, quantize
-from vlmedge.export.onnx_export import IMAGE_INPUT, IMAGE_OUTPUTS, TARGET_PROFILES, TEXT_INPUT, TEXT_OUTPUTS
+from vlmedge.export.loaders import LoadedClip, load_clip
+from vlmedge.export.onnx_export import IMAGE_INPUT, IMAGE_OUTPUTS, TEXT_INPUT, TEXT_OUTPUTS
+from vlmedge.manifest import (
+    DENSE_HEADS,
+    MANIFEST_NAME,
+    PRECISIONS,
+    EncoderEntry,
+    GroundingDefaults,
+    Manifest,
+    TensorSpec,
+    file_entry,
+    open_bundle,
+)
+from vlmedge.platforms import DEFAULT_PLATFORM, PLATFORMS, Int8Recipe, Platform, fp16_platforms
+from vlmedge.spec import RESIZE_MODES, PreprocessSpec, hw_pair
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +54,10 @@ DEFAULT_CALIB_COUNT = 32
 EVAL_FRAMES = 8
 # Queries the int8/fp16 report labels patches with (plus the grounding background prompts).
 REPORT_QUERIES = ("a red cup", "a blue ball", "a green block", "a yellow box", "a bottle", "a hand")
-GPU_TARGETS = ("cuda", "jetson-orin-jp6", "jetson-xavier-jp5")
+# The steps whose durations extra.timings_s reports (docs/BUNDLE.md). The tokenizer, manifest and verify
+# steps are logged like the others but not reported: the manifest cannot time its own writing, and the
+# report keeps the fields that bundles have always had.
+REPORTED_STEPS = ("load", "trace", "optimize", "calibrate", "quantize", "fp16", "compare", "vocab")
 
 
 def parse_image_size(value) -> tuple[int, int] | None:
@@ -79,7 +95,7 @@ class ExportOptions:
     image_size: tuple[int, int] | None = None
     dense: str = "naive"
     precision: str = "fp32"
-    target: str = "cpu"
+    platform: str = DEFAULT_PLATFORM
     calib: str = "synthetic"
     calib_count: int = DEFAULT_CALIB_COUNT
     vocab: tuple[str, ...] | None = None
@@ -90,13 +106,13 @@ class ExportOptions:
         object.__setattr__(self, "image_size", parse_image_size(self.image_size))
         check_choice("dense head", self.dense, DENSE_HEADS)
         check_choice("precision", self.precision, PRECISIONS)
-        check_choice("target", self.target, TARGETS)
+        check_choice("platform", self.platform, PLATFORMS)
         if self.preprocess_mode is not None:
             check_choice("preprocess mode", self.preprocess_mode, RESIZE_MODES)
-        if self.precision == "fp16" and self.target not in GPU_TARGETS:
-            raise ConfigError("precision 'fp16' is for GPU targets (cuda, jetson-orin-jp6, jetson-xavier-jp5): "
+        if self.precision == "fp16" and not PLATFORMS[self.platform].fp16:
+            raise ConfigError(f"precision 'fp16' is for GPU platforms ({', '.join(fp16_platforms())}): "
                               "ONNX Runtime's CPU provider runs fp16 graphs slower than fp32; "
-                              "use --precision int8 (fastest) or fp32 for --target cpu")
+                              f"use --precision int8 (fastest) or fp32 for --platform {self.platform}")
         if not isinstance(self.calib_count, int) or isinstance(self.calib_count, bool) or self.calib_count <= 0:
             raise ConfigError(f"calib_count must be a positive int, got {self.calib_count!r}")
         if self.precision == "int8" and str(self.calib) != "synthetic" and not Path(self.calib).exists():
@@ -108,27 +124,193 @@ class ExportOptions:
             raise ConfigError(f"grounding must be a GroundingDefaults or dict, got {type(self.grounding).__name__}")
 
 
-class _Progress:
-    """Times each step and logs it (with sizes) or its failure."""
+# ----------------------------------------------------------------------------- step records
+@dataclasses.dataclass
+class _Job:
+    """One export in progress: what every step reads, and the steps' timings."""
 
-    def __init__(self):
-        self.timings: dict[str, float] = {}
+    opts: ExportOptions
+    platform: Platform
+    tmp: Path  # the bundle being written: a hidden sibling of the output, renamed into place at the end
+    work: Path  # scratch (raw and intermediate graphs), deleted afterwards
+    t_start: float = dataclasses.field(default_factory=time.perf_counter)
+    timings: dict[str, float] = dataclasses.field(default_factory=dict)  # step name -> seconds
 
-    @contextmanager
-    def step(self, name: str):
-        t = time.perf_counter()
-        log.info("%s ...", name)
-        try:
-            yield
-        except BaseException as e:
-            log.error("%s failed after %.2f s: %s", name, time.perf_counter() - t, e or type(e).__name__)
-            raise
-        self.timings[name] = round(self.timings.get(name, 0.0) + time.perf_counter() - t, 3)
-        log.info("%s done in %.2f s", name, self.timings[name])
+
+class _Result:
+    """A step's record; ``files`` are the files it wrote (their sizes go into the step's log line)."""
+
+    @property
+    def files(self) -> tuple[Path, ...]:
+        return ()
+
+
+@dataclasses.dataclass(frozen=True)
+class _Loaded(_Result):
+    clip: LoadedClip  # ready to export: tokenizer, the bundle's preprocess, the manifest's source entry
+    restore: Callable[[], None]  # puts a caller's model back as it was (dense head, image size)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Graphs(_Result):
+    """An image and a text encoder graph."""
+
+    image: Path
+    text: Path
+
+    @property
+    def files(self) -> tuple[Path, ...]:
+        return (self.image, self.text)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Fp32(_Result):
+    graphs: _Graphs  # optimized for the platform
+    levels: dict[str, str]  # ORT optimization level saved, per encoder (image, text)
+    parity: dict[str, float]  # max |d| of the graphs vs the torch model on a sample
+
+    @property
+    def files(self) -> tuple[Path, ...]:
+        return self.graphs.files
+
+
+@dataclasses.dataclass(frozen=True)
+class _Calibration(_Result):
+    source: str  # "synthetic", an image folder or a video file
+    frames: list  # BGR frames as read
+    reader: calibration.TensorCalibrationReader  # the frames through the bundle's preprocessing
+    preprocess: PreprocessSpec
+
+    def to_dict(self) -> dict:
+        return {"source": self.source, "frames": len(self.reader), "preprocess": self.preprocess.to_dict()}
+
+
+@dataclasses.dataclass(frozen=True)
+class _Int8(_Result):
+    graphs: _Graphs  # the bundle's encoders: int8 image, fp32 text
+    recipe: Int8Recipe
+    qdq: dict  # Q/DQ node counts of the QDQ graph (quantize.qdq_report)
+    form: str  # "QDQ", or the ONNX Runtime CPU form it was fused into
+
+    @property
+    def files(self) -> tuple[Path, ...]:
+        return self.graphs.files
+
+
+@dataclasses.dataclass(frozen=True)
+class _Built:
+    """What the steps between load and manifest produced: everything the manifest describes."""
+
+    fp32: _Fp32
+    encoders: _Graphs  # the bundle's two encoder files
+    calibration: _Calibration | None  # int8 only
+    int8: _Int8 | None
+    report: dict | None  # reduced precision vs fp32 (verify.agreement); None for fp32
+    vocab: Path | None
+    tokenizer: Path
 
 
 def _mb(path: Path) -> str:
     return f"{path.stat().st_size / 1e6:.2f} MB"
+
+
+def _sizes(result) -> str:
+    files = (result,) if isinstance(result, Path) else result.files if isinstance(result, _Result) else ()
+    return ": " + ", ".join(f"{p.name} {_mb(p)}" for p in files) if files else ""
+
+
+def _step(name: str):
+    """Decorate a step ``fn(job, ...)``: log its start, then its success with its time and the sizes of the
+    files it returns, or its failure with its time; re-raise the failure. Times go to ``job.timings``."""
+    def decorate(fn):
+        @functools.wraps(fn)
+        def run(job: _Job, *args, **kwargs):
+            t = time.perf_counter()
+            log.info("%s ...", name)
+            try:
+                result = fn(job, *args, **kwargs)
+            except BaseException as e:
+                log.error("%s failed after %.2f s: %s", name, time.perf_counter() - t, str(e) or type(e).__name__)
+                raise
+            dt = time.perf_counter() - t
+            job.timings[name] = round(job.timings.get(name, 0.0) + dt, 3)
+            log.info("%s done in %.2f s%s", name, dt, _sizes(result))
+            return result
+        return run
+    return decorate
+
+
+# ----------------------------------------------------------------------------- entry point
+def export_bundle(source, out: str | Path, *, image_size=None, dense: str = "naive", precision: str = "fp32",
+                  platform: str | None = None, calib: str | Path = "synthetic",
+                  calib_count: int = DEFAULT_CALIB_COUNT, vocab: str | Path | list[str] | None = None,
+                  preprocess_mode: str | None = None, grounding: GroundingDefaults | dict | None = None,
+                  force: bool = False, target: str | None = None) -> Manifest:
+    """Export ``source`` into the bundle directory ``out`` for ``platform`` (default "cpu").
+
+    ``source``: a checkpoint path or hub id, a :class:`~vlmedge.export.loaders.LoadedClip`, or a bare
+    CLIP module (default tokenizer and preprocessing); a caller's model gets its dense head and image
+    size back afterwards. ``vocab``: a file with one command per line (or a list of commands) whose
+    text embeddings are stored in ``text_embeddings.npz``. ``target``: deprecated name of ``platform``.
+    Returns the written manifest. Raises ConfigError for bad options before any work is done.
+    """
+    queries = None
+    if vocab is not None:
+        queries = tuple(read_vocab(vocab)) if isinstance(vocab, (str, Path)) else tuple(dict.fromkeys(vocab))
+        if not queries or not all(isinstance(q, str) and q.strip() for q in queries):
+            raise ConfigError(f"vocab must be a file or a non-empty list of non-empty strings, got {vocab!r}")
+    opts = ExportOptions(image_size=image_size, dense=dense, precision=precision,
+                         platform=_platform_arg(platform, target), calib=str(calib), calib_count=calib_count,
+                         vocab=queries, preprocess_mode=preprocess_mode,
+                         grounding=grounding if grounding is not None else GroundingDefaults())
+    out = Path(out)
+    _check_out(out, force)
+    with tempfile.TemporaryDirectory(prefix="vlmedge-export-") as work:
+        job = _Job(opts, PLATFORMS[opts.platform], out.with_name(f".{out.name}.partial-{uuid.uuid4().hex[:8]}"),
+                   Path(work))
+        loaded = _load(job, source)
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            job.tmp.mkdir()
+            try:
+                manifest = _build(job, loaded.clip)
+                _verify(job)
+                _replace_dir(job.tmp, out)
+            except BaseException:
+                shutil.rmtree(job.tmp, ignore_errors=True)
+                raise
+        finally:
+            loaded.restore()
+    log.info("bundle written: %s (%.1f s)", out, time.perf_counter() - job.t_start)
+    return manifest
+
+
+def _build(job: _Job, clip: LoadedClip) -> Manifest:
+    """The steps from the traced graphs to the manifest, all writing into ``job.tmp``."""
+    precision = job.opts.precision
+    raw = _trace(job, clip.model)
+    fp32 = _optimize(job, clip, raw)
+    calib = _calibrate(job, clip.preprocess) if precision == "int8" else None
+    int8 = _quantize(job, raw, fp32, calib) if calib is not None else None
+    if int8 is not None:
+        encoders = int8.graphs
+    else:
+        encoders = _to_fp16(job, fp32) if precision == "fp16" else _copy_fp32(job, fp32)
+    report = _compare(job, clip, fp32, encoders, calib) if precision != "fp32" else None
+    vocab = _vocab(job, clip.tokenizer, encoders) if job.opts.vocab else None
+    tokenizer = _write_tokenizer(job, clip.tokenizer)
+    return _manifest(job, clip, _Built(fp32, encoders, calib, int8, report, vocab, tokenizer))
+
+
+def _platform_arg(platform: str | None, target: str | None) -> str:
+    """``platform``, or its deprecated name ``target`` (with a DeprecationWarning); default "cpu"."""
+    if target is None:
+        return DEFAULT_PLATFORM if platform is None else platform
+    warnings.warn("export_bundle(target=...) is deprecated; use platform=...", DeprecationWarning, stacklevel=3)
+    if platform is not None and platform != target:
+        raise ConfigError(f"platform={platform!r} and target={target!r} (its deprecated name) disagree; "
+                          "pass platform= only")
+    return target
 
 
 def _check_out(out: Path, force: bool) -> None:
@@ -159,39 +341,75 @@ def _replace_dir(tmp: Path, out: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _load(source, opts: ExportOptions):
-    """A CLIP module configured for the export, and a function restoring a caller's module."""
-    if hasattr(source, "encode_image") and hasattr(source, "encode_text"):
-        model = source.eval()
-        prev_size, prev_head = tuple(model.image_size), model.dense_head
-        if opts.image_size:
-            model.set_image_size(opts.image_size)  # validates first: a bad size leaves the model untouched
-        model.dense_head = opts.dense
-
-        def restore():
-            model.dense_head = prev_head
-            model.set_image_size(prev_size)
-        return model, restore
-    from vlmedge.export.loaders import load_clip
-
-    model = load_clip(source, dense=opts.dense, image_size=opts.image_size).eval()
-    return model, lambda: None
+# ----------------------------------------------------------------------------- load
+@_step("load")
+def _load(job: _Job, source) -> _Loaded:
+    """The model configured for the export, with its tokenizer, the bundle's preprocessing and source entry."""
+    clip, restore = _configure(source, job.opts)
+    try:
+        return _Loaded(_ready(clip, job.opts, source), restore)
+    except BaseException:
+        restore()
+        raise
 
 
-def _tokenizer(model):
-    tok = getattr(model, "tokenizer", None)
-    if tok is not None:
-        return tok
+def _configure(source, opts: ExportOptions) -> tuple[LoadedClip, Callable[[], None]]:
+    """``source`` as a LoadedClip with the export's dense head and image size, and a function restoring a
+    caller's model."""
+    if isinstance(source, (str, os.PathLike)):
+        return load_clip(source, dense=opts.dense, image_size=opts.image_size), lambda: None
+    clip = source if isinstance(source, LoadedClip) else LoadedClip(_check_model(source))
+    model = clip.model.eval()
+    prev_size, prev_head = tuple(model.image_size), model.dense_head
+    if opts.image_size:
+        model.set_image_size(opts.image_size)  # validates first: a bad size leaves the model untouched
+    model.dense_head = opts.dense
+
+    def restore():
+        model.dense_head = prev_head
+        model.set_image_size(prev_size)
+    return clip, restore
+
+
+def _check_model(source):
+    if not isinstance(source, torch.nn.Module):
+        raise ConfigError(f"source must be a checkpoint path, a hub id, a LoadedClip or a CLIP module, got "
+                          f"{type(source).__name__}")
+    return source
+
+
+def _ready(clip: LoadedClip, opts: ExportOptions, source) -> LoadedClip:
+    """``clip`` with everything the steps read settled: tokenizer, preprocessing at the export size (and
+    mode), and the manifest's source entry."""
+    model = clip.model
+    p = model.spec.vision.patch_size
+    h, w = model.image_size
+    if h % p or w % p:
+        raise ConfigError(f"image size {(h, w)} must be a multiple of the patch size {p}")
+    base = clip.preprocess or PreprocessSpec(size=(h, w))
+    pre = dataclasses.replace(base, size=(h, w), mode=opts.preprocess_mode or base.mode)
+    info = clip.source
+    model_id = str(info.get("id") or (source if isinstance(source, (str, Path)) else "in-memory-model"))
+    entry = {"id": model_id, "revision": info.get("revision"), "layout": info.get("layout", "in-memory"),
+             "weights_sha256": info.get("weights_sha256")}
+    return dataclasses.replace(clip, tokenizer=_tokenizer(clip), preprocess=pre, source=entry)
+
+
+def _tokenizer(clip: LoadedClip):
+    if clip.tokenizer is not None:
+        return clip.tokenizer
     from vlmedge.tokenizer import ClipTokenizer
 
     tok = ClipTokenizer.default()
-    if tok.vocab_size != model.spec.text.vocab_size:
-        raise ConfigError(f"the model has no tokenizer and its vocab_size ({model.spec.text.vocab_size}) does not "
-                          f"match the default CLIP tokenizer ({tok.vocab_size}); set model.tokenizer")
+    vocab = clip.model.spec.text.vocab_size
+    if tok.vocab_size != vocab:
+        raise ConfigError(f"the model has no tokenizer and its vocab_size ({vocab}) does not match the default "
+                          f"CLIP tokenizer ({tok.vocab_size}); pass LoadedClip(model, tokenizer=...)")
     log.info("model has no tokenizer; using the default OpenAI CLIP BPE tokenizer")
     return tok
 
 
+# ----------------------------------------------------------------------------- graphs
 def _ort_session(path: Path):
     import onnxruntime as ort
 
@@ -208,218 +426,215 @@ def _run_image(session, tensors: list[np.ndarray], static: bool) -> tuple[np.nda
     return image, patches
 
 
-def _torch_reference(model, pixels: np.ndarray, ids: np.ndarray):
-    import torch
-
+def _torch_image(model, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     with torch.no_grad():
         img, patch = model.encode_image(torch.from_numpy(pixels))
-        text = model.encode_text(torch.from_numpy(ids))
-    return img.numpy(), patch.numpy(), text.numpy()
+    return img.numpy(), patch.numpy()
 
 
-def export_bundle(source, out: str | Path, *, image_size=None, dense: str = "naive", precision: str = "fp32",
-                  target: str = "cpu", calib: str | Path = "synthetic", calib_count: int = DEFAULT_CALIB_COUNT,
-                  vocab: str | Path | list[str] | None = None, preprocess_mode: str | None = None,
-                  grounding: GroundingDefaults | dict | None = None, force: bool = False) -> Manifest:
-    """Export ``source`` (path, hub id or loaded CLIP) into the bundle directory ``out``.
-
-    ``vocab``: a file with one command per line (or a list of commands) whose text embeddings are
-    stored in ``text_embeddings.npz``. Returns the written manifest. Raises ConfigError for bad
-    options before any work is done.
-    """
-    queries = None
-    if vocab is not None:
-        queries = tuple(read_vocab(vocab)) if isinstance(vocab, (str, Path)) else tuple(dict.fromkeys(vocab))
-        if not queries or not all(isinstance(q, str) and q.strip() for q in queries):
-            raise ConfigError(f"vocab must be a file or a non-empty list of non-empty strings, got {vocab!r}")
-    opts = ExportOptions(image_size=image_size, dense=dense, precision=precision, target=target, calib=str(calib),
-                         calib_count=calib_count, vocab=queries, preprocess_mode=preprocess_mode,
-                         grounding=grounding if grounding is not None else GroundingDefaults())
-    out = Path(out)
-    _check_out(out, force)
-    progress = _Progress()
-    t_start = time.perf_counter()
-
-    with progress.step("load"):
-        model, restore = _load(source, opts)
-    try:
-        p = model.spec.vision.patch_size
-        h, w = model.image_size
-        if h % p or w % p:
-            raise ConfigError(f"image size {(h, w)} must be a multiple of the patch size {p}")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.partial-{uuid.uuid4().hex[:8]}")
-        tmp.mkdir()
-        try:
-            with tempfile.TemporaryDirectory(prefix="vlmedge-export-") as work:
-                manifest = _build(model, opts, tmp, Path(work), progress, source)
-            manifest = dataclasses.replace(manifest, extra={**manifest.extra, "timings_s": {
-                **progress.timings, "total": round(time.perf_counter() - t_start, 3)}})
-            _write_manifest(tmp, manifest)
-            with progress.step("verify"):
-                from vlmedge.export.verify import verify_bundle
-
-                report = verify_bundle(tmp, providers=["CPUExecutionProvider"])
-                for line in report.checks:
-                    log.info("verify: %s", line)
-            _replace_dir(tmp, out)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-    finally:
-        restore()
-    log.info("bundle written: %s (%.1f s)", out, time.perf_counter() - t_start)
-    return manifest
+def _torch_text(model, ids: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return model.encode_text(torch.from_numpy(ids)).numpy()
 
 
-def _write_manifest(bundle: Path, manifest: Manifest) -> None:
-    path = bundle / MANIFEST_NAME
-    path.write_text(json.dumps(manifest.to_dict(), indent=2) + "\n", encoding="utf-8")
-    open_bundle(bundle)  # round-trip: the file we wrote must read back and verify
+@_step("trace")
+def _trace(job: _Job, model) -> _Graphs:
+    """Both towers to ONNX at the platform's opset (the image batch axis dynamic or static 1)."""
+    raw = _Graphs(job.work / "image_raw.onnx", job.work / "text_raw.onnx")
+    onnx_export.export_image_encoder(model, raw.image, opset=job.platform.opset,
+                                     dynamic_batch=job.platform.dynamic_batch)
+    onnx_export.export_text_encoder(model, raw.text, opset=job.platform.opset)
+    log.info("traced at opset %d, image batch %s", job.platform.opset,
+             "dynamic" if job.platform.dynamic_batch else "static 1")
+    return raw
 
 
-def _build(model, opts: ExportOptions, tmp: Path, work: Path, progress: _Progress, source) -> Manifest:
-    import onnx
-    import onnxruntime
-    import torch
+@_step("optimize")
+def _optimize(job: _Job, clip: LoadedClip, raw: _Graphs) -> _Fp32:
+    """ONNX Runtime's offline optimization for the platform, checked against the torch model."""
+    h, w = clip.model.image_size
+    pixels = np.random.default_rng(0).normal(0, 1, (1, 3, h, w)).astype(np.float32)
+    ids = np.asarray(clip.tokenizer.encode(["a photo of a red cup", "background"]), dtype=np.int64)
+    graphs = _Graphs(job.work / "image_fp32.onnx", job.work / "text_fp32.onnx")
+    optimize = functools.partial(onnx_export.optimize_for_platform, platform=job.platform)
+    levels = {"image": optimize(raw.image, graphs.image, feeds={IMAGE_INPUT: pixels}),
+              "text": optimize(raw.text, graphs.text, feeds={TEXT_INPUT: ids})}
+    ref_img, ref_patch = _torch_image(clip.model, pixels)
+    got_img, got_patch = _ort_session(graphs.image).run(None, {IMAGE_INPUT: pixels})
+    (got_txt,) = _ort_session(graphs.text).run(None, {TEXT_INPUT: ids})
+    parity = {"image_max_abs": float(np.abs(got_img - ref_img).max()),
+              "patch_max_abs": float(np.abs(got_patch - ref_patch).max()),
+              "text_max_abs": float(np.abs(got_txt - _torch_text(clip.model, ids)).max())}
+    log.info("ORT optimization: image %s, text %s; fp32 max |d| vs torch: %s", levels["image"], levels["text"],
+             ", ".join(f"{k} {v:.1e}" for k, v in parity.items()))
+    if max(parity.values()) > 1e-3:
+        raise ArtifactError(f"fp32 ONNX disagrees with the torch model (max |d| {max(parity.values()):.2e}); "
+                            "this is an exporter bug, please report it with the model spec")
+    return _Fp32(graphs, levels, parity)
 
-    profile = TARGET_PROFILES[opts.target]
-    opset, dynamic = profile["opset"], profile["dynamic_batch"]
-    h, w = model.image_size
-    gh, gw = model.grid
-    d = model.spec.embed_dim
+
+def _copy_fp32(job: _Job, fp32: _Fp32) -> _Graphs:
+    encoders = _Graphs(job.tmp / IMAGE_FILE, job.tmp / TEXT_FILE)
+    shutil.copyfile(fp32.graphs.image, encoders.image)
+    shutil.copyfile(fp32.graphs.text, encoders.text)
+    return encoders
+
+
+# ----------------------------------------------------------------------------- reduced precision
+@_step("calibrate")
+def _calibrate(job: _Job, pre: PreprocessSpec) -> _Calibration:
+    """Calibration frames through the bundle's own preprocessing."""
+    calib = job.opts.calib
+    frames = calibration.calibration_frames(calib, job.opts.calib_count)
+    reader = calibration.frame_reader(frames, pre, IMAGE_INPUT)
+    log.info("calibration: %d frames from %s, preprocessed to [1,3,%d,%d] (%s)",
+             len(reader), calib, pre.size[0], pre.size[1], pre.mode)
+    return _Calibration(calib, frames, reader, pre)
+
+
+@_step("quantize")
+def _quantize(job: _Job, raw: _Graphs, fp32: _Fp32, calib: _Calibration) -> _Int8:
+    """Static int8 QDQ of the image encoder with the platform's recipe; the text encoder stays fp32."""
+    recipe = job.platform.int8
+    qdq_img, encoders = job.work / "image_int8_qdq.onnx", _Graphs(job.tmp / IMAGE_FILE, job.tmp / TEXT_FILE)
+    quantize.quantize_int8(raw.image, qdq_img, calib.reader, recipe)
+    shutil.copyfile(fp32.graphs.text, encoders.text)
+    qdq = quantize.qdq_report(qdq_img)
+    log.info("int8 QDQ image encoder %s: %d QuantizeLinear, %d DequantizeLinear, quantized %s",
+             _mb(qdq_img), qdq["QuantizeLinear"], qdq["DequantizeLinear"], qdq["quantized"])
+    form = "QDQ"
+    if job.platform.ort_level == "extended":  # a platform that runs ONNX Runtime's CPU ops: save its fused form
+        folded = quantize.fuse_for_cpu(qdq_img, encoders.image)
+        diff = onnx_export.max_abs_diff_on(qdq_img, encoders.image, {IMAGE_INPUT: calib.reader.tensors[0]},
+                                           optimized=True)  # vs the QDQ graph as ORT runs it
+        if diff <= 1e-4:
+            form = f"onnxruntime-cpu (MatMulIntegerToFloat, {folded} biases folded)"
+            log.info("saved ORT CPU form: %s, max |d| vs QDQ %.1e", form, diff)
+        else:
+            log.warning("ORT CPU fusion moved outputs by %.2e; keeping the QDQ graph", diff)
+    if form == "QDQ":
+        shutil.copyfile(qdq_img, encoders.image)
+    return _Int8(encoders, recipe, qdq, form)
+
+
+@_step("fp16")
+def _to_fp16(job: _Job, fp32: _Fp32) -> _Graphs:
+    """Both encoders in fp16 with float32 inputs and outputs."""
+    encoders = _Graphs(job.tmp / IMAGE_FILE, job.tmp / TEXT_FILE)
+    quantize.convert_fp16(fp32.graphs.image, encoders.image)
+    quantize.convert_fp16(fp32.graphs.text, encoders.text)
+    return encoders
+
+
+def _eval_frames(opts: ExportOptions, calib: _Calibration | None) -> list[np.ndarray]:
+    """Held-out frames for the report: fresh synthetic scenes, else the first calibration frames."""
+    if calib is not None:
+        return calibration.evaluation_frames(opts.calib, EVAL_FRAMES, calib.frames)
+    if opts.calib == "synthetic":
+        return calibration.evaluation_frames(opts.calib, EVAL_FRAMES, [])
+    return calibration.calibration_frames(opts.calib, EVAL_FRAMES)
+
+
+@_step("compare")
+def _compare(job: _Job, clip: LoadedClip, fp32: _Fp32, encoders: _Graphs, calib: _Calibration | None) -> dict:
+    """The reduced-precision image encoder vs the fp32 one: embedding cosine and patch label agreement."""
+    from vlmedge.export.verify import agreement
+
+    opts = job.opts
+    queries = list(opts.vocab or REPORT_QUERIES + tuple(opts.grounding.background_prompts))
+    text = _torch_text(clip.model, np.asarray(clip.tokenizer.encode(queries), dtype=np.int64))
+    tensors = calibration.preprocess_frames(_eval_frames(opts, calib), clip.preprocess)
+    static = not job.platform.dynamic_batch
+    ref = _run_image(_ort_session(fp32.graphs.image), tensors, static)
+    rep = agreement(ref, _run_image(_ort_session(encoders.image), tensors, static), text)
+    log.info("%s vs fp32 on %d frames: image cosine mean %.5f min %.5f, patch argmax agreement %.2f%%",
+             opts.precision, rep["frames"], rep["image_cosine_mean"], rep["image_cosine_min"],
+             100 * rep["patch_argmax_agreement"])
+    return rep
+
+
+# ----------------------------------------------------------------------------- small files, manifest
+@_step("vocab")
+def _vocab(job: _Job, tokenizer, encoders: _Graphs) -> Path:
+    """The fixed vocabulary's text embeddings, from the bundle's own text encoder."""
+    ids = np.asarray(tokenizer.encode(list(job.opts.vocab)), dtype=np.int64)
+    (embeds,) = _ort_session(encoders.text).run(None, {TEXT_INPUT: ids})
+    path = job.tmp / VOCAB_FILE
+    np.savez(path, queries=np.asarray(job.opts.vocab, dtype=np.str_), embeds=embeds.astype(np.float32))
+    return path
+
+
+@_step("tokenizer")
+def _write_tokenizer(job: _Job, tokenizer) -> Path:
+    path = job.tmp / TOKENIZER_FILE
+    tokenizer.save(path)
+    return path
+
+
+def _encoder_precision(precision: str) -> dict[str, str]:
+    """Per encoder: int8 quantizes the image encoder only (the query embedding every patch is compared to
+    stays fp32), fp16 converts both."""
+    return {"image": precision, "text": "fp16" if precision == "fp16" else "fp32"}
+
+
+@_step("manifest")
+def _manifest(job: _Job, clip: LoadedClip, built: _Built) -> Manifest:
+    """Describe the bundle: encoder I/O, ONNX metadata, file hashes, the report; write manifest.json."""
+    model, opts, tmp = clip.model, job.opts, job.tmp
+    (h, w), (gh, gw), d = model.image_size, model.grid, model.spec.embed_dim
     ctx = model.spec.text.context_length
-    tok = _tokenizer(model)
-    base_pre = model.preprocess_spec or PreprocessSpec(size=(h, w))
-    pre = dataclasses.replace(base_pre, size=(h, w), mode=opts.preprocess_mode or base_pre.mode)
-    extra: dict = {"toolchain": {"torch": torch.__version__, "onnx": onnx.__version__,
-                                 "onnxruntime": onnxruntime.__version__}}
-
-    raw_img, raw_txt = work / "image_raw.onnx", work / "text_raw.onnx"
-    with progress.step("trace"):
-        onnx_export.export_image_encoder(model, raw_img, opset=opset, dynamic_batch=dynamic)
-        onnx_export.export_text_encoder(model, raw_txt, opset=opset)
-        log.info("traced %s (%s) and %s (%s) at opset %d", raw_img.name, _mb(raw_img), raw_txt.name, _mb(raw_txt), opset)
-
-    rng = np.random.default_rng(0)
-    sample_px = rng.normal(0, 1, (1, 3, h, w)).astype(np.float32)
-    sample_ids = np.asarray(tok.encode(["a photo of a red cup", "background"]), dtype=np.int64)
-    opt_img, opt_txt = work / "image_fp32.onnx", work / "text_fp32.onnx"
-    with progress.step("optimize"):
-        lvl_img = onnx_export.optimize_for_target(raw_img, opt_img, opts.target, {IMAGE_INPUT: sample_px})
-        lvl_txt = onnx_export.optimize_for_target(raw_txt, opt_txt, opts.target, {TEXT_INPUT: sample_ids})
-        ref_img, ref_patch, ref_txt = _torch_reference(model, sample_px, sample_ids)
-        got_img, got_patch = _ort_session(opt_img).run(None, {IMAGE_INPUT: sample_px})
-        (got_txt,) = _ort_session(opt_txt).run(None, {TEXT_INPUT: sample_ids})
-        parity = {"image_max_abs": float(np.abs(got_img - ref_img).max()),
-                  "patch_max_abs": float(np.abs(got_patch - ref_patch).max()),
-                  "text_max_abs": float(np.abs(got_txt - ref_txt).max())}
-        extra["optimization"] = {"image": lvl_img, "text": lvl_txt}
-        extra["fp32_parity_vs_torch"] = parity
-        log.info("ORT optimization: image %s, text %s; fp32 max |d| vs torch: %s", lvl_img, lvl_txt,
-                 ", ".join(f"{k} {v:.1e}" for k, v in parity.items()))
-        if max(parity.values()) > 1e-3:
-            raise ArtifactError(f"fp32 ONNX disagrees with the torch model (max |d| {max(parity.values()):.2e}); "
-                                "this is an exporter bug, please report it with the model spec")
-
-    image_out, text_out = tmp / IMAGE_FILE, tmp / TEXT_FILE
-    encoder_precision = {"image": opts.precision, "text": "fp32"}
-    if opts.precision == "fp32":
-        shutil.copyfile(opt_img, image_out)
-        shutil.copyfile(opt_txt, text_out)
-    else:
-        report_queries = list(opts.vocab or REPORT_QUERIES + tuple(opts.grounding.background_prompts))
-        report_text = _torch_reference(model, sample_px, np.asarray(tok.encode(report_queries), dtype=np.int64))[2]
-        if opts.precision == "int8":
-            with progress.step("calibrate"):
-                frames = calibration.calibration_frames(opts.calib, opts.calib_count)
-                reader = calibration.frame_reader(frames, pre, IMAGE_INPUT)
-                eval_frames = calibration.evaluation_frames(opts.calib, EVAL_FRAMES, frames)
-                log.info("calibration: %d frames from %s, preprocessed to [1,3,%d,%d] (%s)",
-                         len(reader), opts.calib, h, w, pre.mode)
-            recipe = quantize.recipe_for_target(opts.target)
-            with progress.step("quantize"):
-                qdq_img = work / "image_int8_qdq.onnx"
-                quantize.quantize_int8(raw_img, qdq_img, reader, recipe)
-                shutil.copyfile(opt_txt, text_out)
-                qdq = quantize.qdq_report(qdq_img)
-                log.info("int8 QDQ image encoder %s: %d QuantizeLinear, %d DequantizeLinear, quantized %s",
-                         _mb(qdq_img), qdq["QuantizeLinear"], qdq["DequantizeLinear"], qdq["quantized"])
-                form = "QDQ"
-                if profile["ort_level"] == "extended":  # CPU target: save ORT's fused int8 form
-                    folded = quantize.fuse_for_cpu(qdq_img, image_out)
-                    diff = onnx_export.max_abs_diff_on(qdq_img, image_out, {IMAGE_INPUT: reader.tensors[0]},
-                                                       optimized=True)  # vs the QDQ graph as ORT runs it
-                    if diff <= 1e-4:
-                        form = f"onnxruntime-cpu (MatMulIntegerToFloat, {folded} biases folded)"
-                        log.info("saved ORT CPU form: %s, max |d| vs QDQ %.1e", form, diff)
-                    else:
-                        log.warning("ORT CPU fusion moved outputs by %.2e; keeping the QDQ graph", diff)
-                if form == "QDQ":
-                    shutil.copyfile(qdq_img, image_out)
-            extra["int8"] = {"recipe": recipe.to_dict(), "qdq": qdq, "form": form,
-                             "text_encoder": "fp32 (not quantized)",
-                             "calibration": {"source": opts.calib, "frames": len(reader),
-                                             "preprocess": pre.to_dict()}}
-        else:  # fp16
-            eval_frames = calibration.evaluation_frames(opts.calib, EVAL_FRAMES, []) if opts.calib == "synthetic" \
-                else calibration.calibration_frames(opts.calib, EVAL_FRAMES)
-            with progress.step("fp16"):
-                quantize.convert_fp16(opt_img, image_out)
-                quantize.convert_fp16(opt_txt, text_out)
-                encoder_precision["text"] = "fp16"
-                extra["fp16"] = {"block_ops": list(quantize.FP16_BLOCK_OPS), "keep_io_types": True}
-        with progress.step("compare"):
-            tensors = calibration.preprocess_frames(eval_frames, pre)
-            ref = _run_image(_ort_session(opt_img), tensors, not dynamic)
-            test = _run_image(_ort_session(image_out), tensors, not dynamic)
-            from vlmedge.export.verify import agreement
-
-            rep = agreement(ref, test, report_text)
-            extra[f"{opts.precision}_report"] = rep
-            log.info("%s vs fp32 on %d frames: image cosine mean %.5f min %.5f, patch argmax agreement %.2f%%",
-                     opts.precision, rep["frames"], rep["image_cosine_mean"], rep["image_cosine_min"],
-                     100 * rep["patch_argmax_agreement"])
-    extra["encoder_precision"] = encoder_precision
-
-    vocab_name = None
-    if opts.vocab:
-        with progress.step("vocab"):
-            (embeds,) = _ort_session(text_out).run(None, {TEXT_INPUT: np.asarray(tok.encode(list(opts.vocab)),
-                                                                                 dtype=np.int64)})
-            np.savez(tmp / VOCAB_FILE, queries=np.asarray(opts.vocab, dtype=np.str_),
-                     embeds=embeds.astype(np.float32))
-            vocab_name = VOCAB_FILE
-    tok.save(tmp / TOKENIZER_FILE)
-
-    info = dict(getattr(model, "source_info", None) or {})
-    model_id = str(info.get("id") or (source if isinstance(source, (str, Path)) else "in-memory-model"))
-    source_entry = {"id": model_id, "revision": info.get("revision"), "layout": info.get("layout", "in-memory"),
-                    "weights_sha256": info.get("weights_sha256")}
-    batch = "batch" if dynamic else 1
+    batch = "batch" if job.platform.dynamic_batch else 1
     img_entry = EncoderEntry(IMAGE_FILE, (TensorSpec(IMAGE_INPUT, "float32", (batch, 3, h, w)),),
                              (TensorSpec(IMAGE_OUTPUTS[0], "float32", (batch, d)),
                               TensorSpec(IMAGE_OUTPUTS[1], "float32", (batch, gh, gw, d))))
     txt_entry = EncoderEntry(TEXT_FILE, (TensorSpec(TEXT_INPUT, "int64", ("batch", ctx)),),
                              (TensorSpec(TEXT_OUTPUTS[0], "float32", ("batch", d)),))
-    summary = {"format_version": 1, "vlmedge_version": __version__, "model_id": model_id, "source": source_entry,
-               "precision": opts.precision, "target": opts.target, "dense_head": opts.dense,
-               "image_size": [h, w], "patch_grid": [gh, gw], "embed_dim": d, "opset": opset,
-               "preprocess": pre.to_dict()}
+    # The summary keeps the manifest's JSON key "target" for the platform (see vlmedge.manifest).
+    summary = {"format_version": 1, "vlmedge_version": __version__, "model_id": clip.source["id"],
+               "source": clip.source, "precision": opts.precision, "target": opts.platform,
+               "dense_head": opts.dense, "image_size": [h, w], "patch_grid": [gh, gw], "embed_dim": d,
+               "opset": job.platform.opset, "preprocess": clip.preprocess.to_dict()}
+    precision = _encoder_precision(opts.precision)
     for entry, role in ((img_entry, "image"), (txt_entry, "text")):
-        path = tmp / entry.file
-        _check_io(path, entry)
-        onnx_export.set_metadata(path, {"vlmedge.manifest": summary, "vlmedge.role": role,
-                                        "vlmedge.precision": encoder_precision[role]})
+        _check_io(tmp / entry.file, entry)
+        onnx_export.set_metadata(tmp / entry.file, {"vlmedge.manifest": summary, "vlmedge.role": role,
+                                                    "vlmedge.precision": precision[role]})
     files = {name: file_entry(tmp / name) for name in sorted(p.name for p in tmp.iterdir())}
-    extra["sizes_bytes"] = {k: v["bytes"] for k, v in files.items()}
     log.info("artifacts: %s", ", ".join(f"{k} {v['bytes'] / 1e6:.2f} MB" for k, v in files.items()))
-    return Manifest(
-        model_id=model_id, source=source_entry, spec=model.spec, image_size=(h, w), patch_grid=(gh, gw),
+    manifest = Manifest(
+        model_id=clip.source["id"], source=clip.source, spec=model.spec, image_size=(h, w), patch_grid=(gh, gw),
         embed_dim=d, logit_scale=float(model.logit_scale.detach().exp()), dense_head=opts.dense,
-        precision=opts.precision, target=opts.target, opset=opset, preprocess=pre, image_encoder=img_entry,
-        text_encoder=txt_entry, tokenizer=TOKENIZER_FILE, context_length=ctx, text_embeddings=vocab_name,
-        grounding=opts.grounding, files=files, vlmedge_version=__version__, extra=extra)
+        precision=opts.precision, platform=opts.platform, opset=job.platform.opset, preprocess=clip.preprocess,
+        image_encoder=img_entry, text_encoder=txt_entry, tokenizer=built.tokenizer.name, context_length=ctx,
+        text_embeddings=built.vocab.name if built.vocab else None, grounding=opts.grounding, files=files,
+        vlmedge_version=__version__, extra=_extra(job, built, files))
+    path = tmp / MANIFEST_NAME
+    path.write_text(json.dumps(manifest.to_dict(), indent=2) + "\n", encoding="utf-8")
+    open_bundle(tmp)  # round-trip: the file we wrote must read back and verify
+    return manifest
+
+
+def _extra(job: _Job, built: _Built, files: dict) -> dict:
+    """The manifest's ``extra``: the export's report, assembled here and only here from the step records."""
+    import onnx
+    import onnxruntime
+
+    precision = job.opts.precision
+    extra: dict = {"toolchain": {"torch": torch.__version__, "onnx": onnx.__version__,
+                                 "onnxruntime": onnxruntime.__version__},
+                   "optimization": built.fp32.levels, "fp32_parity_vs_torch": built.fp32.parity}
+    if built.int8 is not None:
+        extra["int8"] = {"recipe": built.int8.recipe.to_dict(), "qdq": built.int8.qdq, "form": built.int8.form,
+                         "text_encoder": "fp32 (not quantized)", "calibration": built.calibration.to_dict()}
+    elif precision == "fp16":
+        extra["fp16"] = {"block_ops": list(quantize.FP16_BLOCK_OPS), "keep_io_types": True}
+    if built.report is not None:
+        extra[f"{precision}_report"] = built.report
+    extra["encoder_precision"] = _encoder_precision(precision)
+    extra["sizes_bytes"] = {k: v["bytes"] for k, v in files.items()}
+    extra["timings_s"] = {**{k: v for k, v in job.timings.items() if k in REPORTED_STEPS},
+                          "total": round(time.perf_counter() - job.t_start, 3)}
+    return extra
 
 
 def _check_io(path: Path, entry: EncoderEntry) -> None:
@@ -434,13 +649,24 @@ def _check_io(path: Path, entry: EncoderEntry) -> None:
             raise ArtifactError(f"{path}: {name} is {dtype}, expected {spec.dtype}")
 
 
+@_step("verify")
+def _verify(job: _Job):
+    """The finished bundle through the device's own loader: hashes, both encoders, stored embeddings."""
+    from vlmedge.export.verify import verify_bundle
+
+    report = verify_bundle(job.tmp, providers=["CPUExecutionProvider"])
+    for line in report.checks:
+        log.info("verify: %s", line)
+    return report
+
+
 def summarize(manifest: Manifest, out: str | Path) -> str:
     """A short human summary of an export (the CLI prints it)."""
     m = manifest
     h, w = m.image_size
     sizes = ", ".join(f"{k} {v['bytes'] / 1e6:.1f} MB" for k, v in m.files.items())
     total = m.extra.get("timings_s", {}).get("total")
-    lines = [f"exported {m.model_id} -> {out}  [{m.precision}, target {m.target}, dense {m.dense_head}, "
+    lines = [f"exported {m.model_id} -> {out}  [{m.precision}, platform {m.platform}, dense {m.dense_head}, "
              f"{h}x{w}, grid {m.patch_grid[0]}x{m.patch_grid[1]}, D={m.embed_dim}, opset {m.opset}]"
              + (f" in {total:.1f} s" if total is not None else ""),
              f"  files: {sizes}"]

@@ -134,6 +134,7 @@ class TensorCalibrationReader(CalibrationDataReader):
         return len(self.tensors)
 
 
-def frame_reader(frames: list[np.ndarray], spec: PreprocessSpec, input_name: str = "pixel_values") -> TensorCalibrationReader:
+def frame_reader(frames: list[np.ndarray], spec: PreprocessSpec,
+                 input_name: str = "pixel_values") -> TensorCalibrationReader:
     """A calibration reader over BGR frames, preprocessed once with ``spec``."""
     return TensorCalibrationReader(preprocess_frames(frames, spec), input_name)

@@ -67,10 +67,12 @@ def hf_spec(config: dict, where: str = "config.json") -> ClipSpec:
                           f"layer_norm_eps {sorted(eps)}; vlmedge needs one value for both")
     eos = t["eos_token_id"]
     try:
-        vision = VisionSpec(image_size=int(v["image_size"]), patch_size=int(v["patch_size"]), width=int(v["hidden_size"]),
+        vision = VisionSpec(image_size=int(v["image_size"]), patch_size=int(v["patch_size"]),
+                            width=int(v["hidden_size"]),
                             layers=int(v["num_hidden_layers"]), heads=int(v["num_attention_heads"]),
                             mlp_ratio=int(v["intermediate_size"]) / int(v["hidden_size"]))
-        text = TextSpec(width=int(t["hidden_size"]), layers=int(t["num_hidden_layers"]), heads=int(t["num_attention_heads"]),
+        text = TextSpec(width=int(t["hidden_size"]), layers=int(t["num_hidden_layers"]),
+                        heads=int(t["num_attention_heads"]),
                         vocab_size=int(t["vocab_size"]), context_length=int(t["max_position_embeddings"]),
                         mlp_ratio=int(t["intermediate_size"]) / int(t["hidden_size"]),
                         # HF legacy rule: eos_token_id == 2 (old configs) means "pool at argmax of ids".
@@ -102,7 +104,8 @@ def hf_to_ours(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 # ----------------------------------------------------------------------------- OpenAI / OpenCLIP
-_OA_BLOCK = {"attn.out_proj": "attn.out_proj", "ln_1": "ln_1", "ln_2": "ln_2", "mlp.c_fc": "mlp.fc1", "mlp.c_proj": "mlp.fc2"}
+_OA_BLOCK = {"attn.out_proj": "attn.out_proj", "ln_1": "ln_1", "ln_2": "ln_2", "mlp.c_fc": "mlp.fc1",
+             "mlp.c_proj": "mlp.fc2"}
 _OA_FIXED = {
     "logit_scale": "logit_scale",
     "visual.conv1.weight": "visual.patch_embed.weight",

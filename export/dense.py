@@ -53,7 +53,8 @@ def check_head(name: str) -> str:
 def naclip_bias(grid: tuple[int, int], std: float = NACLIP_STD) -> torch.Tensor:
     """Additive attention bias [1+h*w, 1+h*w]: Gaussian of the patch-grid distance, 0 for the class token."""
     h, w = grid
-    rows, cols = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64), indexing="ij")
+    rows, cols = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64),
+                                indexing="ij")
     pos = torch.stack([rows.flatten(), cols.flatten()], dim=1)  # [N, 2]
     d2 = ((pos[:, None, :] - pos[None, :, :]) ** 2).sum(-1)
     bias = torch.zeros(1 + h * w, 1 + h * w, dtype=torch.float64)

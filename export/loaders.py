@@ -10,11 +10,15 @@
   directory holding one plus ``open_clip_config.json``;
 - a vlmedge native directory written by :func:`save_clip`.
 
+It returns a :class:`LoadedClip`: the model and, beside it rather than hung on it, the tokenizer,
+the preprocessing recipe and where the weights came from.
+
 Pickles are only read with ``torch.load(weights_only=True)``; TorchScript archives are refused.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -22,15 +26,18 @@ import os
 import pickle
 import zipfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from vlmedge.errors import ArtifactError, ConfigError, check_choice
-from vlmedge.spec import ACTIVATIONS, ClipSpec, PreprocessSpec
-
 from vlmedge.export import checkpoint_layouts as layouts
 from vlmedge.export.dense import check_head
 from vlmedge.export.model import CLIP
+from vlmedge.spec import ACTIVATIONS, ClipSpec, PreprocessSpec
+
+if TYPE_CHECKING:
+    from vlmedge.tokenizer import ClipTokenizer
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +53,34 @@ _RESAMPLE = {2: "bilinear", 3: "bicubic"}
 
 
 # ----------------------------------------------------------------------------- public API
+@dataclasses.dataclass(frozen=True)
+class LoadedClip:
+    """A CLIP and what came with its checkpoint. ``model.encode_image`` / ``encode_text`` are the model's own."""
+
+    model: CLIP  # eval mode, dense head and image size as asked
+    tokenizer: ClipTokenizer | None = None  # None when the checkpoint ships none and the default BPE does not fit
+    preprocess: PreprocessSpec | None = None  # the checkpoint's recipe at model.image_size; None: OpenAI's
+    # {"id", "revision", "layout", "weights_sha256"} (+ "origin" for native dirs); {} for an in-memory model
+    source: dict = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        if not isinstance(self.model, torch.nn.Module) or not all(
+                callable(getattr(self.model, m, None)) for m in ("encode_image", "encode_text")):
+            raise ConfigError(f"LoadedClip.model must be a torch module with encode_image and encode_text, "
+                              f"got {type(self.model).__name__}")
+        if self.tokenizer is not None and not callable(getattr(self.tokenizer, "encode", None)):
+            raise ConfigError(f"LoadedClip.tokenizer must be a ClipTokenizer or None, got "
+                              f"{type(self.tokenizer).__name__}")
+        if self.preprocess is not None and not isinstance(self.preprocess, PreprocessSpec):
+            raise ConfigError(f"LoadedClip.preprocess must be a PreprocessSpec or None, got "
+                              f"{type(self.preprocess).__name__}")
+        if not isinstance(self.source, dict):
+            raise ConfigError(f"LoadedClip.source must be a dict, got {type(self.source).__name__}")
+
+
 def load_clip(source: str | os.PathLike, dense: str = "naive", image_size=None, act: str | None = None,
-              heads: int | tuple[int, int] | None = None) -> CLIP:
-    """Build a CLIP in eval mode from a checkpoint (see module docstring for ``source``).
+              heads: int | tuple[int, int] | None = None) -> LoadedClip:
+    """Load a CLIP checkpoint (see module docstring for ``source``); the model is in eval mode.
 
     - dense: dense head name (``vlmedge.manifest.DENSE_HEADS``).
     - image_size: (H, W) input size (position embeddings interpolated); default the checkpoint's.
@@ -57,59 +89,49 @@ def load_clip(source: str | os.PathLike, dense: str = "naive", image_size=None, 
     - heads: (vision, text) head counts, or one int for both, for state dicts; default from
       ``open_clip_config.json``, else width // 64 as OpenAI.
 
-    The model carries ``.source_info`` (id, revision, layout, weights_sha256), ``.tokenizer``
-    (ClipTokenizer or None) and ``.preprocess_spec``.
+    Returns a :class:`LoadedClip`; ``source`` holds id, revision, layout and weights_sha256.
     """
     check_head(dense)
     if act is not None:
         check_choice("act", act, ACTIVATIONS)
     heads = _check_heads(heads)
     path, info = _resolve(source)
-    if path.is_dir():
-        if (path / NATIVE_SPEC).is_file():
-            model = _load_native(path)
-        elif (path / "config.json").is_file() and (_is_hf_clip_config(path) or not _first_existing(path, OPEN_CLIP_WEIGHTS)):
-            model = _load_hf(path)
-        elif weights := _first_existing(path, OPEN_CLIP_WEIGHTS):
-            model = _load_state_dict_file(weights, act, heads)
-        else:
-            raise ArtifactError(
-                f"{path}: not a CLIP checkpoint directory; looked for {NATIVE_SPEC} (vlmedge), config.json + "
-                f"{' / '.join(HF_WEIGHTS)} (Hugging Face), {' / '.join(OPEN_CLIP_WEIGHTS)} (OpenCLIP); "
-                f"found {sorted(p.name for p in path.iterdir())[:12]}")
-    else:
-        model = _load_state_dict_file(path, act, heads)
-    if act is not None and model.spec.act != act and model.source_info["layout"] != "openai":
-        raise ConfigError(f"act={act!r} conflicts with {model.source_info['layout']} checkpoint {path} "
+    clip = _load_path(path, act, heads)
+    model, layout = clip.model, clip.source["layout"]
+    if act is not None and model.spec.act != act and layout != "openai":
+        raise ConfigError(f"act={act!r} conflicts with {layout} checkpoint {path} "
                           f"(which uses {model.spec.act!r}); act= only applies to OpenAI/OpenCLIP state dicts")
-    if model.source_info["layout"] != "native":  # native keeps the id it was saved from
-        model.source_info = {**model.source_info, **info}
+    found = clip.source if layout == "native" else {**clip.source, **info}  # native keeps the id it was saved from
     model.dense_head = dense
+    pp = clip.preprocess
     if image_size is not None:
         model.set_image_size(image_size)
-        pp = model.preprocess_spec
-        model.preprocess_spec = PreprocessSpec(model.image_size, pp.mean, pp.std, pp.mode, pp.interpolation)
-    return model.eval()
+        pp = PreprocessSpec(model.image_size, pp.mean, pp.std, pp.mode, pp.interpolation)
+    model.eval()
+    return dataclasses.replace(clip, preprocess=pp, source=found)
 
 
-def save_clip(model: CLIP, directory: str | os.PathLike, tokenizer=None) -> Path:
+def save_clip(clip: LoadedClip, directory: str | os.PathLike) -> Path:
     """Write the vlmedge native layout: clip_spec.json, model.safetensors, tokenizer.json (if any).
 
-    ``tokenizer`` defaults to ``model.tokenizer``. Returns the directory.
+    Returns the directory.
     """
     from safetensors.torch import save_file
 
+    if not isinstance(clip, LoadedClip):
+        raise ConfigError(f"save_clip needs a LoadedClip (model, tokenizer, preprocess, source), got "
+                          f"{type(clip).__name__}; wrap a bare model as LoadedClip(model, tokenizer=...)")
+    model = clip.model
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
-    tokenizer = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(d / NATIVE_WEIGHTS), metadata={"format": NATIVE_FORMAT})
-    pp = getattr(model, "preprocess_spec", None) or default_preprocess(model.spec)
+    pp = clip.preprocess or default_preprocess(model.spec)
     meta = {"format": NATIVE_FORMAT, "format_version": 1, "spec": model.spec.to_dict(), "preprocess": pp.to_dict(),
-            "source": dict(getattr(model, "source_info", {}) or {}),
-            "saved_image_size": list(model.image_size), "saved_dense_head": model.dense_head}
-    if tokenizer is not None:
-        tokenizer.save(d / "tokenizer.json")
+            "source": dict(clip.source), "saved_image_size": list(model.image_size),
+            "saved_dense_head": model.dense_head}
+    if clip.tokenizer is not None:
+        clip.tokenizer.save(d / "tokenizer.json")
     tmp = d / (NATIVE_SPEC + ".tmp")
     tmp.write_text(json.dumps(meta, indent=2))
     os.replace(tmp, d / NATIVE_SPEC)
@@ -124,7 +146,7 @@ def default_preprocess(spec: ClipSpec) -> PreprocessSpec:
 
 # ----------------------------------------------------------------------------- source resolution
 def _resolve(source) -> tuple[Path, dict]:
-    """Local path, or a hub id downloaded to the cache. Returns (path, partial source_info)."""
+    """Local path, or a hub id downloaded to the cache. Returns (path, partial source: id, revision)."""
     text = os.fspath(source)
     path = Path(text).expanduser()
     if path.exists():
@@ -145,9 +167,11 @@ def _download(repo_id: str, revision: str | None) -> tuple[Path, dict]:
         raise ArtifactError(f"{repo_id!r} is not a local path, and huggingface_hub (needed to download hub ids) "
                             "is not installed: pip install huggingface_hub") from None
     try:
-        path = Path(snapshot_download(repo_id, revision=revision, allow_patterns=HUB_PATTERNS + ["open_clip_config.json"]))
+        path = Path(snapshot_download(repo_id, revision=revision,
+                                      allow_patterns=HUB_PATTERNS + ["open_clip_config.json"]))
         if _is_hf_clip_config(path) or not (path / "open_clip_config.json").is_file():
-            candidates = [["model.safetensors", "model-*.safetensors", "model.safetensors.index.json"], ["pytorch_model.bin"]]
+            candidates = [["model.safetensors", "model-*.safetensors", "model.safetensors.index.json"],
+                          ["pytorch_model.bin"]]
             names = HF_WEIGHTS
         else:
             candidates, names = [[OPEN_CLIP_WEIGHTS[0]], [OPEN_CLIP_WEIGHTS[1]]], OPEN_CLIP_WEIGHTS
@@ -263,29 +287,30 @@ def _build(spec: ClipSpec, state: dict[str, torch.Tensor], where: str) -> CLIP:
     return model.eval()
 
 
-def _attach_tokenizer(model: CLIP, directory: Path | None, default_ok: bool) -> None:
+def _find_tokenizer(spec: ClipSpec, directory: Path | None, default_ok: bool, source_id: str):
+    """The tokenizer shipped in ``directory``, else (``default_ok``) the default CLIP BPE if it fits, else None."""
     try:
         from vlmedge.tokenizer import ClipTokenizer
     except ImportError as e:  # tokenizer module not available
-        log.warning("no tokenizer attached: vlmedge.tokenizer unavailable (%s)", e)
-        return
-    vocab, n = model.spec.text.vocab_size, model.spec.text.context_length
+        log.warning("no tokenizer: vlmedge.tokenizer unavailable (%s)", e)
+        return None
+    vocab, n = spec.text.vocab_size, spec.text.context_length
     if directory is not None:
         try:
-            model.tokenizer = ClipTokenizer.from_dir(directory)
-            if model.tokenizer.vocab_size > vocab:
+            tok = ClipTokenizer.from_dir(directory)
+            if tok.vocab_size > vocab:
                 log.warning("%s: tokenizer vocabulary (%d) is larger than the model's (%d)",
-                            directory, model.tokenizer.vocab_size, vocab)
-            return
+                            directory, tok.vocab_size, vocab)
+            return tok
         except ArtifactError as e:
             log.info("no tokenizer files in %s (%s)", directory, e)
     if default_ok:
         tok = ClipTokenizer.default(context_length=n)
         if tok.vocab_size == vocab:
-            model.tokenizer = tok
-            return
-    log.warning("no tokenizer attached to %s: none shipped and the default CLIP BPE does not fit vocab_size %d",
-                model.source_info.get("id", "model"), vocab)
+            return tok
+    log.warning("no tokenizer for %s: none shipped and the default CLIP BPE does not fit vocab_size %d",
+                source_id, vocab)
+    return None
 
 
 def _hf_weights(d: Path) -> list[Path]:
@@ -317,7 +342,24 @@ def _hf_preprocess(d: Path, spec: ClipSpec) -> PreprocessSpec:
         raise ArtifactError(f"{p}: {e}") from None
 
 
-def _load_hf(d: Path) -> CLIP:
+def _load_path(path: Path, act: str | None, heads: tuple[int, int] | None) -> LoadedClip:
+    """Dispatch on what ``path`` holds: a native, Hugging Face or OpenCLIP directory, or a state dict file."""
+    if not path.is_dir():
+        return _load_state_dict_file(path, act, heads)
+    if (path / NATIVE_SPEC).is_file():
+        return _load_native(path)
+    if (path / "config.json").is_file() and (_is_hf_clip_config(path)
+                                             or not _first_existing(path, OPEN_CLIP_WEIGHTS)):
+        return _load_hf(path)
+    if weights := _first_existing(path, OPEN_CLIP_WEIGHTS):
+        return _load_state_dict_file(weights, act, heads)
+    raise ArtifactError(
+        f"{path}: not a CLIP checkpoint directory; looked for {NATIVE_SPEC} (vlmedge), config.json + "
+        f"{' / '.join(HF_WEIGHTS)} (Hugging Face), {' / '.join(OPEN_CLIP_WEIGHTS)} (OpenCLIP); "
+        f"found {sorted(p.name for p in path.iterdir())[:12]}")
+
+
+def _load_hf(d: Path) -> LoadedClip:
     spec = layouts.hf_spec(_read_json(d / "config.json"), where=str(d / "config.json"))
     files = _hf_weights(d)
     state: dict[str, torch.Tensor] = {}
@@ -326,13 +368,12 @@ def _load_hf(d: Path) -> CLIP:
     if layouts.is_openai_layout(state):
         raise ArtifactError(f"{d}: config.json says Hugging Face but the weights use OpenAI names (visual.conv1...)")
     model = _build(spec, layouts.hf_to_ours(state), where=str(files[0]))
-    model.source_info = {"id": str(d), "revision": None, "layout": "hf", "weights_sha256": _sha256(files)}
-    model.preprocess_spec = _hf_preprocess(d, spec)
-    _attach_tokenizer(model, d, default_ok=True)
-    return model
+    source = {"id": str(d), "revision": None, "layout": "hf", "weights_sha256": _sha256(files)}
+    pp = _hf_preprocess(d, spec)
+    return LoadedClip(model, _find_tokenizer(spec, d, True, source["id"]), pp, source)
 
 
-def _load_state_dict_file(path: Path, act: str | None, heads: tuple[int, int] | None) -> CLIP:
+def _load_state_dict_file(path: Path, act: str | None, heads: tuple[int, int] | None) -> LoadedClip:
     if path.suffix not in STATE_DICT_SUFFIXES:
         raise ArtifactError(f"{path}: unknown checkpoint file type {path.suffix!r}; expected a directory "
                             f"or one of {', '.join(STATE_DICT_SUFFIXES)}")
@@ -348,14 +389,13 @@ def _load_state_dict_file(path: Path, act: str | None, heads: tuple[int, int] | 
     use_act = act or (layouts.open_clip_act(cfg) if cfg else "quick_gelu")
     spec = layouts.openai_spec(state, str(path), act=use_act, vision_heads=vh, text_heads=th)
     model = _build(spec, layouts.openai_to_ours(state), where=str(path))
-    model.source_info = {"id": str(path), "revision": None, "layout": "openai", "weights_sha256": _sha256([path])}
-    pp = cfg.get("preprocess_cfg", {})
-    model.preprocess_spec = PreprocessSpec(size=spec.vision.image_size, **{k: pp[k] for k in ("mean", "std") if k in pp})
-    _attach_tokenizer(model, None, default_ok=True)
-    return model
+    source = {"id": str(path), "revision": None, "layout": "openai", "weights_sha256": _sha256([path])}
+    pp_cfg = cfg.get("preprocess_cfg", {})
+    pp = PreprocessSpec(size=spec.vision.image_size, **{k: pp_cfg[k] for k in ("mean", "std") if k in pp_cfg})
+    return LoadedClip(model, _find_tokenizer(spec, None, True, source["id"]), pp, source)
 
 
-def _load_native(d: Path) -> CLIP:
+def _load_native(d: Path) -> LoadedClip:
     meta = _read_json(d / NATIVE_SPEC)
     if meta.get("format") != NATIVE_FORMAT or "spec" not in meta:
         raise ArtifactError(f"{d / NATIVE_SPEC}: not a vlmedge CLIP spec (format {meta.get('format')!r}, "
@@ -370,12 +410,11 @@ def _load_native(d: Path) -> CLIP:
         raise ArtifactError(f"{d}: vlmedge directory without weights; looked for {NATIVE_WEIGHTS}")
     model = _build(spec, read_tensors(weights), where=str(weights))
     src = dict(meta.get("source") or {})
-    model.source_info = {"id": src.get("id", str(d)), "revision": src.get("revision"),
-                         "layout": "native", "weights_sha256": _sha256([weights]),
-                         "origin": src}
-    model.preprocess_spec = pp
+    source = {"id": src.get("id", str(d)), "revision": src.get("revision"), "layout": "native",
+              "weights_sha256": _sha256([weights]), "origin": src}
+    tokenizer = None
     if (d / "tokenizer.json").is_file():
         from vlmedge.tokenizer import ClipTokenizer
 
-        model.tokenizer = ClipTokenizer.from_file(d / "tokenizer.json")
-    return model
+        tokenizer = ClipTokenizer.from_file(d / "tokenizer.json")
+    return LoadedClip(model, tokenizer, pp, source)

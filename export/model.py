@@ -17,9 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from vlmedge.errors import ConfigError, InputError
-from vlmedge.spec import ClipSpec, VisionSpec, TextSpec, hw_pair
-
 from vlmedge.export import dense
+from vlmedge.spec import ClipSpec, TextSpec, VisionSpec, hw_pair
 
 
 def _checking() -> bool:
@@ -169,7 +168,8 @@ class VisionTower(nn.Module):
             self.pos_embed_resized = None
         else:
             self.pos_embed_resized = interpolate_pos_embed(self.pos_embed.detach(), self.spec.grid, self.grid)
-        self.naclip_bias = dense.naclip_bias(self.grid).to(self.pos_embed.device) if self._dense_head == "naclip" else None
+        naclip = self._dense_head == "naclip"
+        self.naclip_bias = dense.naclip_bias(self.grid).to(self.pos_embed.device) if naclip else None
 
     def train(self, mode: bool = True) -> "VisionTower":
         super().train(mode)
@@ -255,10 +255,6 @@ class CLIP(nn.Module):
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))  # log space, as OpenAI
         self.init_weights()
         self.dense_head = dense_head
-        # Filled in by the loaders; harmless defaults for a freshly built model.
-        self.source_info: dict = {}
-        self.tokenizer = None
-        self.preprocess_spec = None
 
     @torch.no_grad()
     def init_weights(self) -> None:

@@ -1,12 +1,12 @@
-"""Trace CLIP's two towers to ONNX, optimize the graphs for a target, stamp metadata.
+"""Trace CLIP's two towers to ONNX, optimize the graphs for a platform, stamp metadata.
 
 One function per step, file in, file out. The image tower is exported through
 ``CLIP.encode_image`` and the text tower through ``CLIP.encode_text``, so the ONNX outputs are
 exactly the L2-normalized embeddings the torch model returns.
 
 Exporter: the TorchScript-based ``torch.onnx.export(dynamo=False)``; it emits the opset we ask
-for (17, or 16 for JetPack 5 whose TensorRT 8.5 has no LayerNormalization importer), while the
-dynamo exporter only emits opset >= 18.
+for (each platform's in ``vlmedge.platforms.PLATFORMS``: 16 for JetPack 5, whose TensorRT 8.5 has
+no LayerNormalization importer), while the dynamo exporter only emits opset >= 18.
 """
 
 from __future__ import annotations
@@ -22,21 +22,13 @@ import torch
 from torch import nn
 
 from vlmedge.errors import ArtifactError, ConfigError
+from vlmedge.platforms import Platform
 
 log = logging.getLogger(__name__)
 
 IMAGE_INPUT, IMAGE_OUTPUTS = "pixel_values", ("image_embeds", "patch_embeds")
 TEXT_INPUT, TEXT_OUTPUTS = "input_ids", ("text_embeds",)
 MAX_ONNX_BYTES = 2 * 1024 ** 3  # protobuf's hard limit for a single-file model
-
-# Per target: ONNX opset, whether the image batch axis stays dynamic, and the offline ORT
-# optimization saved into the file ("extended" bakes CPU-only fused ops, so CPU only).
-TARGET_PROFILES: dict[str, dict] = {
-    "cpu": {"opset": 17, "dynamic_batch": True, "ort_level": "extended"},
-    "cuda": {"opset": 17, "dynamic_batch": True, "ort_level": "basic"},
-    "jetson-orin-jp6": {"opset": 17, "dynamic_batch": False, "ort_level": "basic"},  # TensorRT 8.6 / 10
-    "jetson-xavier-jp5": {"opset": 16, "dynamic_batch": False, "ort_level": "basic"},  # TensorRT 8.5: no LayerNormalization op
-}
 
 
 class _ImageTower(nn.Module):
@@ -144,13 +136,14 @@ def max_abs_diff_on(src: str | Path, dst: str | Path, feeds: dict[str, np.ndarra
     return max(float(np.abs(x.astype(np.float32) - y.astype(np.float32)).max()) for x, y in zip(a, b))
 
 
-def optimize_for_target(src: str | Path, dst: str | Path, target: str, feeds: dict[str, np.ndarray],
-                        tol: float = 1e-4) -> str:
-    """Optimize ``src`` into ``dst`` for ``target``; keep the level only if outputs stay within ``tol``.
+def optimize_for_platform(src: str | Path, dst: str | Path, platform: Platform, feeds: dict[str, np.ndarray],
+                          tol: float = 1e-4) -> str:
+    """Optimize ``src`` into ``dst`` for ``platform``; keep a level only if outputs stay within ``tol``.
 
-    Returns the level that was saved ("extended", "basic" or "none").
+    Tries the platform's ``ort_level``, then the lower ones. Returns the level that was saved
+    ("extended", "basic" or "none").
     """
-    levels = ["extended", "basic"] if TARGET_PROFILES[target]["ort_level"] == "extended" else ["basic"]
+    levels = ["extended", "basic"] if platform.ort_level == "extended" else ["basic"]
     for level in levels:
         ort_optimize(src, dst, level)
         diff = max_abs_diff_on(src, dst, feeds)

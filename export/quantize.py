@@ -1,15 +1,16 @@
 """Reduced-precision graphs: static int8 QDQ and fp16, file in, file out.
 
-int8 recipe (image encoder): ``quant_pre_process`` (shape inference + basic optimization), then
-``quantize_static`` in QDQ format over the MatMuls with a constant weight (q/k/v/out projections,
-MLP, final projection); per-channel weights; Q/DQ on the MatMul inputs only. LayerNorm, Softmax,
-GELU, residual Adds, the attention score MatMuls (activation x activation) and the final L2
-normalization stay float. Activations are uint8 asymmetric on CPU (ONNX Runtime's fast U8S8
-VNNI kernels) and int8 symmetric on TensorRT targets (TensorRT only accepts symmetric QDQ).
-On the CPU target the patch-embedding Conv (kernel == stride) is first rewritten as patchify +
-MatMul (``conv_as_matmul``) so that it is quantized like the other projections; ONNX Runtime's
-``MultiHeadAttention`` fusion of the float attention core (``fuse_attention``) is opt-in: it
-measured slower at ViT-B/16 size on the 2-core dev CPU.
+int8 recipe (image encoder; ``Int8Recipe``, one per platform in ``vlmedge.platforms.PLATFORMS``):
+``quant_pre_process`` (shape inference + basic optimization), then ``quantize_static`` in QDQ format
+over the MatMuls with a constant weight (q/k/v/out projections, MLP, final projection); per-channel
+weights; Q/DQ on the MatMul inputs only. LayerNorm, Softmax, GELU, residual Adds, the attention
+score MatMuls (activation x activation) and the final L2 normalization stay float. Activations are
+uint8 asymmetric on the cpu platform (ONNX Runtime's fast U8S8 VNNI kernels) and int8 symmetric on
+TensorRT platforms (TensorRT only accepts symmetric QDQ). On the cpu platform the patch-embedding
+Conv (kernel == stride) is first rewritten as patchify + MatMul (``conv_as_matmul``) so that it is
+quantized like the other projections; ONNX Runtime's ``MultiHeadAttention`` fusion of the float
+attention core (``fuse_attention``) is opt-in: it slowed ViT-B/16-sized towers down on a small CPU
+(``benchmarks/bench_export.py`` times it).
 
 fp16 recipe: ONNX Runtime's bundled copy of onnxconverter-common's ``convert_float_to_float16``
 with float32 inputs/outputs (``keep_io_types``) and the precision-sensitive ops kept in float32.
@@ -20,69 +21,19 @@ from __future__ import annotations
 import logging
 import tempfile
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnx
 
-from vlmedge.errors import ConfigError, check_choice
-
 from vlmedge.export.onnx_export import check_single_file
+from vlmedge.platforms import CALIBRATION_METHODS, Int8Recipe  # noqa: F401  (the recipe is platform data)
 
 log = logging.getLogger(__name__)
 
-TENSORRT_TARGETS = ("cuda", "jetson-orin-jp6", "jetson-xavier-jp5")
-CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
 # Ops left in float32 by the fp16 conversion: normalizations (incl. LayerNorm decomposed at
 # opset 16), softmax, and the L2 norm of the outputs.
 FP16_BLOCK_OPS = ("LayerNormalization", "Softmax", "ReduceL2", "ReduceMean", "Pow", "Sqrt")
-
-
-@dataclass(frozen=True)
-class Int8Recipe:
-    """How the image encoder is quantized (recorded in the manifest's ``extra``)."""
-
-    activation: str = "uint8"  # uint8 (asymmetric, CPU U8S8) or int8
-    symmetric_activations: bool = False  # TensorRT needs True (zero point 0)
-    per_channel: bool = True  # per output channel weight scales
-    reduce_range: bool = False  # 7-bit weights; only for CPUs without VNNI (slow-path overflow)
-    # A QDQ Conv has no fast int8 kernel in ONNX Runtime here: the patch embedding is quantized through
-    # conv_as_matmul instead (adding "Conv" quantizes it as a Conv).
-    op_types: tuple[str, ...] = ("MatMul", "Gemm")
-    const_weight_matmuls_only: bool = True  # leave q@k^T and attn@v (activation x activation) float
-    quantize_outputs: bool = False  # False: Q/DQ on inputs only (ORT MatMulIntegerToFloat; TensorRT's advice)
-    calibrate_method: str = "minmax"
-    # Fuse the float attention core into com.microsoft MultiHeadAttention (ONNX Runtime only).
-    fuse_attention: bool = False  # opt-in: ~6% faster at 4 layers, ~8% slower at 12 (ViT-B/16, 2 threads)
-    # Rewrite the patch-embedding Conv (kernel == stride) as patchify + MatMul, so that it is
-    # quantized like the other projections (ORT has no fast int8 path for a QDQ Conv here).
-    # Measured on ViT-B/16 (2 threads): the float Conv took ~1.1 ms of ~41; the int8 MatMul ~0.2.
-    conv_as_matmul: bool = True
-
-    def __post_init__(self):
-        check_choice("Int8Recipe.activation", self.activation, ("uint8", "int8"))
-        check_choice("Int8Recipe.calibrate_method", self.calibrate_method, CALIBRATION_METHODS)
-        if self.activation == "uint8" and self.symmetric_activations:
-            raise ConfigError("Int8Recipe: symmetric activations need activation='int8'")
-
-    def to_dict(self) -> dict:
-        return {"format": "QDQ", "activation": self.activation, "weight": "int8",
-                "symmetric_activations": self.symmetric_activations, "per_channel": self.per_channel,
-                "reduce_range": self.reduce_range, "op_types": list(self.op_types),
-                "const_weight_matmuls_only": self.const_weight_matmuls_only,
-                "quantize_outputs": self.quantize_outputs,
-                "calibrate_method": self.calibrate_method, "fuse_attention": self.fuse_attention,
-                "conv_as_matmul": self.conv_as_matmul}
-
-
-def recipe_for_target(target: str) -> Int8Recipe:
-    """U8S8 asymmetric with fused attention for the ONNX Runtime CPU target, S8S8 symmetric and
-    standard ONNX ops only for TensorRT targets."""
-    if target in TENSORRT_TARGETS:
-        return Int8Recipe(activation="int8", symmetric_activations=True, fuse_attention=False,
-                          conv_as_matmul=False)
-    return Int8Recipe()
 
 
 def quantize_int8(src: str | Path, dst: str | Path, reader, recipe: Int8Recipe) -> None:
@@ -210,9 +161,11 @@ def patch_conv_as_matmul(graph: onnx.GraphProto) -> int:
         a = {x.name: helper.get_attribute_value(x) for x in conv.attribute}
         k, st = list(a.get("kernel_shape", [])), list(a.get("strides", [1, 1]))
         x_shape, w = shapes.get(conv.input[0], []), inits.get(conv.input[1])
-        if len(k) != 2 or k != st or a.get("group", 1) != 1 or any(a.get("pads", [0] * 4)) \
-                or any(d != 1 for d in a.get("dilations", [1, 1])) or a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET") \
-                or w is None or len(x_shape) != 4 or min(x_shape[1:]) <= 0 or x_shape[2] % k[0] or x_shape[3] % k[1]:
+        plain = (len(k) == 2 and k == st and a.get("group", 1) == 1 and not any(a.get("pads", [0] * 4))
+                 and all(d == 1 for d in a.get("dilations", [1, 1]))
+                 and a.get("auto_pad", b"NOTSET") in (b"NOTSET", "NOTSET"))
+        if not plain or w is None or len(x_shape) != 4 or min(x_shape[1:]) <= 0 \
+                or x_shape[2] % k[0] or x_shape[3] % k[1]:
             continue
         c, (gh, gw) = x_shape[1], (x_shape[2] // k[0], x_shape[3] // k[1])
         weight = numpy_helper.to_array(w)
@@ -227,14 +180,16 @@ def patch_conv_as_matmul(graph: onnx.GraphProto) -> int:
         nodes = [helper.make_node("Reshape", [conv.input[0], f"{pre}/shape6"], [f"{pre}/x6"], name=f"{pre}/Reshape6"),
                  helper.make_node("Transpose", [f"{pre}/x6"], [f"{pre}/xt"], name=f"{pre}/Transpose",
                                   perm=[0, 2, 4, 1, 3, 5]),
-                 helper.make_node("Reshape", [f"{pre}/xt", f"{pre}/shape3"], [f"{pre}/patches"], name=f"{pre}/Reshape3"),
+                 helper.make_node("Reshape", [f"{pre}/xt", f"{pre}/shape3"], [f"{pre}/patches"],
+                                  name=f"{pre}/Reshape3"),
                  helper.make_node("MatMul", [f"{pre}/patches", f"{pre}/weight"], [f"{pre}/y"], name=f"{pre}/MatMul")]
         last = f"{pre}/y"
         if len(conv.input) > 2 and conv.input[2]:
             nodes.append(helper.make_node("Add", [last, conv.input[2]], [f"{pre}/yb"], name=f"{pre}/Bias"))
             last = f"{pre}/yb"
         nodes += [helper.make_node("Transpose", [last], [f"{pre}/yt"], name=f"{pre}/TransposeBack", perm=[0, 2, 1]),
-                  helper.make_node("Reshape", [f"{pre}/yt", f"{pre}/nchw"], [conv.output[0]], name=f"{pre}/ReshapeNCHW")]
+                  helper.make_node("Reshape", [f"{pre}/yt", f"{pre}/nchw"], [conv.output[0]],
+                                   name=f"{pre}/ReshapeNCHW")]
         at = list(graph.node).index(conv)
         graph.node.remove(conv)
         for j, n in enumerate(nodes):
@@ -260,85 +215,103 @@ def fuse_attention(graph: onnx.GraphProto) -> int:
     (scale applied to the scores instead of q). Anything else (masks, other layouts) is left as
     is. Returns the number of cores fused.
     """
-    from onnx import helper, numpy_helper
-
-    producer = {o: n for n in graph.node for o in n.output}
-    consumers: dict[str, list] = {}
-    for n in graph.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
-    inits = {i.name: i for i in graph.initializer}
-    shapes = {v.name: [d.dim_value if d.HasField("dim_value") else -1 for d in v.type.tensor_type.shape.dim]
-              for v in graph.value_info}
-
-    def attr(n, name, default=None):
-        return next((helper.get_attribute_value(a) for a in n.attribute if a.name == name), default)
-
-    def const(name):
-        if name in inits:
-            return numpy_helper.to_array(inits[name])
-        p = producer.get(name)
-        return numpy_helper.to_array(p.attribute[0].t) if p is not None and p.op_type == "Constant" else None
-
-    def only_user(name):
-        users = consumers.get(name, [])
-        return users[0] if len(users) == 1 else None
-
-    def heads_of(name, perm):
-        """``Transpose(perm)(Reshape(x))`` with single users -> (x, (H, D), nodes)."""
-        tr = producer.get(name)
-        if tr is None or tr.op_type != "Transpose" or list(attr(tr, "perm", [])) != perm or not only_user(name):
-            return None
-        rs = producer.get(tr.input[0])
-        if rs is None or rs.op_type != "Reshape" or not only_user(rs.output[0]):
-            return None
-        shape = const(rs.input[1])
-        shape = list(shape) if shape is not None and len(shape) == 4 else shapes.get(rs.output[0], [])
-        if len(shape) != 4 or min(shape[2], shape[3]) <= 0:
-            return None
-        return rs.input[0], (int(shape[2]), int(shape[3])), [tr, rs]
-
+    g = _GraphIndex(graph)  # of the graph as it was: the fused nodes never take part in another match
     fused, dead = 0, []
     for sm in [n for n in graph.node if n.op_type == "Softmax"]:
-        qk = producer.get(sm.input[0])
-        if qk is None or qk.op_type != "MatMul" or attr(sm, "axis", -1) not in (-1, 3)                 or not only_user(qk.output[0]):
+        found = _attention_core(g, sm)
+        if found is None:
             continue
-        scale, q_in, extra = 1.0, qk.input[0], []
-        mul = producer.get(q_in)
-        if mul is not None and mul.op_type == "Mul" and only_user(mul.output[0]):
-            c = [const(i) for i in mul.input]
-            if c[1] is not None and c[1].size == 1:
-                scale, q_in, extra = float(c[1].reshape(())), mul.input[0], [mul]
-            elif c[0] is not None and c[0].size == 1:
-                scale, q_in, extra = float(c[0].reshape(())), mul.input[1], [mul]
-        q, k = heads_of(q_in, [0, 2, 1, 3]), heads_of(qk.input[1], [0, 2, 3, 1])
-        av = only_user(sm.output[0])
-        if q is None or k is None or av is None or av.op_type != "MatMul" or av.input[0] != sm.output[0]:
-            continue
-        v = heads_of(av.input[1], [0, 2, 1, 3])
-        back = only_user(av.output[0])
-        if v is None or q[1] != k[1] or q[1] != v[1] or back is None or back.op_type != "Transpose"                 or list(attr(back, "perm", [])) != [0, 2, 1, 3]:
-            continue
-        merge = only_user(back.output[0])
-        if merge is None or merge.op_type != "Reshape":
-            continue
-        heads, head_dim = q[1]
-        out = shapes.get(merge.output[0])
-        if out is not None and (len(out) != 3 or out[2] not in (-1, heads * head_dim)):
-            continue
-        mha = helper.make_node("MultiHeadAttention", [q[0], k[0], v[0]], [merge.output[0]],
-                               name=f"{sm.name or merge.output[0]}/MultiHeadAttention", domain="com.microsoft",
-                               num_heads=heads, scale=scale)
+        mha, merge, replaced = found
         graph.node.insert(list(graph.node).index(merge), mha)
-        dead += q[2] + k[2] + v[2] + extra + [qk, sm, av, back, merge]
+        dead += replaced
         fused += 1
     for n in dead:
         graph.node.remove(n)
     used = {i for n in graph.node for i in n.input}
-    for init in [i for n in dead for i in n.input if i in inits and i not in used]:
-        if inits.pop(init, None) is not None:  # shape tensors and the q scale the fused nodes read
+    for init in [i for n in dead for i in n.input if i in g.inits and i not in used]:
+        if g.inits.pop(init, None) is not None:  # shape tensors and the q scale the fused nodes read
             graph.initializer.remove(next(t for t in graph.initializer if t.name == init))
     return fused
+
+
+class _GraphIndex:
+    """Who produces and who reads each value of a graph, its constants and known shapes (for matching)."""
+
+    def __init__(self, graph: onnx.GraphProto):
+        self.producer = {o: n for n in graph.node for o in n.output}
+        self.consumers: dict[str, list] = {}
+        for n in graph.node:
+            for i in n.input:
+                self.consumers.setdefault(i, []).append(n)
+        self.inits = {i.name: i for i in graph.initializer}
+        self.shapes = {v.name: [d.dim_value if d.HasField("dim_value") else -1 for d in v.type.tensor_type.shape.dim]
+                       for v in graph.value_info}
+
+    @staticmethod
+    def attr(n, name, default=None):
+        return next((onnx.helper.get_attribute_value(a) for a in n.attribute if a.name == name), default)
+
+    def const(self, name):
+        if name in self.inits:
+            return onnx.numpy_helper.to_array(self.inits[name])
+        p = self.producer.get(name)
+        return onnx.numpy_helper.to_array(p.attribute[0].t) if p is not None and p.op_type == "Constant" else None
+
+    def only_user(self, name):
+        users = self.consumers.get(name, [])
+        return users[0] if len(users) == 1 else None
+
+    def heads_of(self, name, perm):
+        """``Transpose(perm)(Reshape(x))`` with single users -> (x, (H, D), nodes)."""
+        tr = self.producer.get(name)
+        if tr is None or tr.op_type != "Transpose" or list(self.attr(tr, "perm", [])) != perm \
+                or not self.only_user(name):
+            return None
+        rs = self.producer.get(tr.input[0])
+        if rs is None or rs.op_type != "Reshape" or not self.only_user(rs.output[0]):
+            return None
+        shape = self.const(rs.input[1])
+        shape = list(shape) if shape is not None and len(shape) == 4 else self.shapes.get(rs.output[0], [])
+        if len(shape) != 4 or min(shape[2], shape[3]) <= 0:
+            return None
+        return rs.input[0], (int(shape[2]), int(shape[3])), [tr, rs]
+
+
+def _attention_core(g: _GraphIndex, sm):
+    """The attention core around Softmax ``sm`` (see ``fuse_attention``) as (its MultiHeadAttention node,
+    the merging Reshape it goes before, the nodes it replaces), or None when the pattern does not match."""
+    qk = g.producer.get(sm.input[0])
+    if qk is None or qk.op_type != "MatMul" or g.attr(sm, "axis", -1) not in (-1, 3) \
+            or not g.only_user(qk.output[0]):
+        return None
+    scale, q_in, extra = 1.0, qk.input[0], []
+    mul = g.producer.get(q_in)
+    if mul is not None and mul.op_type == "Mul" and g.only_user(mul.output[0]):
+        c = [g.const(i) for i in mul.input]
+        if c[1] is not None and c[1].size == 1:
+            scale, q_in, extra = float(c[1].reshape(())), mul.input[0], [mul]
+        elif c[0] is not None and c[0].size == 1:
+            scale, q_in, extra = float(c[0].reshape(())), mul.input[1], [mul]
+    q, k = g.heads_of(q_in, [0, 2, 1, 3]), g.heads_of(qk.input[1], [0, 2, 3, 1])
+    av = g.only_user(sm.output[0])
+    if q is None or k is None or av is None or av.op_type != "MatMul" or av.input[0] != sm.output[0]:
+        return None
+    v = g.heads_of(av.input[1], [0, 2, 1, 3])
+    back = g.only_user(av.output[0])
+    if v is None or q[1] != k[1] or q[1] != v[1] or back is None or back.op_type != "Transpose" \
+            or list(g.attr(back, "perm", [])) != [0, 2, 1, 3]:
+        return None
+    merge = g.only_user(back.output[0])
+    if merge is None or merge.op_type != "Reshape":
+        return None
+    heads, head_dim = q[1]
+    out = g.shapes.get(merge.output[0])
+    if out is not None and (len(out) != 3 or out[2] not in (-1, heads * head_dim)):
+        return None
+    mha = onnx.helper.make_node("MultiHeadAttention", [q[0], k[0], v[0]], [merge.output[0]],
+                                name=f"{sm.name or merge.output[0]}/MultiHeadAttention", domain="com.microsoft",
+                                num_heads=heads, scale=scale)
+    return mha, merge, q[2] + k[2] + v[2] + extra + [qk, sm, av, back, merge]
 
 
 def activation_matmuls(path: str | Path) -> list[str]:

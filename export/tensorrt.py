@@ -22,7 +22,7 @@ from vlmedge.manifest import open_bundle
 log = logging.getLogger(__name__)
 
 ENGINE_PRECISIONS = ("fp32", "fp16", "int8")
-TRT_HINT = ("build engines on the target itself: a CUDA GPU and TensorRT >= 8.5 Python bindings "
+TRT_HINT = ("build engines on the device that runs them: a CUDA GPU and TensorRT >= 8.5 Python bindings "
             "(JetPack: `sudo apt install python3-libnvinfer`; x86: `pip install tensorrt`)")
 
 
@@ -82,7 +82,7 @@ def build_engine(bundle_dir: str | Path, precision: str = "fp16", workspace_mb: 
     """Build the image encoder engine of ``bundle_dir``; returns the engine path (sidecar next to it).
 
     ``int8`` needs an int8 bundle (explicit QDQ scales from calibration, symmetric for TensorRT
-    targets); fp16 also enables fp16 kernels for the layers TensorRT keeps in float.
+    platforms); fp16 also enables fp16 kernels for the layers TensorRT keeps in float.
     """
     check_choice("engine precision", precision, ENGINE_PRECISIONS)
     if not isinstance(workspace_mb, int) or workspace_mb <= 0:
@@ -91,11 +91,11 @@ def build_engine(bundle_dir: str | Path, precision: str = "fp16", workspace_mb: 
     manifest = open_bundle(bundle_dir)
     if precision == "int8" and manifest.precision != "int8":
         raise ConfigError(f"--int8 needs an int8 bundle (QDQ scales from calibration); {bundle_dir} is "
-                          f"{manifest.precision}: re-export with --precision int8 --target {manifest.target}")
+                          f"{manifest.precision}: re-export with --precision int8 --platform {manifest.platform}")
     if manifest.precision == "int8" and manifest.extra.get("int8", {}).get("recipe", {}).get(
             "symmetric_activations") is False:
         raise ConfigError(f"{bundle_dir} was quantized for the CPU (asymmetric uint8 activations), which TensorRT "
-                          "rejects; re-export with --target cuda or a jetson target")
+                          "rejects; re-export with --platform cuda or a jetson platform")
     trt = import_tensorrt()
     gpu = gpu_info()
     onnx_path = bundle_dir / manifest.image_encoder.file
@@ -139,9 +139,10 @@ def build_engine(bundle_dir: str | Path, precision: str = "fp16", workspace_mb: 
     sidecar = {"tensorrt_version": trt.__version__, "gpu": gpu.name,
                "compute_capability": list(gpu.compute_capability), "precision": precision,
                "workspace_mb": workspace_mb, "max_batch": max_batch if inp.shape[0] == -1 else int(inp.shape[0]),
-               "onnx": manifest.image_encoder.file, "onnx_sha256": manifest.files[manifest.image_encoder.file]["sha256"],
+               "onnx": manifest.image_encoder.file,
+               "onnx_sha256": manifest.files[manifest.image_encoder.file]["sha256"],
                "bundle_files": {k: v["sha256"] for k, v in manifest.files.items()},
-               "bundle_precision": manifest.precision, "bundle_target": manifest.target,
+               "bundle_precision": manifest.precision, "bundle_target": manifest.platform,  # key as in manifest.json
                "build_seconds": round(build_s, 2), "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     Path(str(engine) + ".json").write_text(json.dumps(sidecar, indent=2) + "\n", encoding="utf-8")
     log.info("built %s (%.1f MB) in %.1f s on %s (%s)", engine.name, engine.stat().st_size / 1e6, build_s,

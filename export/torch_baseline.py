@@ -23,7 +23,7 @@ def time_encoder(spec: dict) -> dict:
     from vlmedge.export.loaders import load_clip
 
     torch.set_num_threads(int(spec["threads"]))
-    model = load_clip(spec["source"], image_size=tuple(spec["image_size"])).eval()
+    model = load_clip(spec["source"], image_size=tuple(spec["image_size"])).model
     x = torch.randn(1, 3, *spec["image_size"])
     times = []
     with torch.inference_mode():

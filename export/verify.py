@@ -53,7 +53,8 @@ class VerifyReport:
         lines = [f"bundle {self.bundle}: OK"] + [f"  ok  {c}" for c in self.checks]
         if self.parity:
             p = self.parity
-            lines.append(f"  parity vs torch: image max|d| {p['image_max_abs']:.2e} cos min {p['image_cosine_min']:.6f}; "
+            lines.append(f"  parity vs torch: image max|d| {p['image_max_abs']:.2e} "
+                         f"cos min {p['image_cosine_min']:.6f}; "
                          f"patches max|d| {p['patch_max_abs']:.2e} cos min {p['patch_cosine_min']:.6f}; "
                          f"text max|d| {p['text_max_abs']:.2e}")
         if self.latency_ms:
@@ -85,7 +86,8 @@ def _median_ms(fn, runs: int) -> float:
 
 def verify_bundle(bundle_dir: str | Path, against=None, *, runs: int = 5, seed: int = 0,
                   providers: list[str] | None = None) -> VerifyReport:
-    """Verify ``bundle_dir``; ``against`` is a source (path / id) or a loaded CLIP for parity."""
+    """Verify ``bundle_dir``; ``against`` (a checkpoint path or hub id, a LoadedClip or a CLIP module) adds
+    parity and latency vs PyTorch eager."""
     from vlmedge.runtime.grounding.encoders import BundleEncoders
 
     report = VerifyReport(str(bundle_dir))
@@ -129,12 +131,15 @@ def verify_bundle(bundle_dir: str | Path, against=None, *, runs: int = 5, seed: 
 def _against_torch(enc, against, pixels: np.ndarray, ids: np.ndarray, runs: int) -> tuple[dict, dict]:
     import torch
 
+    from vlmedge.export.loaders import LoadedClip, load_clip
+
     m = enc.manifest
-    if isinstance(against, torch.nn.Module):
+    if isinstance(against, LoadedClip):
+        model = against.model
+    elif isinstance(against, torch.nn.Module):
         model = against
     else:
-        from vlmedge.export.loaders import load_clip
-        model = load_clip(against, dense=m.dense_head, image_size=m.image_size)
+        model = load_clip(against, dense=m.dense_head, image_size=m.image_size).model
     model = model.eval()
     if tuple(model.image_size) != tuple(m.image_size):
         model.set_image_size(m.image_size)

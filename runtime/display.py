@@ -9,7 +9,6 @@ import cv2
 import numpy as np
 
 from vlmedge.errors import BackendUnavailable
-
 from vlmedge.runtime.grounding.results import GroundingResult
 
 log = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 """Tiny random bundles for tests, built with the real export code (needs torch to BUILD only).
 
-    from _bundles import tiny_bundle          # after sys.path.insert(0, tests dir)
+    from _bundles import tiny_bundle          # tests/ is on sys.path (pytest pythonpath)
     path = tiny_bundle()                        # fp32, cpu, 64x64 input, 8x8 patch grid, D=32
     path = tiny_bundle(vocab=("the red cup",))  # + text_embeddings.npz
 
@@ -43,9 +43,10 @@ def _root_dir() -> Path:
 
 
 def tiny_clip(seed: int = 0):
-    """A seeded random CLIP with a trained tiny BPE tokenizer attached (torch)."""
+    """A ``LoadedClip``: a seeded random CLIP with a trained tiny BPE tokenizer and an in-memory source (torch)."""
     import torch
 
+    from vlmedge.export.loaders import LoadedClip
     from vlmedge.export.model import CLIP
     from vlmedge.spec import ClipSpec, TextSpec, VisionSpec
     from vlmedge.tokenizer import ClipTokenizer
@@ -64,10 +65,8 @@ def tiny_clip(seed: int = 0):
                 p.normal_(0, 0.1)
         model.logit_scale.fill_(float(torch.log(torch.tensor(50.0))))
     tok = ClipTokenizer.train(TEXTS * 3, vocab_size=s["vocab_size"], context_length=s["context_length"])
-    model.tokenizer = tok
-    model.source_info = {"id": f"tests/tiny-random-{seed}", "revision": None, "layout": "in-memory",
-                         "weights_sha256": None}
-    return model
+    source = {"id": f"tests/tiny-random-{seed}", "revision": None, "layout": "in-memory", "weights_sha256": None}
+    return LoadedClip(model, tokenizer=tok, source=source)
 
 
 def tiny_bundle(*, vocab: tuple[str, ...] | None = None, precision: str = "fp32", seed: int = 0,

@@ -1,5 +1,6 @@
 """The run loop end to end: real video files, real ONNX Runtime, real ZeroMQ sockets on loopback."""
 
+import logging
 import os
 import shutil
 import signal
@@ -15,15 +16,26 @@ import numpy as np
 import pytest
 import zmq
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bundles import tiny_bundle  # noqa: E402
-
 from vlmedge import protocol  # noqa: E402
 from vlmedge.errors import BackendUnavailable, ConfigError  # noqa: E402
-from vlmedge.runtime.app import RunConfig, run  # noqa: E402
+from vlmedge.runtime.app import STOP_REASONS, RunConfig, RunSummary, StopReason, run  # noqa: E402
+from vlmedge.runtime.feeds import (  # noqa: E402
+    FeedKind,
+    NextFrameFeed,
+    OnDemandFeed,
+    PrefetchFeed,
+    feed_kind,
+    open_feed,
+    want_prefetch,
+)
+from vlmedge.runtime.grounding.grounder import Grounder, Prepared  # noqa: E402
+from vlmedge.runtime.io.capture import Capture  # noqa: E402
+from vlmedge.runtime.io.reader import OnDemandReader  # noqa: E402
+from vlmedge.runtime.io.sources import FrameSource, open_source  # noqa: E402
 from vlmedge.runtime.messaging.control import ControlClient  # noqa: E402
-from vlmedge.runtime.io.sources import FrameSource  # noqa: E402
 from vlmedge.scenes.video import write_synthetic_video  # noqa: E402
+
+from _bundles import tiny_bundle  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -372,3 +384,166 @@ def test_live_window_on_a_virtual_display(bundle, video):
     assert "5 frames" in proc.stdout and "stopped by max_frames" in proc.stdout
     assert not any(line.startswith("frame ") for line in proc.stdout.splitlines())  # the window, not the printout
 
+
+
+def _scene(realtime):
+    return open_source("synthetic://tabletop?width=160&height=120&fps=60", realtime=realtime)
+
+
+def _first(feed, timeout=10.0):
+    """The feed's first (Frame, Prepared); next() itself gives up after a short wait."""
+    deadline = time.monotonic() + timeout
+    while (item := feed.next(-1)) is None:
+        assert time.monotonic() < deadline and not feed.ended, feed.frames.stats()
+    return item
+
+
+@pytest.mark.parametrize("make_source, prefetch, feed_type, reader_type, reader_prepares", [
+    (StallingSource, False, NextFrameFeed, Capture, False),  # a live camera: drained continuously
+    (lambda: _scene(True), False, NextFrameFeed, Capture, False),  # a paced scene is read like a camera
+    (lambda: _scene(False), False, OnDemandFeed, OnDemandReader, True),  # every frame, prepared by the reader
+    (StallingSource, True, PrefetchFeed, Capture, False),
+    (lambda: _scene(False), True, PrefetchFeed, OnDemandReader, False),
+], ids=["live", "paced", "on-demand", "live-prefetch", "on-demand-prefetch"])
+def test_the_feed_follows_the_source_and_prefetch(bundle, make_source, prefetch, feed_type, reader_type,
+                                                  reader_prepares):
+    g = Grounder(bundle)
+    source = make_source()
+    feed = open_feed(source, g, prefetch)
+    assert type(feed) is feed_type and feed.kind is feed_kind(source, prefetch)
+    assert type(feed.frames) is reader_type and feed.frames.source is source
+    assert (getattr(feed.frames, "process", None) == g.prepare) is reader_prepares
+    with feed:
+        frame, prepared = _first(feed)
+        assert isinstance(prepared, Prepared) and prepared.frame_size == frame.image.shape[:2]
+    assert feed.ended and feed.frames.state == "stopped"
+
+
+def test_want_prefetch_resolves_auto(bundle):
+    g = Grounder(bundle)
+    assert want_prefetch(True, g) is True and want_prefetch(False, g) is False
+    threads = int(getattr(g.encoders, "threads", 0) or 1)
+    assert want_prefetch(None, g) is ((os.cpu_count() or 1) >= threads + 2)  # CPU provider: spare cores only
+    assert feed_kind(_scene(False), want_prefetch(True, g)) is FeedKind.PREFETCH
+
+
+@pytest.mark.parametrize("realtime", [True, False], ids=["live", "on-demand"])
+def test_without_prefetch_the_next_frame_is_prepared_only_after_the_encoder(bundle, realtime):
+    """Nothing is read or preprocessed beside the encoder: the feed starts on the next frame when told
+    that the encoder is done (``encoded``), and then runs beside the matching and publishing."""
+    g = Grounder(bundle)
+    prepared_at = []
+    prepare = g.prepare
+
+    def counting_prepare(image):
+        prepared_at.append(time.monotonic())
+        return prepare(image)
+
+    g.prepare = counting_prepare
+    with open_feed(_scene(realtime), g, prefetch=False) as feed:
+        frame, _ = _first(feed)
+        time.sleep(0.3)  # "the encoder" runs: new frames arrive (live), nothing is prepared for them
+        assert len(prepared_at) == 1 and (realtime or feed.frames.grabbed == 1)
+        t_encoded = time.monotonic()
+        feed.encoded(frame.id)
+        deadline = time.monotonic() + 5
+        while len(prepared_at) < 2:
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        assert prepared_at[1] >= t_encoded
+        nxt, _ = feed.next(frame.id)
+        assert nxt.id > frame.id and len(prepared_at) == 2
+
+
+def test_with_prefetch_frames_are_prepared_beside_the_encoder(bundle):
+    g = Grounder(bundle)
+    prepared = []
+    prepare = g.prepare
+    g.prepare = lambda image: (prepared.append(1), prepare(image))[1]
+    with open_feed(_scene(True), g, prefetch=True) as feed:
+        frame, _ = _first(feed)
+        deadline = time.monotonic() + 5
+        while len(prepared) < 3:  # no encoded() call: the prefetch thread keeps preparing the newest frame
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+
+
+def test_stop_reasons_are_one_table_that_run_summary_uses():
+    assert STOP_REASONS == ("max_frames", "signal", "source_end", "window", "stop_event")
+    assert STOP_REASONS == tuple(r.value for r in StopReason)
+    rest = dict(frames=0, seconds=0.0, fps=0.0, latency_p50_ms=None, latency_p99_ms=None, queries=(),
+                publish_endpoint=None, control_endpoint=None, dropped_frames=0, source_state="ended")
+    for reason in StopReason:
+        for given in (reason, reason.value):
+            summary = RunSummary(stop_reason=given, **rest)
+            assert summary.stop_reason == reason.value and type(summary.stop_reason) is str
+            assert summary.to_dict()["stop_reason"] == reason.value
+    with pytest.raises(ValueError, match="eof"):
+        RunSummary(stop_reason="eof", **rest)
+
+
+def _port_free(address: str) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", int(address.rsplit(":", 1)[1])))
+        except OSError:
+            return False
+        return True
+
+
+class CloseFails(FrameSource):
+    """A synthetic scene read on demand whose close() fails (a driver error on release). It notes what
+    was still open at that moment, which shows the order in which the run closes its resources."""
+
+    spec = "test://close-fails"
+    realtime = False
+
+    def __init__(self, addresses):
+        self.inner = open_source("synthetic://tabletop?width=160&height=120")
+        self.addresses = addresses
+        self.at_close: dict = {}
+
+    def open(self):
+        self.inner.open()
+
+    def read(self):
+        return self.inner.read()
+
+    def close(self):
+        self.inner.close()
+        self.at_close = {"sockets_free": all(_port_free(a) for a in self.addresses),
+                         "sigint": signal.getsignal(signal.SIGINT)}
+        raise OSError("the driver failed to release the device")
+
+
+@pytest.mark.parametrize("prefetch", [False, True])
+def test_a_failing_close_neither_hides_the_loops_error_nor_keeps_the_rest_open(bundle, tmp_path, caplog, prefetch):
+    pub, ctl = addresses()
+    source = CloseFails((pub, ctl))
+    rec = tmp_path / "overlay.avi"
+    sigint = signal.getsignal(signal.SIGINT)
+    threads = set(threading.enumerate())
+    seen = []
+
+    def on_result(result, frame):
+        seen.append(frame.id)
+        if len(seen) == 3:
+            raise RuntimeError("the arm controller rejected the target")
+
+    cfg = RunConfig(source=source, bundle=bundle, display=False, publish=pub, control=ctl, record=rec,
+                    print_interval_s=None, prefetch=prefetch)
+    with caplog.at_level(logging.ERROR, logger="vlmedge.runtime.app"):
+        with pytest.raises(RuntimeError, match="arm controller"):  # the loop's error, not the close error
+            run(cfg, on_result=on_result)
+    closing = [r for r in caplog.records if "error while closing the frame feed" in r.getMessage()]
+    assert len(closing) == 1 and isinstance(closing[0].exc_info[1], OSError)
+    # closed in reverse order of opening: sockets (opened last) before the feed, signal handlers after it
+    assert source.at_close["sockets_free"] and source.at_close["sigint"] is not sigint
+    assert signal.getsignal(signal.SIGINT) is sigint and _port_free(pub) and _port_free(ctl)
+    lingering = [t.name for t in set(threading.enumerate()) - threads if t.name.startswith("vlmedge-")]
+    assert lingering == []  # reader, preprocessing helper and heartbeat all joined
+    cap = cv2.VideoCapture(str(rec))  # the recorder was closed too: a complete file with the frames drawn
+    n = 0
+    while cap.read()[0]:
+        n += 1
+    assert n == 2  # on_result runs before drawing: the third frame failed before it was recorded

@@ -1,4 +1,5 @@
-"""Capture thread: newest-frame semantics, stall watchdog, reconnect with backoff, prompt stop."""
+"""Live capture (newest-frame semantics, stall watchdog, reconnect with backoff, prompt stop) and the
+on-demand reader (every frame of a file, each read when asked)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,11 @@ import cv2
 import numpy as np
 import pytest
 
+from vlmedge import protocol
 from vlmedge.errors import ConfigError, SourceError
 from vlmedge.runtime.io.capture import Capture, Frame, frame_checksum
+from vlmedge.runtime.io.frames import FINAL_STATES, CaptureState
+from vlmedge.runtime.io.reader import OnDemandReader
 from vlmedge.runtime.io.sources import FrameSource, open_source
 
 
@@ -232,7 +236,7 @@ def video(tmp_path):
 
 
 def test_file_source_ends_and_on_demand_delivers_every_frame(video):
-    with Capture(open_source(str(video)), on_demand=True) as cap:
+    with OnDemandReader(open_source(str(video))) as cap:
         ids, last = [], None
         while (f := cap.latest(after_id=last, timeout=3)) is not None:
             ids.append(f.id)
@@ -240,11 +244,24 @@ def test_file_source_ends_and_on_demand_delivers_every_frame(video):
             time.sleep(0.005)  # slower than decoding: on-demand mode must wait for us
         assert ids == list(range(10)) and cap.dropped == 0
         assert cap.state == "ended"
-        assert not cap.detect_repeats  # files may legitimately repeat frames
+    assert not Capture(open_source(str(video))).detect_repeats  # files may legitimately repeat frames
+
+
+def test_on_demand_delivers_identical_consecutive_frames(tmp_path):
+    d = tmp_path / "same"
+    d.mkdir()
+    for i in range(4):  # a still scene: every frame the same image, and each one is still a frame
+        cv2.imwrite(str(d / f"{i}.png"), np.full((8, 8, 3), 50, np.uint8))
+    with OnDemandReader(open_source(str(d))) as reader:
+        ids, last = [], None
+        while (f := reader.latest(after_id=last, timeout=3)) is not None:
+            ids.append(f.id)
+            last = f.id
+        assert ids == [0, 1, 2, 3] and reader.state == "ended"
 
 
 def test_on_demand_reads_each_frame_when_asked(video):
-    with Capture(open_source(str(video)), on_demand=True) as cap:
+    with OnDemandReader(open_source(str(video))) as cap:
         time.sleep(0.1)
         assert cap.grabbed == 0  # nothing is read before the consumer asks
         ids, last = [], None
@@ -264,8 +281,10 @@ def test_on_demand_reads_each_frame_when_asked(video):
 
 
 def test_on_demand_refuses_live_sources():
-    with pytest.raises(ConfigError, match="on_demand.*live"):
-        Capture(FakeSource(Camera()), on_demand=True)
+    with pytest.raises(ConfigError, match="OnDemandReader.*live.*Capture"):
+        OnDemandReader(FakeSource(Camera()))
+    with pytest.raises(ConfigError, match="FrameSource"):
+        OnDemandReader("clip.mp4")
 
 
 def test_on_demand_process_runs_in_the_reader_after_the_stamp(video):
@@ -275,9 +294,7 @@ def test_on_demand_process_runs_in_the_reader_after_the_stamp(video):
             raise ValueError("too bright")
         return image.mean()
 
-    with pytest.raises(ConfigError, match="process.*on_demand"):
-        Capture(open_source(str(video)), process=slow_gray)
-    with Capture(open_source(str(video)), on_demand=True, process=slow_gray) as cap:
+    with OnDemandReader(open_source(str(video)), process=slow_gray) as cap:
         cap.request()  # start the read now; latest() collects it
         time.sleep(0.1)
         assert cap.grabbed == 1
@@ -328,3 +345,37 @@ def test_checksum():
     assert frame_checksum(a) == frame_checksum(b)
     b[::10, ::10] += 1
     assert frame_checksum(a) != frame_checksum(b)
+
+
+def test_capture_states_are_the_wire_format():
+    assert tuple(s.value for s in CaptureState) == protocol.CAPTURE_STATES
+    assert FINAL_STATES == {CaptureState.ENDED, CaptureState.FAILED, CaptureState.STOPPED}
+    assert CaptureState.RUNNING == "running" and str(CaptureState.RUNNING) == "running"
+    assert f"{CaptureState.STALLED}" == "stalled"  # log lines and messages show the wire name
+
+
+def test_on_demand_read_error_fails(tmp_path):
+    d = tmp_path / "imgs"
+    d.mkdir()
+    cv2.imwrite(str(d / "a.png"), np.zeros((8, 8, 3), np.uint8))
+    (d / "b.png").write_bytes(b"garbage")
+    with OnDemandReader(open_source(str(d))) as reader:
+        assert reader.latest(timeout=3).id == 0
+        assert reader.latest(after_id=0, timeout=3) is None
+        assert reader.state == "failed" and "cannot decode image" in reader.last_error
+        assert reader.stats()["source_state"] == "failed"
+
+
+def test_on_demand_stop_is_prompt_even_when_read_hangs():
+    cam = Camera(mode="block")
+    reader = OnDemandReader(FakeSource(cam, is_live=False)).start()
+    reader.request()
+    wait_for(lambda: cam.blocked_reads >= 1, what="a hung read")
+    t0 = time.monotonic()
+    reader.stop()
+    assert time.monotonic() - t0 < 1.5 and reader.state == "stopped"
+    assert reader.latest(timeout=0.5) is None  # returns at once after stop
+    closes = cam.closes
+    cam.unblock.set()  # the daemon thread's read returns, and it closes its source itself
+    wait_for(lambda: cam.closes > closes, what="the reader to close its source")
+    assert reader.grabbed == 0  # the late frame is not handed over after stop

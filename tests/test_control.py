@@ -164,8 +164,14 @@ def test_constructor_errors():
         ControlServer(ADDR)
     with pytest.raises(ConfigError, match="duplicates"):
         ControlState(queries=["a", "a"])
-    with pytest.raises(ConfigError, match=r"in \[0, 1\]"):
+    with pytest.raises(ConfigError, match=r"^ControlState.threshold must be a number in \[0, 1\], got 2$"):
         ControlState(threshold=2)
+    with pytest.raises(ConfigError, match="ControlState.queries must be a list of strings, got str 'a cup'"):
+        ControlState(queries="a cup")
+    with pytest.raises(ConfigError, match=r"ControlState.queries\[0\] is 201 characters long"):
+        ControlState(queries=["x" * 201])
+    snap = ControlState(queries=("  a   mug ",), threshold=1).snapshot()  # the wire's rules
+    assert snap.queries == ("a mug",) and snap.threshold == 1.0 and type(snap.threshold) is float
 
 
 @pytest.mark.skipif(not zmq.has("curve"), reason="libzmq built without CURVE")

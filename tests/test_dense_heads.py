@@ -4,8 +4,6 @@ written here on the Hugging Face reference model's own last-layer modules."""
 from __future__ import annotations
 
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -14,7 +12,6 @@ import torch.nn.functional as F
 from vlmedge.errors import ConfigError
 from vlmedge.manifest import DENSE_HEADS
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/_models.py (pytest uses importlib mode)
 from _models import tiny_hf_clip_dir
 
 torch.set_num_threads(1)
@@ -76,7 +73,8 @@ def reference_patches(hf_model, pixels, head, interpolate=False):
         raise ValueError(head)
     b, gh, gw = pixels.shape[0], pixels.shape[2] // 8, pixels.shape[3] // 8
     proj = hf_model.visual_projection(vm.post_layernorm(z[:, 1:]))
-    return F.normalize(proj, dim=-1).reshape(b, gh, gw, -1), F.normalize(hf_model.visual_projection(out.pooler_output), dim=-1)
+    image = F.normalize(hf_model.visual_projection(out.pooler_output), dim=-1)
+    return F.normalize(proj, dim=-1).reshape(b, gh, gw, -1), image
 
 
 @pytest.mark.parametrize("head", DENSE_HEADS)
@@ -84,7 +82,7 @@ def test_head_matches_reference_definition(hf, head):
     from vlmedge.export.loaders import load_clip
 
     directory, hf_model = hf
-    model = load_clip(directory, dense=head)
+    model = load_clip(directory, dense=head).model
     pixels = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         image, patches = model.encode_image(pixels)
@@ -99,7 +97,7 @@ def test_heads_differ_from_naive_but_share_image_embeds(hf):
     from vlmedge.export.loaders import load_clip
 
     directory, _ = hf
-    model = load_clip(directory)
+    model = load_clip(directory).model
     pixels = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(2))
     results = {}
     with torch.no_grad():
@@ -118,7 +116,7 @@ def test_naclip_window_follows_non_square_grid(hf):
     from vlmedge.export.loaders import load_clip
 
     directory, hf_model = hf
-    model = load_clip(directory, dense="naclip", image_size=(32, 48))
+    model = load_clip(directory, dense="naclip", image_size=(32, 48)).model
     assert model.visual.naclip_bias.shape == (1 + 4 * 6, 1 + 4 * 6)
     torch.testing.assert_close(model.visual.naclip_bias, _gaussian((4, 6)))
     pixels = torch.randn(1, 3, 32, 48, generator=torch.Generator().manual_seed(3))

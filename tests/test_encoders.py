@@ -17,10 +17,9 @@ ROOT = Path(__file__).resolve().parents[1]
 def bundle(tmp_path_factory):
     import torch
 
-    sys.path.insert(0, str(Path(__file__).parent))
-    from _bundles import tiny_clip
-
     from vlmedge.export.bundle import export_bundle
+
+    from _bundles import tiny_clip
 
     torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("e") / "bundle"

@@ -8,11 +8,11 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from vlmedge.errors import ArtifactError, ConfigError
 from vlmedge.cli.evaluate import evaluate_bundle
+from vlmedge.errors import ArtifactError, ConfigError
+from vlmedge.runtime.grounding.results import Target
 from vlmedge.scenes import evaluation as eg
 from vlmedge.scenes import render as syn
-from vlmedge.runtime.grounding.results import Target
 
 SEED, N = eg.EVAL_SEED_BASE, 12
 

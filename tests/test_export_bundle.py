@@ -1,10 +1,11 @@
-"""export_bundle end to end on tiny random CLIPs: parity per dense head, targets, options,
-atomic writing, the CLI (export / verify / build-engine)."""
+"""export_bundle end to end on tiny random CLIPs: parity per dense head, platforms, options, the step
+log, atomic writing, the CLI (export / verify / build-engine)."""
 
 from __future__ import annotations
 
 import json
-import sys
+import logging
+import re
 from pathlib import Path
 
 import numpy as np
@@ -12,19 +13,19 @@ import onnx
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-from _bundles import tiny_clip  # noqa: E402
-
 from vlmedge.errors import ArtifactError, ConfigError  # noqa: E402
 from vlmedge.export.bundle import export_bundle, parse_image_size  # noqa: E402
 from vlmedge.manifest import DENSE_HEADS, open_bundle, sha256_file  # noqa: E402
+from vlmedge.platforms import PLATFORMS  # noqa: E402
 from vlmedge.runtime.grounding.encoders import BundleEncoders  # noqa: E402
+
+from _bundles import tiny_clip  # noqa: E402
 
 torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="module")
-def model():
+def clip():
     return tiny_clip(seed=1)
 
 
@@ -36,9 +37,10 @@ def _torch_embeds(model, pixels: np.ndarray, ids: np.ndarray):
 
 
 @pytest.mark.parametrize("dense", DENSE_HEADS)
-def test_fp32_bundle_matches_torch_for_every_dense_head(model, dense, tmp_path):
+def test_fp32_bundle_matches_torch_for_every_dense_head(clip, dense, tmp_path):
+    model = clip.model
     out = tmp_path / f"b-{dense}"
-    manifest = export_bundle(model, out, dense=dense)
+    manifest = export_bundle(clip, out, dense=dense)
     enc = BundleEncoders(out)
     assert enc.manifest == manifest and manifest.dense_head == dense
     rng = np.random.default_rng(3)
@@ -59,14 +61,14 @@ def test_fp32_bundle_matches_torch_for_every_dense_head(model, dense, tmp_path):
     assert model.dense_head == "naive" and model.image_size == (64, 64)
 
 
-def test_manifest_fields_and_onnx_metadata(model, tmp_path):
+def test_manifest_fields_and_onnx_metadata(clip, tmp_path):
     out = tmp_path / "b"
-    m = export_bundle(model, out, image_size="96x64", vocab=["the red cup", "a blue ball"],
+    m = export_bundle(clip, out, image_size="96x64", vocab=["the red cup", "a blue ball"],
                       grounding={"threshold": 0.4})
     assert m.image_size == (96, 64) and m.patch_grid == (12, 8) and m.embed_dim == 32
     assert m.logit_scale == pytest.approx(50.0, rel=1e-5)  # exp() applied
     assert m.source["id"] == "tests/tiny-random-1" and m.grounding.threshold == 0.4
-    assert m.opset == 17 and m.precision == "fp32" and m.target == "cpu" and m.vlmedge_version
+    assert m.opset == 17 and m.precision == "fp32" and m.platform == "cpu" and m.vlmedge_version
     assert m.preprocess.size == (96, 64)
     assert m.image_encoder.inputs[0].shape == ("batch", 3, 96, 64)
     assert m.image_encoder.outputs[1].shape == ("batch", 12, 8, 32)
@@ -79,9 +81,11 @@ def test_manifest_fields_and_onnx_metadata(model, tmp_path):
     assert max(extra["fp32_parity_vs_torch"].values()) < 1e-4
     on_disk = json.loads((out / "manifest.json").read_text())
     assert on_disk["format"] == "vlmedge-bundle" and on_disk["files"] == m.files
+    assert on_disk["target"] == "cpu" and "platform" not in on_disk  # format 1's key (vlmedge.manifest)
     props = {p.key: p.value for p in onnx.load(str(out / "image_encoder.onnx")).metadata_props}
     summary = json.loads(props["vlmedge.manifest"])  # JSON, not str()
     assert summary["image_size"] == [96, 64] and summary["precision"] == "fp32" and props["vlmedge.role"] == "image"
+    assert summary["target"] == "cpu"
     # external data is never used: the weights live inside the single file
     assert not any(t.data_location == onnx.TensorProto.EXTERNAL
                    for t in onnx.load(str(out / "image_encoder.onnx")).graph.initializer)
@@ -91,10 +95,10 @@ def test_manifest_fields_and_onnx_metadata(model, tmp_path):
     assert np.abs(embeds - enc.encode_text(queries)).max() < 1e-5
 
 
-@pytest.mark.parametrize("target,opset", [("jetson-xavier-jp5", 16), ("jetson-orin-jp6", 17)])
-def test_jetson_targets_use_static_batch_and_tensorrt_friendly_ops(model, tmp_path, target, opset):
-    out = tmp_path / target
-    m = export_bundle(model, out, target=target)
+@pytest.mark.parametrize("platform,opset", [("jetson-xavier-jp5", 16), ("jetson-orin-jp6", 17)])
+def test_jetson_platforms_use_static_batch_and_tensorrt_friendly_ops(clip, tmp_path, platform, opset):
+    out = tmp_path / platform
+    m = export_bundle(clip, out, platform=platform)
     graph = onnx.load(str(out / "image_encoder.onnx"))
     assert m.opset == opset and graph.opset_import[0].version == opset
     assert [o.domain for o in graph.opset_import] == [""]  # no onnxruntime-only domains
@@ -102,89 +106,199 @@ def test_jetson_targets_use_static_batch_and_tensorrt_friendly_ops(model, tmp_pa
     assert dims == [1, 3, 64, 64] and m.image_encoder.inputs[0].shape == (1, 3, 64, 64)
     ops = {n.op_type for n in graph.graph.node}
     assert not ops & {"FusedMatMul", "Attention", "SkipLayerNormalization", "QuickGelu", "BiasGelu"}
-    if target == "jetson-xavier-jp5":  # TensorRT 8.5 has no LayerNormalization importer
+    if platform == "jetson-xavier-jp5":  # TensorRT 8.5 has no LayerNormalization importer
         assert "LayerNormalization" not in ops
     enc = BundleEncoders(out)
     pixels = np.random.default_rng(0).normal(0, 1, (3, 3, 64, 64)).astype(np.float32)
     img, patches = enc.encode_image(pixels)  # batch 3 through a batch-1 graph
-    ref_img, ref_patch, _ = _torch_embeds(model, pixels, enc.tokenizer.encode(["x"]))
+    ref_img, ref_patch, _ = _torch_embeds(clip.model, pixels, enc.tokenizer.encode(["x"]))
     assert np.abs(img - ref_img).max() <= 1e-4 and np.abs(patches - ref_patch).max() <= 1e-4
 
 
 @pytest.mark.parametrize("kwargs,match", [
     ({"precision": "int9"}, "did you mean 'int8'"),
-    ({"target": "jetson-orin"}, "did you mean 'jetson-orin-jp6'"),
+    ({"platform": "jetson-orin"}, "did you mean 'jetson-orin-jp6'"),
     ({"dense": "maskclp"}, "did you mean 'maskclip'"),
-    ({"precision": "fp16", "target": "cpu"}, "fp16.*GPU targets"),
+    ({"precision": "fp16", "platform": "cpu"}, "fp16.*GPU platforms.*--platform cpu"),
     ({"image_size": "64xabc"}, "H or HxW"),
     ({"preprocess_mode": "crop"}, "preprocess mode"),
     ({"precision": "int8", "calib": "/nonexistent/frames"}, "does not exist"),
     ({"calib_count": 0}, "calib_count"),
 ])
-def test_bad_options_fail_before_any_work(model, tmp_path, kwargs, match):
+def test_bad_options_fail_before_any_work(clip, tmp_path, kwargs, match):
     with pytest.raises(ConfigError, match=match):
-        export_bundle(model, tmp_path / "b", **kwargs)
+        export_bundle(clip, tmp_path / "b", **kwargs)
     assert not any(tmp_path.iterdir())
 
 
-def test_image_size_must_be_a_multiple_of_the_patch(model, tmp_path):
+def test_image_size_must_be_a_multiple_of_the_patch(clip, tmp_path):
     with pytest.raises(ConfigError, match="multiple of the patch size 8"):
-        export_bundle(model, tmp_path / "b", image_size=60)
-    assert model.image_size == (64, 64)
+        export_bundle(clip, tmp_path / "b", image_size=60)
+    assert clip.model.image_size == (64, 64)
     assert not any(tmp_path.iterdir())
     assert parse_image_size("224") == (224, 224) and parse_image_size("224x320") == (224, 320)
 
 
-def test_existing_directory_needs_force_and_must_be_a_bundle(model, tmp_path):
+def test_existing_directory_needs_force_and_must_be_a_bundle(clip, tmp_path):
     other = tmp_path / "not-a-bundle"
     other.mkdir()
     (other / "notes.txt").write_text("keep me")
     with pytest.raises(ConfigError, match="not empty.*force"):
-        export_bundle(model, other)
+        export_bundle(clip, other)
     with pytest.raises(ConfigError, match="not a vlmedge bundle"):
-        export_bundle(model, other, force=True)
+        export_bundle(clip, other, force=True)
     assert (other / "notes.txt").read_text() == "keep me"
 
     out = tmp_path / "b"
-    export_bundle(model, out)
+    export_bundle(clip, out)
     with pytest.raises(ConfigError, match="force"):
-        export_bundle(model, out, dense="sclip")
-    m = export_bundle(model, out, dense="sclip", force=True)
+        export_bundle(clip, out, dense="sclip")
+    m = export_bundle(clip, out, dense="sclip", force=True)
     assert open_bundle(out).dense_head == "sclip" == m.dense_head
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b", "not-a-bundle"]  # no temporary leftovers
 
 
 @pytest.mark.parametrize("exc", [RuntimeError("camera unplugged"), KeyboardInterrupt()])
-def test_failed_export_leaves_no_partial_bundle_and_keeps_the_old_one(model, tmp_path, monkeypatch, exc):
+def test_failed_export_leaves_no_partial_bundle_and_keeps_the_old_one(clip, tmp_path, monkeypatch, caplog, exc):
     out = tmp_path / "b"
-    export_bundle(model, out)
+    export_bundle(clip, out)
     before = {p.name: sha256_file(p) for p in out.iterdir()}
 
     def broken(*args, **kwargs):
         raise exc
 
     monkeypatch.setattr("vlmedge.export.calibration.calibration_frames", broken)
+    caplog.set_level(logging.INFO, logger="vlmedge.export.bundle")
     with pytest.raises(type(exc)):
-        export_bundle(model, out, precision="int8", force=True)
+        export_bundle(clip, out, precision="int8", force=True)
+    # the failing step is named, with its time and the error, and nothing after it ran
+    failed = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(failed) == 1
+    assert re.fullmatch(rf"calibrate failed after \d+\.\d\d s: {str(exc) or type(exc).__name__}", failed[0].message)
+    assert "quantize ..." not in caplog.messages and not any("bundle written" in m for m in caplog.messages)
     with pytest.raises(type(exc)):
-        export_bundle(model, tmp_path / "fresh", precision="int8")
+        export_bundle(clip, tmp_path / "fresh", precision="int8")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]
     assert {p.name: sha256_file(p) for p in out.iterdir()} == before
     open_bundle(out)
 
 
-def test_oversized_onnx_is_refused(model, tmp_path, monkeypatch):
-    monkeypatch.setattr("vlmedge.export.onnx_export.MAX_ONNX_BYTES", 10_000)
-    with pytest.raises((ArtifactError, ConfigError), match="2 GB"):
-        export_bundle(model, tmp_path / "b")
+def test_failed_load_restores_the_callers_model(clip, tmp_path, monkeypatch, caplog):
+    """A step that fails after the model was reconfigured (here: no usable tokenizer) puts it back."""
+    from vlmedge.export.loaders import LoadedClip
+
+    bare = LoadedClip(clip.model)  # no tokenizer, and vocab_size 600 is not the default CLIP BPE's
+    caplog.set_level(logging.INFO, logger="vlmedge.export.bundle")
+    with pytest.raises(ConfigError, match=r"no tokenizer.*pass LoadedClip\(model, tokenizer=\.\.\.\)"):
+        export_bundle(bare, tmp_path / "b", image_size=32, dense="sclip")
+    assert any(m.startswith("load failed after") for m in caplog.messages)
+    assert clip.model.image_size == (64, 64) and clip.model.dense_head == "naive"
+    with pytest.raises(ConfigError, match="source must be a checkpoint path, a hub id, a LoadedClip or a CLIP"):
+        export_bundle(123, tmp_path / "b")
     assert not any(tmp_path.iterdir())
 
 
-def test_cli_export_verify_and_build_engine(model, tmp_path, capsys):
+def test_step_log_lines(clip, tmp_path, caplog):
+    """Every step logs its start, then its success with its time and the sizes of the files it wrote."""
+    caplog.set_level(logging.INFO, logger="vlmedge.export.bundle")
+    export_bundle(clip, tmp_path / "b", vocab=["the red cup"])
+    messages = [r.message for r in caplog.records if r.name == "vlmedge.export.bundle"]
+    done = [m for m in messages if re.match(r"\w+ done in \d+\.\d\d s", m)]
+    assert [m.split()[0] for m in done] == ["load", "trace", "optimize", "vocab", "tokenizer", "manifest", "verify"]
+    assert all(f"{m.split()[0]} ..." in messages for m in done)
+    sizes = r": image_\w+\.onnx \d+\.\d\d MB, text_\w+\.onnx \d+\.\d\d MB$"
+    assert re.search(r"^trace done in .*" + sizes, done[1]) and re.search(r"^optimize done in .*" + sizes, done[2])
+    assert re.search(r": text_embeddings\.npz \d+\.\d\d MB$", done[3])
+    assert re.search(r": tokenizer\.json \d+\.\d\d MB$", done[4])
+    assert messages[-1].startswith(f"bundle written: {tmp_path / 'b'}")
+    # the manifest reports the steps it always has; tokenizer, manifest and verify are logged only
+    assert list(open_bundle(tmp_path / "b").extra["timings_s"]) == ["load", "trace", "optimize", "vocab", "total"]
+
+
+@pytest.mark.parametrize("name", list(PLATFORMS))
+def test_every_platform_drives_the_export(clip, tmp_path, name):
+    """Each platform's opset, batch axis and optimization level reach the written graphs, and the table
+    keeps the values these platforms have always had."""
+    platform = PLATFORMS[name]
+    assert (platform.opset, platform.dynamic_batch, platform.ort_level) == {
+        "cpu": (17, True, "extended"), "cuda": (17, True, "basic"), "jetson-orin-jp6": (17, False, "basic"),
+        "jetson-xavier-jp5": (16, False, "basic")}[name]
+    out = tmp_path / name
+    m = export_bundle(clip, out, platform=name)
+    assert m.platform == name and m.opset == platform.opset
+    assert json.loads((out / "manifest.json").read_text())["target"] == name
+    batch = "batch" if platform.dynamic_batch else 1
+    assert m.image_encoder.inputs[0].shape == (batch, 3, 64, 64) and m.text_encoder.inputs[0].shape[0] == "batch"
+    for role in ("image", "text"):
+        graph = onnx.load(str(out / f"{role}_encoder.onnx"))
+        assert {o.domain or "ai.onnx": o.version for o in graph.opset_import}.get("ai.onnx") == platform.opset
+        dim = graph.graph.input[0].type.tensor_type.shape.dim[0]
+        assert (dim.dim_param or dim.dim_value) == (batch if role == "image" else "batch")
+        props = {p.key: json.loads(p.value) for p in graph.metadata_props if p.key == "vlmedge.manifest"}
+        assert props["vlmedge.manifest"]["target"] == name and props["vlmedge.manifest"]["opset"] == platform.opset
+    assert m.extra["optimization"] == {"image": platform.ort_level, "text": platform.ort_level}
+    if platform.ort_level == "basic":  # TensorRT parses standard ONNX ops only
+        assert [o.domain for o in onnx.load(str(out / "image_encoder.onnx")).opset_import] == [""]
+
+
+def test_platform_table_int8_fp16_and_providers():
+    """The quantization scheme, fp16 offer and providers per platform, as they have always been."""
+    cpu = PLATFORMS["cpu"]
+    assert cpu.int8.activation == "uint8" and not cpu.int8.symmetric_activations and cpu.int8.conv_as_matmul
+    assert not cpu.fp16 and cpu.providers == ("CPUExecutionProvider",)
+    assert PLATFORMS["cuda"].providers == ("CUDAExecutionProvider", "CPUExecutionProvider")
+    for name in ("cuda", "jetson-orin-jp6", "jetson-xavier-jp5"):
+        p = PLATFORMS[name]
+        assert p.fp16 and p.int8.activation == "int8" and p.int8.symmetric_activations
+        assert not p.int8.conv_as_matmul and not p.int8.fuse_attention
+        if name != "cuda":
+            assert p.providers == ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+    assert all(p.name == name and p.description for name, p in PLATFORMS.items())
+
+
+def test_target_is_a_deprecated_alias_of_platform(clip, tmp_path):
+    with pytest.warns(DeprecationWarning, match=r"target=.*deprecated; use platform="):
+        m = export_bundle(clip, tmp_path / "b", target="jetson-orin-jp6")
+    assert m.platform == "jetson-orin-jp6" and m.image_encoder.inputs[0].shape[0] == 1
+    with pytest.warns(DeprecationWarning, match="Manifest.target is deprecated; use Manifest.platform"):
+        assert m.target == "jetson-orin-jp6"
+    with pytest.warns(DeprecationWarning), pytest.raises(ConfigError, match="disagree; pass platform= only"):
+        export_bundle(clip, tmp_path / "c", platform="cpu", target="cuda")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]
+
+
+def test_shipped_bundles_read_with_their_target_key_and_stay_as_recorded():
+    """Bundles on disk keep "target": they read as Manifest.platform and write back byte for byte."""
+    from vlmedge.embedded import embedded_bundle
+
+    for precision in ("fp32", "int8"):
+        bundle = embedded_bundle(precision)
+        text = (bundle / "manifest.json").read_text(encoding="utf-8")
+        m = open_bundle(bundle)
+        assert m.platform == json.loads(text)["target"] == "cpu"
+        assert json.dumps(m.to_dict(), indent=2) + "\n" == text
+
+
+def test_export_api_from_the_package(clip, tmp_path):
+    import vlmedge.export as ve
+    from vlmedge.export import bundle, loaders
+
+    assert ve.load_clip is loaders.load_clip and ve.LoadedClip is loaders.LoadedClip
+    assert ve.export_bundle is bundle.export_bundle and ve.save_clip is loaders.save_clip
+
+
+def test_oversized_onnx_is_refused(clip, tmp_path, monkeypatch):
+    monkeypatch.setattr("vlmedge.export.onnx_export.MAX_ONNX_BYTES", 10_000)
+    with pytest.raises((ArtifactError, ConfigError), match="2 GB"):
+        export_bundle(clip, tmp_path / "b")
+    assert not any(tmp_path.iterdir())
+
+
+def test_cli_export_verify_and_build_engine(clip, tmp_path, capsys):
     from vlmedge.cli import main
     from vlmedge.export.loaders import save_clip
 
-    src = save_clip(model, tmp_path / "native")
+    src = save_clip(clip, tmp_path / "native")
     vocab = tmp_path / "commands.txt"
     vocab.write_text("# table commands\nthe red cup\n\na blue ball\nthe red cup\n")
     out = tmp_path / "bundle"
@@ -216,8 +330,27 @@ def test_cli_export_verify_and_build_engine(model, tmp_path, capsys):
         assert "TensorRT" in err and "not available" in err
 
 
+def test_cli_platform_and_its_deprecated_target_alias(clip, tmp_path, capsys):
+    from vlmedge.cli import main
+    from vlmedge.export.loaders import save_clip
+
+    src = str(save_clip(clip, tmp_path / "native"))
+    assert main(["export", src, "--out", str(tmp_path / "p"), "--platform", "jetson-orin-jp6"]) == 0
+    out = capsys.readouterr()
+    assert "deprecated" not in out.err and "platform jetson-orin-jp6" in out.out
+    assert open_bundle(tmp_path / "p").platform == "jetson-orin-jp6"
+    assert main(["export", src, "--out", str(tmp_path / "t"), "--target", "jetson-orin-jp6"]) == 0
+    assert "--target is deprecated; use --platform" in capsys.readouterr().err
+    assert open_bundle(tmp_path / "t").platform == "jetson-orin-jp6"
+    assert main(["export", src, "--out", str(tmp_path / "x"), "--platform", "cuda", "--target", "cpu"]) == 1
+    assert "disagree" in capsys.readouterr().err
+    assert main(["export", src, "--out", str(tmp_path / "x"), "--platform", "jetson-orin"]) == 1
+    assert "did you mean 'jetson-orin-jp6'" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
 @pytest.mark.gpu
-def test_build_engine_on_a_gpu(model, tmp_path):
+def test_build_engine_on_a_gpu(clip, tmp_path):
     pytest.importorskip("tensorrt", reason="needs TensorRT Python bindings")
     from vlmedge.errors import BackendUnavailable
     from vlmedge.export.tensorrt import build_engine, gpu_info
@@ -227,7 +360,7 @@ def test_build_engine_on_a_gpu(model, tmp_path):
     except BackendUnavailable as e:
         pytest.skip(f"needs a CUDA GPU: {e}")
     out = tmp_path / "b"
-    export_bundle(model, out, target="jetson-orin-jp6")
+    export_bundle(clip, out, platform="jetson-orin-jp6")
     engine = build_engine(out, precision="fp16")
     side = json.loads(Path(str(engine) + ".json").read_text())
     assert engine.is_file() and side["precision"] == "fp16"

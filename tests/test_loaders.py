@@ -2,22 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
-import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
 from vlmedge.errors import ArtifactError, ConfigError
+from vlmedge.export.loaders import LoadedClip, load_clip, save_clip
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/_models.py (pytest uses importlib mode)
 from _models import hf_model, tiny_hf_clip_dir, tiny_hf_config, token_ids
-
-from vlmedge.export.loaders import load_clip, save_clip
 
 torch.set_num_threads(1)
 
@@ -79,17 +76,24 @@ def hf_gelu_dir(tmp_path_factory):
 
 
 # ----------------------------------------------------------------------------- Hugging Face
-def test_hf_directory_attaches_source_info_and_preprocess(hf_dir):
+def test_hf_directory_returns_a_record_with_source_and_preprocess(hf_dir):
     directory, _ = hf_dir
-    model = load_clip(directory)
-    assert not model.training
-    info = model.source_info
+    clip = load_clip(directory)
+    assert isinstance(clip, LoadedClip) and not clip.model.training
+    info = clip.source
     assert info["layout"] == "hf" and info["id"] == str(directory) and info["revision"] is None
     assert info["weights_sha256"] == hashlib.sha256((directory / "model.safetensors").read_bytes()).hexdigest()
-    pp = model.preprocess_spec
+    pp = clip.preprocess
     assert pp.size == (32, 32) and pp.mean == (0.5, 0.5, 0.5) and pp.std == (0.25, 0.25, 0.25)
     assert pp.interpolation == "bicubic" and pp.mode == "shortest-crop"
+    model = clip.model
     assert model.spec.act == "quick_gelu" and model.spec.text.eos_token_id is None  # legacy eos 2 -> argmax
+    # the record carries what came with the checkpoint; nothing is hung on the module for others to find
+    assert not any(hasattr(model, a) for a in ("tokenizer", "preprocess_spec", "source_info"))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        clip.tokenizer = None
+    with pytest.raises(ConfigError, match="LoadedClip.model must be a torch module"):
+        LoadedClip("not a model")
 
 
 def test_hf_pytorch_model_bin_and_tokenizer_files(tmp_path, hf_dir):
@@ -101,17 +105,17 @@ def test_hf_pytorch_model_bin_and_tokenizer_files(tmp_path, hf_dir):
     (d / "config.json").write_text((directory / "config.json").read_text())
     torch.save(load_file(directory / "model.safetensors"), d / "pytorch_model.bin")
     ClipTokenizer.default(context_length=16).save(d)
-    model = load_clip(d)
-    assert_same(outputs(model), outputs(load_clip(directory)), atol=0)
-    assert model.tokenizer is not None and model.tokenizer.context_length == 16
-    assert model.preprocess_spec.size == (32, 32) and model.preprocess_spec.mean[0] == pytest.approx(0.48145466)
+    clip = load_clip(d)
+    assert_same(outputs(clip.model), outputs(load_clip(directory).model), atol=0)
+    assert clip.tokenizer is not None and clip.tokenizer.context_length == 16
+    assert clip.preprocess.size == (32, 32) and clip.preprocess.mean[0] == pytest.approx(0.48145466)
 
 
 def test_image_size_argument(hf_dir):
-    model = load_clip(hf_dir[0], image_size=(32, 64))
-    assert model.grid == (4, 8) and model.preprocess_spec.size == (32, 64)
+    clip = load_clip(hf_dir[0], image_size=(32, 64))
+    assert clip.model.grid == (4, 8) and clip.preprocess.size == (32, 64)
     with torch.no_grad():
-        _, patches = model.encode_image(torch.randn(1, 3, 32, 64))
+        _, patches = clip.model.encode_image(torch.randn(1, 3, 32, 64))
     assert patches.shape == (1, 4, 8, 32)
     with pytest.raises(ConfigError, match="multiple of the patch size 8"):
         load_clip(hf_dir[0], image_size=(36, 64))
@@ -124,17 +128,18 @@ def test_openai_layout_matches_hf_layout(tmp_path, hf_dir, suffix):
     sd = hf_to_openai({k: v.detach() for k, v in hf.state_dict().items()}, 2, 2)
     path = tmp_path / f"clip{suffix}"
     if suffix == ".pt":
-        sd["input_resolution"], sd["context_length"], sd["vocab_size"] = torch.tensor(32), torch.tensor(16), torch.tensor(100)
+        sd.update(input_resolution=torch.tensor(32), context_length=torch.tensor(16), vocab_size=torch.tensor(100))
         torch.save(sd, path)
     else:
         save_file(sd, str(path))
-    model = load_clip(path, heads=4)
-    assert model.source_info["layout"] == "openai"
-    assert model.source_info["weights_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    clip = load_clip(path, heads=4)
+    model = clip.model
+    assert clip.source["layout"] == "openai"
+    assert clip.source["weights_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
     assert model.spec.vision.image_size == (32, 32) and model.spec.text.context_length == 16
-    assert model.spec.act == "quick_gelu" and model.preprocess_spec.size == (32, 32)
-    assert_same(outputs(model), outputs(load_clip(directory)))
-    default_heads = load_clip(path)  # OpenAI's rule: heads = width // 64
+    assert model.spec.act == "quick_gelu" and clip.preprocess.size == (32, 32)
+    assert_same(outputs(model), outputs(load_clip(directory).model))
+    default_heads = load_clip(path).model  # OpenAI's rule: heads = width // 64
     assert default_heads.spec.vision.heads == 1 and default_heads.spec.text.heads == 1
 
 
@@ -142,19 +147,21 @@ def test_openclip_config_sets_act_and_heads(tmp_path, hf_gelu_dir):
     directory, hf = hf_gelu_dir
     d = tmp_path / "openclip"
     d.mkdir()
-    save_file(hf_to_openai({k: v.detach() for k, v in hf.state_dict().items()}, 2, 2), str(d / "open_clip_model.safetensors"))
+    save_file(hf_to_openai({k: v.detach() for k, v in hf.state_dict().items()}, 2, 2),
+              str(d / "open_clip_model.safetensors"))
     (d / "open_clip_config.json").write_text(json.dumps({
         "model_cfg": {"embed_dim": 32, "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "head_width": 16,
                                                       "patch_size": 8},
                       "text_cfg": {"context_length": 16, "vocab_size": 100, "width": 48, "heads": 4, "layers": 2}},
         "preprocess_cfg": {"mean": [0.5, 0.4, 0.3], "std": [0.2, 0.2, 0.2]}}))
-    model = load_clip(d)  # the directory form
+    clip = load_clip(d)  # the directory form
+    model = clip.model
     assert model.spec.act == "gelu" and model.spec.vision.heads == 4 and model.spec.text.heads == 4
-    assert model.preprocess_spec.mean == (0.5, 0.4, 0.3)
-    assert_same(outputs(model), outputs(load_clip(directory)))
+    assert clip.preprocess.mean == (0.5, 0.4, 0.3)
+    assert_same(outputs(model), outputs(load_clip(directory).model))
     (d / "config.json").write_text(json.dumps({"architecture": "vit_base_patch16_clip_224"}))  # timm's, not HF's
-    assert load_clip(d).source_info["layout"] == "openai"
-    quick = load_clip(d / "open_clip_model.safetensors", act="quick_gelu")  # explicit act wins
+    assert load_clip(d).source["layout"] == "openai"
+    quick = load_clip(d / "open_clip_model.safetensors", act="quick_gelu").model  # explicit act wins
     assert quick.spec.act == "quick_gelu"
     assert not torch.allclose(outputs(quick)[0], outputs(model)[0], atol=1e-4)
 
@@ -164,20 +171,20 @@ def test_openclip_training_checkpoint_and_fp16(tmp_path, hf_dir):
     sd = hf_to_openai({k: v.detach() for k, v in hf.state_dict().items()}, 2, 2)
     path = tmp_path / "epoch_3.pt"
     torch.save({"epoch": 3, "state_dict": {"module." + k: v.half() for k, v in sd.items()}}, path)
-    model = load_clip(path, heads=(4, 4))
+    model = load_clip(path, heads=(4, 4)).model
     assert model.visual.pos_embed.dtype == torch.float32
-    assert_same(outputs(model), outputs(load_clip(directory)), atol=5e-2)  # fp16 rounding of the weights
+    assert_same(outputs(model), outputs(load_clip(directory).model), atol=5e-2)  # fp16 rounding of the weights
 
 
 def test_openai_vocab_gets_default_tokenizer(tmp_path):
     hf = hf_model(tiny_hf_config(vocab_size=49408, context_length=77), seed=3)
     path = tmp_path / "clip.safetensors"
     save_file(hf_to_openai({k: v.detach() for k, v in hf.state_dict().items()}, 2, 2), str(path))
-    model = load_clip(path, heads=(4, 4))
-    assert model.tokenizer is not None and model.tokenizer.vocab_size == 49408
-    ids = torch.from_numpy(model.tokenizer.encode(["a red cup"]))
+    clip = load_clip(path, heads=(4, 4))
+    assert clip.tokenizer is not None and clip.tokenizer.vocab_size == 49408
+    ids = torch.from_numpy(clip.tokenizer.encode(["a red cup"]))
     with torch.no_grad():
-        ours = model.encode_text(ids)
+        ours = clip.model.encode_text(ids)
         ref = torch.nn.functional.normalize(hf.text_projection(hf.text_model(input_ids=ids).pooler_output), dim=-1)
     torch.testing.assert_close(ours, ref, atol=1e-4, rtol=0)
 
@@ -186,19 +193,21 @@ def test_openai_vocab_gets_default_tokenizer(tmp_path):
 def test_native_roundtrip(tmp_path, hf_dir):
     from vlmedge.tokenizer import ClipTokenizer
 
-    model = load_clip(hf_dir[0], dense="sclip")
+    clip = load_clip(hf_dir[0], dense="sclip")
     tok = ClipTokenizer.default(context_length=16)
-    out = save_clip(model, tmp_path / "native", tokenizer=tok)
+    out = save_clip(dataclasses.replace(clip, tokenizer=tok), tmp_path / "native")
     assert sorted(p.name for p in out.iterdir()) == ["clip_spec.json", "model.safetensors", "tokenizer.json"]
     meta = json.loads((out / "clip_spec.json").read_text())
-    assert meta["format"] == "vlmedge-clip" and meta["spec"] == model.spec.to_dict()
+    assert meta["format"] == "vlmedge-clip" and meta["spec"] == clip.model.spec.to_dict()
     assert meta["source"]["layout"] == "hf" and meta["preprocess"]["mean"] == [0.5, 0.5, 0.5]
-    assert set(load_file(out / "model.safetensors")) == set(model.state_dict())
+    assert set(load_file(out / "model.safetensors")) == set(clip.model.state_dict())
     again = load_clip(out, dense="sclip")
-    assert again.source_info["layout"] == "native" and again.source_info["id"] == str(hf_dir[0])
-    assert again.preprocess_spec == model.preprocess_spec
+    assert again.source["layout"] == "native" and again.source["id"] == str(hf_dir[0])
+    assert again.preprocess == clip.preprocess
     assert again.tokenizer.encode(["a cup"]).tolist() == tok.encode(["a cup"]).tolist()
-    assert_same(outputs(again), outputs(model), atol=0)
+    assert_same(outputs(again.model), outputs(clip.model), atol=0)
+    with pytest.raises(ConfigError, match="save_clip needs a LoadedClip"):
+        save_clip(clip.model, tmp_path / "bare")
 
 
 # ----------------------------------------------------------------------------- errors
@@ -314,10 +323,10 @@ def test_hf_sharded_safetensors(tmp_path, hf_dir):
         save_file({k: sd[k] for k in keys}, str(d / shard))
     (d / "model.safetensors.index.json").write_text(json.dumps(
         {"metadata": {}, "weight_map": {k: shard for shard, keys in shards.items() for k in keys}}))
-    model = load_clip(d)
-    assert_same(outputs(model), outputs(load_clip(directory)), atol=0)
+    clip = load_clip(d)
+    assert_same(outputs(clip.model), outputs(load_clip(directory).model), atol=0)
     both = b"".join((d / s).read_bytes() for s in sorted(shards))
-    assert model.source_info["weights_sha256"] == hashlib.sha256(both).hexdigest()
+    assert clip.source["weights_sha256"] == hashlib.sha256(both).hexdigest()
 
 
 def test_hub_id_downloads_configs_then_only_needed_weights(tmp_path, hf_dir, monkeypatch):
@@ -343,9 +352,9 @@ def test_hub_id_downloads_configs_then_only_needed_weights(tmp_path, hf_dir, mon
         return str(snap)
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
-    model = load_clip("someorg/tiny-clip@main")
-    assert model.source_info["id"] == "someorg/tiny-clip" and model.source_info["revision"] == commit
-    assert model.source_info["layout"] == "hf"
+    clip = load_clip("someorg/tiny-clip@main")
+    assert clip.source["id"] == "someorg/tiny-clip" and clip.source["revision"] == commit
+    assert clip.source["layout"] == "hf"
     assert all(c[:2] == ("someorg/tiny-clip", "main") for c in calls)
     assert not (tmp_path / "cache" / commit / "open_clip_model.safetensors").exists()
-    assert_same(outputs(model), outputs(load_clip(hf_dir[0])), atol=0)
+    assert_same(outputs(clip.model), outputs(load_clip(hf_dir[0]).model), atol=0)

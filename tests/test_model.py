@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +11,6 @@ import torch
 from vlmedge.errors import ConfigError, InputError
 from vlmedge.manifest import DENSE_HEADS
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/_models.py (pytest uses importlib mode)
 from _models import tiny_clip, tiny_spec, token_ids
 
 torch.set_num_threads(1)
@@ -180,8 +177,9 @@ def test_onnx_export_opset17_matches_torch(tmp_path, dense_head, size):
         ref_text = m.encode_text(ids)
     sess = ort.InferenceSession(str(img_path), providers=["CPUExecutionProvider"])
     image, patches = sess.run(None, {"pixel_values": pixels[:1].numpy()})  # batch 1 != traced batch 2
-    text, = ort.InferenceSession(str(txt_path), providers=["CPUExecutionProvider"]).run(None, {"input_ids": ids.numpy()})
-    text2, = ort.InferenceSession(str(txt_path), providers=["CPUExecutionProvider"]).run(None, {"input_ids": ids[:2].numpy()})
+    text_sess = ort.InferenceSession(str(txt_path), providers=["CPUExecutionProvider"])
+    text, = text_sess.run(None, {"input_ids": ids.numpy()})
+    text2, = text_sess.run(None, {"input_ids": ids[:2].numpy()})
     np.testing.assert_allclose(text2, text[:2], atol=1e-5, rtol=0)  # dynamic batch
     assert patches.shape == (1, size[0] // 8, size[1] // 8, 32)
     np.testing.assert_allclose(image, ref_image.numpy(), atol=1e-4, rtol=0)
@@ -208,4 +206,5 @@ def test_training_at_non_native_size_updates_pos_embed():
     m.eval()  # leaving training refreshes the cached table
     assert not torch.equal(stale, m.visual.pos_embed_resized)
     from vlmedge.export.model import interpolate_pos_embed
-    torch.testing.assert_close(m.visual.pos_embed_resized, interpolate_pos_embed(m.visual.pos_embed.detach(), (4, 4), (4, 6)))
+    expected = interpolate_pos_embed(m.visual.pos_embed.detach(), (4, 4), (4, 6))
+    torch.testing.assert_close(m.visual.pos_embed_resized, expected)

@@ -8,15 +8,14 @@ import os
 import shutil
 import subprocess
 import sys
-
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from vlmedge.preprocess import native as _native
-from vlmedge.preprocess import resample as _resample
 from vlmedge.preprocess import preprocess
+from vlmedge.preprocess import resample as _resample
 from vlmedge.spec import PreprocessSpec
 
 needs_kernels = pytest.mark.skipif(_native.resample_rows is None,

@@ -6,9 +6,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bundles import tiny_bundle  # noqa: E402
-
 ROOT = Path(__file__).resolve().parents[1]
 
 SCRIPT = r"""
@@ -48,17 +45,18 @@ print(json.dumps({"modules": names, "failed": failed, "maps": list(res.maps.shap
 """
 
 
-def test_runtime_never_imports_torch():
-    bundle = tiny_bundle()  # built beforehand, here (with torch), in the test process
-    proc = subprocess.run([sys.executable, "-c", SCRIPT, str(ROOT), str(bundle)], capture_output=True, text=True,
-                          timeout=300, cwd=ROOT)
+def test_runtime_never_imports_torch(tiny_bundle_dir):
+    # the bundle is built beforehand (with torch) by the fixture, in the test process
+    proc = subprocess.run([sys.executable, "-c", SCRIPT, str(ROOT), str(tiny_bundle_dir)], capture_output=True,
+                          text=True, timeout=300, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["failed"] == {}, out["failed"]
     assert out["torch_loaded"] == []
     mods = set(out["modules"])
     for required in ("vlmedge.runtime.grounding.grounder", "vlmedge.runtime.app", "vlmedge.runtime.bench",
-                     "vlmedge.cli.run", "vlmedge.similarity", "vlmedge.preprocess"):
+                     "vlmedge.cli.run", "vlmedge.cli.bench", "vlmedge.cli.args", "vlmedge.similarity",
+                     "vlmedge.preprocess"):
         assert required in mods
     assert out["maps"] == [2, 480, 640] and out["targets"] >= 2
     assert sorted(out["labels"]) == ["ball", "cup"] and out["frames"] == 2

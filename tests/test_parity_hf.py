@@ -3,18 +3,15 @@ save_pretrained, loaded with load_clip): global, text and naive patch embeddings
 
 from __future__ import annotations
 
-import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/_models.py (pytest uses importlib mode)
-from _models import hf_model, save_hf_dir, tiny_hf_clip_dir, tiny_hf_config, token_ids
-
 from vlmedge.export.loaders import load_clip
+
+from _models import hf_model, save_hf_dir, tiny_hf_clip_dir, tiny_hf_config, token_ids
 
 torch.set_num_threads(1)
 TOL = 1e-4
@@ -39,7 +36,7 @@ def max_diff(a, b):
 @pytest.mark.parametrize("act, eos", [("quick_gelu", 2), ("gelu", 2), ("quick_gelu", 50), ("gelu", 99)])
 def test_tiny_parity(tmp_path, act, eos):
     directory, hf = tiny_hf_clip_dir(tmp_path, act=act, eos_token_id=eos, seed=21)
-    model = load_clip(directory)
+    model = load_clip(directory).model
     assert model.spec.act == act and model.spec.text.eos_token_id == (None if eos == 2 else eos)
     pixels = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     ids = token_ids(4, 16, 100, eos=None if eos == 2 else eos)
@@ -54,8 +51,8 @@ def test_tiny_parity(tmp_path, act, eos):
 
 
 def test_tiny_gelu_and_quick_gelu_differ(tmp_path):
-    q = load_clip(tiny_hf_clip_dir(tmp_path, act="quick_gelu", seed=5, name="q")[0])
-    g = load_clip(tiny_hf_clip_dir(tmp_path, act="gelu", seed=5, name="g")[0])
+    q = load_clip(tiny_hf_clip_dir(tmp_path, act="quick_gelu", seed=5, name="q")[0]).model
+    g = load_clip(tiny_hf_clip_dir(tmp_path, act="gelu", seed=5, name="g")[0]).model
     pixels = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
         assert max_diff(q.encode_image(pixels)[0], g.encode_image(pixels)[0]) > 1e-3
@@ -66,7 +63,7 @@ def test_interpolated_positions_match_hf(tmp_path, size):
     """HF's interpolate_pos_encoding (bicubic, align_corners=False, explicit size) is the same
     algorithm as set_image_size, so non-native and non-square inputs match too."""
     directory, hf = tiny_hf_clip_dir(tmp_path, seed=22)
-    model = load_clip(directory, image_size=size)
+    model = load_clip(directory, image_size=size).model
     pixels = torch.randn(2, 3, *size, generator=torch.Generator().manual_seed(1))
     ids = token_ids(2, 16, 100)
     with torch.no_grad():
@@ -85,7 +82,7 @@ def test_vit_b16_shaped_parity(tmp_path):
     hf = hf_model(config, seed=23)
     directory = save_hf_dir(hf, tmp_path / "vit_b16")
     start = time.monotonic()
-    model = load_clip(directory)
+    model = load_clip(directory).model
     load_s = time.monotonic() - start
     assert model.spec.vision.heads == 12 and model.spec.text.heads == 8 and model.spec.embed_dim == 512
     pixels = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(2))

@@ -9,10 +9,10 @@ import logging
 import numpy as np
 import pytest
 
-from vlmedge.preprocess import native as _native
-from vlmedge.preprocess import resample as _resample
 from vlmedge.errors import ConfigError, InputError
 from vlmedge.preprocess import crop_box, plan, preprocess
+from vlmedge.preprocess import native as _native
+from vlmedge.preprocess import resample as _resample
 from vlmedge.spec import OPENAI_MEAN, OPENAI_STD, PreprocessSpec
 
 Image = pytest.importorskip("PIL.Image")  # test-only reference (Pillow)

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
-import sys
 import json
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from vlmedge import protocol
-from vlmedge.errors import ProtocolError
+from vlmedge import protocol, validation
+from vlmedge.errors import ConfigError, InputError, ProtocolError
 from vlmedge.runtime.grounding.results import Target
 
 jsonschema = pytest.importorskip("jsonschema", reason="jsonschema is needed to check the shipped schemas")
@@ -213,3 +214,56 @@ def test_ros2_conversion_without_ros():
     assert det["id"] == "4" and det["header"] == arr["header"]
     with pytest.raises(ProtocolError):
         ros.targets_to_detection2d_array({"type": "status"})
+
+
+BOUNDARIES = [(ConfigError, "RunConfig.threshold"), (InputError, "find_regions: threshold"),
+              (ProtocolError, "op 'set_threshold': field 'value'"), (argparse.ArgumentTypeError, "--threshold")]
+
+
+@pytest.mark.parametrize("error, where", BOUNDARIES)
+def test_one_threshold_rule_each_boundary_its_error(error, where):
+    for value, expected in ((0, 0.0), (1, 1.0), (0.25, 0.25), (np.float32(0.5), 0.5), (np.int64(1), 1.0)):
+        got = validation.check_threshold(value, where, error=error)
+        assert got == expected and type(got) is float
+    for bad in (1.5, -0.1, float("nan"), float("inf"), True, np.bool_(False), "0.5", None, [0.5]):
+        with pytest.raises(error) as e:
+            validation.check_threshold(bad, where, error=error)
+        assert type(e.value) is error and str(e.value) == f"{where} must be a number in [0, 1], got {bad!r}"
+    # a command line hands over text; the wire and the API do not parse it
+    assert validation.check_threshold("0.3", where, error=error, text=True) == 0.3
+    for bad in ("high", "1.5", "nan", ""):
+        with pytest.raises(error, match=rf"{where} must be a number in \[0, 1\], got {bad!r}"):
+            validation.check_threshold(bad, where, error=error, text=True)
+
+
+def test_wire_threshold_goes_through_the_same_rule():
+    with pytest.raises(ProtocolError) as e:
+        protocol.parse_request(b'{"op": "set_threshold", "value": 1.5}')
+    assert str(e.value) == "op 'set_threshold': field 'value' must be a number in [0, 1], got 1.5"
+    assert protocol.parse_request(b'{"op": "set_threshold", "value": 1}')["value"] == 1.0
+
+
+def test_one_query_rule_with_the_wire_limits():
+    check = validation.check_queries
+    assert check(["  the red  cup", "a mug"]) == ("  the red  cup", "a mug")  # the API keeps text as given
+    wire = dict(error=ProtocolError, rules=protocol.QUERY_RULES)
+    assert check(["  the red\tcup \n", "a mug"], **wire) == ("the red cup", "a mug")
+    assert validation.check_query("  a   mug ", **wire) == "a mug"
+    for error in (InputError, ConfigError, ProtocolError):
+        with pytest.raises(error, match=r"^RunConfig.queries\[1\] must be a string, got int 3$"):
+            check(["a", 3], "RunConfig.queries", error=error)
+        with pytest.raises(error, match=r"^queries must be a list of strings, got str 'a cup'$"):
+            check("a cup", error=error)
+    assert check(["a cup", " a  cup"]) == ("a cup", " a  cup")  # distinct as given ...
+    with pytest.raises(ProtocolError, match=r"has duplicates \['a cup'\]"):
+        check(["a cup", " a  cup"], **wire)  # ... the same text on the wire
+    with pytest.raises(ProtocolError, match="contains control characters"):
+        validation.check_query("a\x00cup", **wire)
+    with pytest.raises(ProtocolError, match=r"queries has 17 entries; the limit is 16"):
+        check([f"q{i}" for i in range(17)], **wire)
+    with pytest.raises(ProtocolError, match=r"query is 201 characters long; the limit is 200"):
+        validation.check_query("x" * 201, **wire)
+    assert check([f"q{i}" for i in range(17)]) and validation.check_query("x" * 201) == "x" * 201  # no API limits
+    with pytest.raises(InputError) as e:
+        check("x" * 100_000)
+    assert len(str(e.value)) < 150  # a huge value is quoted, not copied into the message

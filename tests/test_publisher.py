@@ -16,10 +16,16 @@ import zmq
 
 from vlmedge import protocol
 from vlmedge.errors import ConfigError
+from vlmedge.runtime.grounding.results import GroundingResult, Target
 from vlmedge.runtime.io.capture import Frame
 from vlmedge.runtime.messaging.publisher import Publisher
-from vlmedge.runtime.grounding.results import GroundingResult, Target
-from vlmedge.runtime.messaging.sockets import CurveClientKeys, CurveServerKeys, check_address, create_keys, setup_curve_client
+from vlmedge.runtime.messaging.sockets import (
+    CurveClientKeys,
+    CurveServerKeys,
+    check_address,
+    create_keys,
+    setup_curve_client,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 ADDR = "tcp://127.0.0.1:0"

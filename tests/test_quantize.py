@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import cv2
 import numpy as np
 import onnx
 import pytest
 import torch
-
-sys.path.insert(0, str(Path(__file__).parent))
-from _bundles import tiny_clip  # noqa: E402
 
 from vlmedge.errors import ConfigError, InputError  # noqa: E402
 from vlmedge.export import calibration  # noqa: E402
@@ -22,6 +16,8 @@ from vlmedge.export.verify import agreement, cosine_rows  # noqa: E402
 from vlmedge.preprocess import preprocess  # noqa: E402
 from vlmedge.runtime.grounding.encoders import BundleEncoders  # noqa: E402
 from vlmedge.spec import PreprocessSpec  # noqa: E402
+
+from _bundles import tiny_clip  # noqa: E402
 
 torch.set_num_threads(1)
 QUERIES = ["the red cup", "a blue ball", "the green bottle", "a yellow box", "background", "a table"]
@@ -34,9 +30,9 @@ def bundles(tmp_path_factory):
     return {
         "fp32": (export_bundle(model, root / "fp32"), root / "fp32"),
         "int8": (export_bundle(model, root / "int8", precision="int8", calib_count=16), root / "int8"),
-        "int8-trt": (export_bundle(model, root / "int8-trt", precision="int8", target="jetson-orin-jp6",
+        "int8-trt": (export_bundle(model, root / "int8-trt", precision="int8", platform="jetson-orin-jp6",
                                    calib_count=16), root / "int8-trt"),
-        "fp16": (export_bundle(model, root / "fp16", precision="fp16", target="cuda"), root / "fp16"),
+        "fp16": (export_bundle(model, root / "fp16", precision="fp16", platform="cuda"), root / "fp16"),
     }
 
 
@@ -85,7 +81,7 @@ def _check_qdq_counts(rep: dict, layers: int = 2, conv_as_matmul: bool = False) 
 
 
 def test_int8_qdq_graph_quantizes_weight_matmuls_and_keeps_norms_float(bundles):
-    """The TensorRT-target bundle keeps the QDQ graph itself: count its nodes."""
+    """The TensorRT-platform bundle keeps the QDQ graph itself: count its nodes."""
     path = bundles["int8-trt"][1] / "image_encoder.onnx"
     rep = qdq_report(path)
     _check_qdq_counts(rep)
@@ -207,8 +203,8 @@ def test_int8_export_from_an_image_folder(tmp_path):
 
 def test_int8_on_the_trained_demo_model_when_present(tmp_path):
     """The acceptance bound on a trained model (skipped until `vlmedge train-demo` has been run)."""
-    from vlmedge.errors import ArtifactError
     from vlmedge.embedded import embedded_model_dir
+    from vlmedge.errors import ArtifactError
 
     try:
         src = embedded_model_dir()

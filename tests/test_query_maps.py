@@ -3,8 +3,7 @@
 import numpy as np
 import pytest
 
-from vlmedge.similarity import (contrastive_maps, l2_normalize, patch_similarity, query_maps, softmax,
-                                temperature_probs)
+from vlmedge.similarity import contrastive_maps, l2_normalize, patch_similarity, query_maps, softmax, temperature_probs
 
 
 def _data(seed=0, q=3, n_bg=4, d=16, hw=(5, 7)):

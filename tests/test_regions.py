@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from vlmedge.errors import InputError
+from vlmedge import protocol
+from vlmedge.errors import InputError, ProtocolError
 from vlmedge.runtime.grounding.regions import find_regions, refined_peak
 from vlmedge.runtime.grounding.results import GroundingResult, Target, upsample_map
 
@@ -86,8 +87,9 @@ def test_upsample_respects_crop_and_result_maps_lazily():
     assert up[240, 320] == pytest.approx(0.9, abs=1e-3)
     res = GroundingResult(queries=("a",), targets=(Target("a", False, 0.1),), patch_maps=m[None],
                           frame_size=FRAME, crop_box=CROP)
-    assert "maps" not in res._cache
+    assert "maps" not in vars(res)  # not computed until asked for
     assert res.maps.shape == (1, 480, 640) and res.maps is res.maps
+    assert vars(res)["maps"] is res.maps  # computed once, kept with the result
     np.testing.assert_allclose(res.map_for("a"), up)
     with pytest.raises(InputError, match="did you mean 'a'"):
         res.map_for("a ")
@@ -98,7 +100,38 @@ def test_bad_inputs_raise_typed_errors():
         find_regions(np.zeros((2, 2)), "q", threshold=1.5, min_area_patches=1, frame_size=FRAME, crop_box=CROP)
     with pytest.raises(InputError, match="prob_map"):
         find_regions(np.zeros(4), "q", threshold=0.5, min_area_patches=1, frame_size=FRAME, crop_box=CROP)
-    with pytest.raises(InputError, match="found=False"):
-        Target("q", False, 0.1, bbox=(0, 0, 1, 1))
-    with pytest.raises(InputError, match="needs a bbox"):
-        Target("q", True, 0.9)
+    with pytest.raises(InputError, match=r"find_regions: threshold must be a number in \[0, 1\], got 1.5"):
+        find_regions(np.zeros((2, 2)), "q", threshold=1.5, min_area_patches=1, frame_size=FRAME, crop_box=CROP)
+
+
+def test_targets_are_checked_where_they_leave_the_process():
+    """Target is a plain value (no per-frame validation); a hand-made one is checked when published."""
+    def publish(*targets):
+        return protocol.build_targets(seq=0, frame_id=0, t_capture_ns=0, width=640, height=480, model="m",
+                                      queries=["q"], targets=targets)
+
+    with pytest.raises(ProtocolError, match="found=true needs a bbox"):
+        publish(Target("q", True, 0.9))
+    with pytest.raises(ProtocolError, match="x0 <= x1"):
+        publish(Target("q", True, 0.9, bbox=(5, 0, 1, 1), center=(3.0, 0.5)))
+    with pytest.raises(ProtocolError, match="NaN or infinity"):
+        publish(Target("q", False, float("nan")))
+    with pytest.raises(ProtocolError, match="'query' must be a string"):
+        publish(Target(3, False, 0.1))
+    with pytest.raises(ProtocolError, match="found=false must have no bbox"):
+        publish(Target("q", False, 0.1, bbox=(0, 0, 1, 1)))
+
+
+def test_regions_build_targets_from_python_values():
+    """What find_regions builds is already what the wire writes: Target converts nothing."""
+    m = blob_map([(3, 3), (10, 10)])
+    m[3, 4] = 0.95  # an off-centre peak: refined between patches
+    targets = find_regions(m, "cup", threshold=0.5, min_area_patches=1, frame_size=FRAME, crop_box=CROP)
+    targets.append(find_regions(m, "none", threshold=0.99, min_area_patches=1, frame_size=FRAME, crop_box=CROP)[0])
+    assert [t.found for t in targets] == [True, True, False]
+    for t in targets:
+        assert type(t.query) is str and type(t.found) is bool and type(t.score) is float and type(t.area) is int
+        if t.found:
+            assert type(t.bbox) is tuple and [type(v) for v in t.bbox] == [int] * 4
+            assert [type(v) for v in t.center + t.peak] == [float] * 4
+        assert t.to_dict() == protocol.target_to_dict(t)  # to_dict is wire-ready as it is

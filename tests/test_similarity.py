@@ -4,8 +4,7 @@ import numpy as np
 import pytest
 
 from vlmedge.errors import InputError
-from vlmedge.similarity import (contrastive_maps, cosine, l2_normalize, patch_similarity, softmax,
-                                zero_shot_probs)
+from vlmedge.similarity import contrastive_maps, cosine, l2_normalize, patch_similarity, softmax, zero_shot_probs
 
 
 def test_l2_normalize_unit_norm_and_zero_safe():

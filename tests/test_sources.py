@@ -10,8 +10,14 @@ import pytest
 
 from vlmedge.errors import BackendUnavailable, ConfigError, SourceError
 from vlmedge.runtime.io import sources
-from vlmedge.runtime.io.sources import (ImageSource, OpenCVSource, SyntheticSource, gstreamer_available, open_source,
-                                     parse_size)
+from vlmedge.runtime.io.sources import (
+    ImageSource,
+    OpenCVSource,
+    SyntheticSource,
+    gstreamer_available,
+    open_source,
+    parse_size,
+)
 
 needs_no_gst = pytest.mark.skipif(gstreamer_available(), reason="this OpenCV has GStreamer; the error path is moot")
 

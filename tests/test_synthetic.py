@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 
 import cv2
 import numpy as np
@@ -163,8 +162,8 @@ def test_featured_validation():
 
 
 def test_embedded_bundle_finds_the_red_cup_in_the_default_stream():
-    from vlmedge.errors import ArtifactError
     from vlmedge.embedded import embedded_bundle
+    from vlmedge.errors import ArtifactError
     from vlmedge.runtime.grounding.grounder import Grounder
     try:
         bundle = embedded_bundle("int8")  # what `vlmedge run` uses by default

@@ -72,3 +72,11 @@ def test_smoothing_moves_box_part_way():
     raw.update([a])
     assert raw.update([b])[0].bbox == b.bbox
     assert iou((0, 0, 10, 10), (5, 0, 15, 10)) == 1 / 3
+
+
+def test_tracked_targets_hold_python_values():
+    tr = Tracker(alpha=0.5)
+    tr.update(frame_targets([(3, 3)]))
+    (t,) = tr.update(frame_targets([(4, 3)]))  # smoothed: the box comes from the EMA, not from find_regions
+    assert type(t.track_id) is int and [type(v) for v in t.bbox] == [int] * 4
+    assert [type(v) for v in t.center] == [float] * 2

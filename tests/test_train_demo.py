@@ -49,22 +49,26 @@ def test_short_training_run_saves_a_loadable_model(td, tmp_path):
     from vlmedge.export.loaders import load_clip
     torch.manual_seed(0)
     cfg = td.TrainConfig(steps=4, scenes=8, batch=4, workers=1, threads=1, warmup=2)
-    model = td.train(cfg, tmp_path / "m")
+    trained = td.train(cfg, tmp_path / "m")
+    model = trained.model
+    assert trained.preprocess == td.preprocess_spec() and trained.source == td.DEMO_SOURCE
     for name in ("clip_spec.json", "model.safetensors", "tokenizer.json"):
         assert (tmp_path / "m" / name).is_file()
     loaded = load_clip(str(tmp_path / "m"))
-    assert loaded.spec == model.spec
-    assert loaded.preprocess_spec == td.preprocess_spec()
+    assert loaded.model.spec == model.spec
+    assert loaded.preprocess == td.preprocess_spec()
+    assert loaded.source["id"] == "vlmedge-tabletop-demo" and loaded.source["origin"] == td.DEMO_SOURCE
+    assert loaded.tokenizer.encode(["the red cup"]).tolist() == trained.tokenizer.encode(["the red cup"]).tolist()
     ids = torch.from_numpy(loaded.tokenizer.encode(["the red cup", "background"]))
     px = torch.randn(1, 3, *td.IMAGE_SIZE)
     with torch.no_grad():
-        t0, t1 = model.encode_text(ids), loaded.float().encode_text(ids)
+        t0, t1 = model.encode_text(ids), loaded.model.float().encode_text(ids)
         i0, p0 = model.encode_image(px)
-        i1, p1 = loaded.encode_image(px)
+        i1, p1 = loaded.model.encode_image(px)
     assert torch.allclose(t0, t1, atol=2e-2)  # weights are stored as float16
     assert torch.allclose(p0, p1, atol=2e-2)
-    assert abs(model.logit_scale.item() - loaded.logit_scale.item()) < 1e-2
-    th, reports = td.calibrate_threshold(loaded, loaded.tokenizer, scenes=3, grid=(0.5, 0.9))
+    assert abs(model.logit_scale.item() - loaded.model.logit_scale.item()) < 1e-2
+    th, reports = td.calibrate_threshold(loaded, scenes=3, grid=(0.5, 0.9))
     assert th in (0.5, 0.9) and set(reports) == {0.5, 0.9}
     assert reports[0.9].rejection >= reports[0.5].rejection  # a higher threshold never finds more
 
@@ -74,7 +78,8 @@ def test_losses_are_finite_and_drop_when_fitting_one_batch(td):
     from vlmedge.spec import ClipSpec, TextSpec, VisionSpec
     torch.manual_seed(0)
     tok = td.train_tokenizer()
-    spec = ClipSpec(VisionSpec(td.IMAGE_SIZE, 16, 32, 1, 2), TextSpec(32, 1, 2, tok.vocab_size, 77, eos_token_id=tok.eos_token_id), 32)
+    spec = ClipSpec(VisionSpec(td.IMAGE_SIZE, 16, 32, 1, 2),
+                    TextSpec(32, 1, 2, tok.vocab_size, 77, eos_token_id=tok.eos_token_id), 32)
     model = CLIP(spec)
     pix, lab, pres = td.render_dataset(np.arange(4), td.preprocess_spec(), spec.vision.grid, workers=1)
     x, y, p = torch.from_numpy(pix).float(), torch.from_numpy(lab), torch.from_numpy(pres)

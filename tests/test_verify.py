@@ -5,21 +5,19 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-from _bundles import tiny_clip  # noqa: E402
-
 from vlmedge.errors import ArtifactError  # noqa: E402
 from vlmedge.export.bundle import export_bundle  # noqa: E402
 from vlmedge.export.verify import verify_bundle  # noqa: E402
 from vlmedge.manifest import open_bundle  # noqa: E402
 from vlmedge.runtime.grounding.encoders import BundleEncoders  # noqa: E402
+
+from _bundles import tiny_clip  # noqa: E402
 
 torch.set_num_threads(1)
 

@@ -52,7 +52,13 @@ def _map_source_tree() -> None:
 _map_source_tree()
 
 from vlmedge.errors import (  # noqa: E402
-    ArtifactError, BackendUnavailable, ConfigError, InputError, ProtocolError, SourceError, VlmEdgeError,
+    ArtifactError,
+    BackendUnavailable,
+    ConfigError,
+    InputError,
+    ProtocolError,
+    SourceError,
+    VlmEdgeError,
 )
 from vlmedge.spec import ClipSpec, PreprocessSpec, TextSpec, VisionSpec  # noqa: E402
 

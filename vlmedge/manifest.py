@@ -10,24 +10,30 @@ A bundle is a directory::
 
 ``read_manifest`` validates the structure; ``open_bundle`` also checks that every
 listed file exists with the recorded size and sha256. Torch-free.
+
+The deployment platform is ``Manifest.platform`` in Python and ``"target"`` in the JSON: format
+version 1 is read by vlmedge runtimes already on devices, which look up ``"target"``; renaming the
+key would make every new bundle unreadable to them (and would need a format_version bump), while
+the word on disk costs nothing. The shipped bundles keep their recorded sha256 untouched.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from vlmedge.errors import ArtifactError, ConfigError, check_choice
+from vlmedge.platforms import PLATFORMS
 from vlmedge.spec import ClipSpec, PreprocessSpec
 
 FORMAT = "vlmedge-bundle"
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 PRECISIONS = ("fp32", "fp16", "int8")
-TARGETS = ("cpu", "cuda", "jetson-orin-jp6", "jetson-xavier-jp5")
 DENSE_HEADS = ("naive", "maskclip", "sclip", "clearclip", "naclip")
 
 
@@ -82,16 +88,33 @@ class GroundingDefaults:
     background_prompts: tuple[str, ...] = ("background", "a table", "a wall", "the floor")
     threshold: float = 0.5  # probability a patch must exceed to belong to a target region
     min_area_patches: int = 1  # smallest region (in patches) reported as a target
+    # Temperature that turns the patch probability into a calibrated target score (fitted by minimum
+    # log-loss on held-out scenes); None: the runtime's default.
+    score_temperature: float | None = None
+    # Colours a noun phrase without one is also grounded as ("the cup" = the largest map of "the red cup",
+    # "the blue cup", ...): for a model that was only ever shown coloured captions. Empty for CLIP checkpoints.
+    expand_colours: tuple[str, ...] = ()
 
     def to_dict(self) -> dict:
-        return {"background_prompts": list(self.background_prompts), "threshold": self.threshold,
-                "min_area_patches": self.min_area_patches}
+        d = {"background_prompts": list(self.background_prompts), "threshold": self.threshold,
+             "min_area_patches": self.min_area_patches}
+        if self.score_temperature is not None:  # optional fields: absent from bundles that do not set them
+            d["score_temperature"] = self.score_temperature
+        if self.expand_colours:
+            d["expand_colours"] = list(self.expand_colours)
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "GroundingDefaults":
         d = dict(d or {})
-        if "background_prompts" in d:
-            d["background_prompts"] = tuple(d["background_prompts"])
+        for key in ("background_prompts", "expand_colours"):
+            if key in d:
+                if isinstance(d[key], str) or not isinstance(d[key], (list, tuple)):
+                    raise ArtifactError(f"manifest.grounding.{key} must be a list of strings, got {d[key]!r}")
+                d[key] = tuple(d[key])
+        t = d.get("score_temperature")
+        if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t <= 10):
+            raise ArtifactError(f"manifest.grounding.score_temperature must be a number in (0, 10], got {t!r}")
         try:
             return cls(**d)
         except TypeError as e:
@@ -109,7 +132,7 @@ class Manifest:
     logit_scale: float  # exp() already applied: similarity logits = logit_scale * cosine
     dense_head: str
     precision: str
-    target: str
+    platform: str  # a key of vlmedge.platforms.PLATFORMS; stored as "target" in the JSON (module docstring)
     opset: int
     preprocess: PreprocessSpec
     image_encoder: EncoderEntry
@@ -125,8 +148,14 @@ class Manifest:
 
     def __post_init__(self):
         check_choice("manifest.precision", self.precision, PRECISIONS)
-        check_choice("manifest.target", self.target, TARGETS)
+        check_choice("manifest.target (platform)", self.platform, PLATFORMS)
         check_choice("manifest.dense_head", self.dense_head, DENSE_HEADS)
+
+    @property
+    def target(self) -> str:
+        """Deprecated name of :attr:`platform`."""
+        warnings.warn("Manifest.target is deprecated; use Manifest.platform", DeprecationWarning, stacklevel=2)
+        return self.platform
 
     def to_dict(self) -> dict:
         return {
@@ -134,7 +163,7 @@ class Manifest:
             "model_id": self.model_id, "source": self.source, "spec": self.spec.to_dict(),
             "image_size": list(self.image_size), "patch_grid": list(self.patch_grid),
             "embed_dim": self.embed_dim, "logit_scale": self.logit_scale, "dense_head": self.dense_head,
-            "precision": self.precision, "target": self.target, "opset": self.opset,
+            "precision": self.precision, "target": self.platform, "opset": self.opset,
             "preprocess": self.preprocess.to_dict(),
             "encoders": {"image": self.image_encoder.to_dict(), "text": self.text_encoder.to_dict()},
             "tokenizer": {"file": self.tokenizer, "context_length": self.context_length},
@@ -162,7 +191,7 @@ class Manifest:
                 image_size=tuple(int(x) for x in d["image_size"]),
                 patch_grid=tuple(int(x) for x in d["patch_grid"]),
                 embed_dim=int(d["embed_dim"]), logit_scale=float(d["logit_scale"]),
-                dense_head=str(d["dense_head"]), precision=str(d["precision"]), target=str(d["target"]),
+                dense_head=str(d["dense_head"]), precision=str(d["precision"]), platform=str(d["target"]),
                 opset=int(d["opset"]), preprocess=PreprocessSpec.from_dict(d["preprocess"]),
                 image_encoder=EncoderEntry.from_dict(enc["image"], f"{where}: encoders.image"),
                 text_encoder=EncoderEntry.from_dict(enc["text"], f"{where}: encoders.text"),
@@ -214,7 +243,8 @@ def verify_files(bundle_dir: str | Path, manifest: Manifest) -> None:
             raise ArtifactError(f"{p}: size is {size} bytes, manifest records {entry['bytes']} (truncated or replaced)")
         digest = sha256_file(p)
         if digest != entry.get("sha256"):
-            raise ArtifactError(f"{p}: sha256 mismatch (file {digest[:12]}…, manifest {str(entry.get('sha256'))[:12]}…); "
+            recorded = str(entry.get("sha256"))[:12]
+            raise ArtifactError(f"{p}: sha256 mismatch (file {digest[:12]}…, manifest {recorded}…); "
                                 "the file was modified or corrupted")
 
 

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from vlmedge.errors import ProtocolError, did_you_mean
+from vlmedge.validation import QueryRules, check_queries, check_query, check_threshold
 
 PROTOCOL_VERSION = 1
 TOPICS = ("targets", "heatmap", "status")
@@ -32,6 +33,9 @@ DEFAULT_CONTROL_ADDRESS = "tcp://127.0.0.1:5556"
 MAX_CONTROL_MESSAGE_BYTES = 65536  # a request longer than this gets an error reply
 MAX_QUERIES = 16  # queries active at once
 MAX_QUERY_CHARS = 200  # CLIP's text context is 77 tokens; longer text would be truncated anyway
+# Queries that travel on the wire, or may be set over it later (RunConfig, ControlState): typed text,
+# normalized, within the limits above. Check them with validation.check_queries(..., rules=QUERY_RULES).
+QUERY_RULES = QueryRules(normalize=True, max_count=MAX_QUERIES, max_chars=MAX_QUERY_CHARS)
 CAPTURE_STATES = ("starting", "running", "stalled", "reconnecting", "ended", "failed", "stopped")
 SCHEMA_NAMES = {"targets": "targets.v1.json", "status": "status.v1.json",
                 "heatmap": "heatmap.v1.json", "control": "control.v1.json"}
@@ -207,6 +211,8 @@ def validate_target(t: Any, where: str = "target") -> None:
         raise ProtocolError(f"{where}: field 'track_id' must be an integer >= 0 or null, got {tid!r}")
     if t["found"] and t["bbox"] is None:
         raise ProtocolError(f"{where}: found=true needs a bbox")
+    if not t["found"] and (t["bbox"] is not None or t["track_id"] is not None):
+        raise ProtocolError(f"{where}: found=false must have no bbox and no track_id")
     if t["bbox"] is not None:
         x0, y0, x1, y1 = t["bbox"]
         if x1 < x0 or y1 < y0:
@@ -323,7 +329,8 @@ def build_heatmap(*, seq: int, frame_id: int, t_capture_ns: int, query: str, ind
         raise ProtocolError(f"heatmap {query!r}: data must be a 2-D uint8 array, got {arr.dtype} {arr.shape}")
     header = {"v": PROTOCOL_VERSION, "type": "heatmap", "seq": int(seq), "frame_id": int(frame_id),
               "t_capture_ns": int(t_capture_ns),
-              "t_publish_ns": int(time.time_ns() if t_publish_ns is None else t_publish_ns), "query": str(query), "index": int(index), "count": int(count),
+              "t_publish_ns": int(time.time_ns() if t_publish_ns is None else t_publish_ns),
+              "query": str(query), "index": int(index), "count": int(count),
               "dtype": "uint8", "shape": [int(s) for s in arr.shape], "region": [int(v) for v in region],
               "frame_size": [int(width), int(height)], "scale": float(scale)}
     validate_heatmap_header(header, "heatmap header being built")
@@ -372,47 +379,13 @@ def parse_message(data: bytes) -> tuple[str, dict]:
 
 # ----------------------------------------------------------------------------------------- control
 
-def normalize_query(q: Any, where: str = "query") -> str:
-    """Strip a query and check it is a non-empty, printable string of at most MAX_QUERY_CHARS."""
-    if not isinstance(q, str):
-        raise ProtocolError(f"{where} must be a string, got {type(q).__name__} {q!r}")
-    s = " ".join(q.split())  # also collapses tabs/newlines
-    if not s:
-        raise ProtocolError(f"{where} is empty")
-    if len(s) > MAX_QUERY_CHARS:
-        raise ProtocolError(f"{where} is {len(s)} characters long; the limit is {MAX_QUERY_CHARS}")
-    if any(not ch.isprintable() for ch in s):
-        raise ProtocolError(f"{where} contains control characters: {s[:40]!r}")
-    return s
-
-
-def normalize_queries(qs: Any, where: str = "queries") -> list[str]:
-    """Validate a list of queries (0..MAX_QUERIES, each normalized, no duplicates)."""
-    if not isinstance(qs, list):
-        raise ProtocolError(f"{where} must be a list of strings, got {type(qs).__name__}")
-    if len(qs) > MAX_QUERIES:
-        raise ProtocolError(f"{where} has {len(qs)} entries; the limit is {MAX_QUERIES}")
-    out = [normalize_query(q, f"{where}[{i}]") for i, q in enumerate(qs)]
-    dupes = sorted({q for q in out if out.count(q) > 1})
-    if dupes:
-        raise ProtocolError(f"{where} has duplicates: {dupes}")
-    return out
-
-
-def check_unit(value: Any, where: str = "threshold") -> float:
-    """A number in [0, 1] (not a bool, not NaN) -> float; ProtocolError otherwise."""
-    if not _is_num(value) or not 0.0 <= value <= 1.0:
-        raise ProtocolError(f"{where} must be a number in [0, 1], got {value!r}")
-    return float(value)
-
-
 def _check_field(kind: str, value: Any, where: str) -> Any:
     if kind == "queries":
-        return normalize_queries(value, where)
+        return list(check_queries(value, where, error=ProtocolError, rules=QUERY_RULES))
     if kind == "query":
-        return normalize_query(value, where)
+        return check_query(value, where, error=ProtocolError, rules=QUERY_RULES)
     if kind == "unit":
-        return check_unit(value, where)
+        return check_threshold(value, where, error=ProtocolError)
     raise AssertionError(kind)  # table bug, not user input
 
 

@@ -65,6 +65,23 @@ def contrastive_maps(patch_embeds: np.ndarray, query_embeds: np.ndarray, backgro
     return softmax(float(logit_scale) * sims, axis=0)[:q]
 
 
+def probs_against(query_sims: np.ndarray, background_sims: np.ndarray | None, scale: float) -> np.ndarray:
+    """Each query's share of ``softmax(scale * [cos_query, cos_background...])``, queries scored one by one.
+
+    ``query_sims`` [Q, ...] and ``background_sims`` [B, ...] are cosines over the same positions (patches);
+    returns [Q, ...]. Computed as ``e_q / (e_q + sum_b e_b)`` around the largest logit, without building
+    the [Q, 1 + B, ...] softmax input.
+    """
+    z_q = float(scale) * np.asarray(query_sims, dtype=np.float32)
+    if background_sims is None or not len(background_sims):
+        return np.ones_like(z_q)  # nothing to compete with: every position is the query's
+    z_b = float(scale) * np.asarray(background_sims, dtype=np.float32)
+    top = np.maximum(z_q, z_b.max(axis=0)[None])
+    b_sum = np.exp(z_b[None] - top[:, None]).sum(axis=1)
+    e_q = np.exp(z_q - top)
+    return (e_q / (e_q + b_sum)).astype(np.float32)
+
+
 def query_maps(patch_embeds: np.ndarray, query_embeds: np.ndarray, background_embeds: np.ndarray | None,
                logit_scale: float, *, competition: bool = False) -> np.ndarray:
     """Per-patch probability of each query [Q, h, w]: each query scored on its own by default.
@@ -79,17 +96,10 @@ def query_maps(patch_embeds: np.ndarray, query_embeds: np.ndarray, background_em
     if competition:
         return contrastive_maps(patch_embeds, query_embeds, background_embeds, logit_scale)
     query_embeds = np.asarray(query_embeds, dtype=np.float32).reshape(-1, np.shape(patch_embeds)[-1])
-    q_sims = float(logit_scale) * patch_similarity(patch_embeds, query_embeds)  # [Q, h, w]
-    if background_embeds is None or not len(background_embeds):
-        return np.ones_like(q_sims)  # nothing to compete with: every patch is the query's
-    b_sims = float(logit_scale) * patch_similarity(patch_embeds, np.asarray(background_embeds, np.float32))
-    b_max = b_sims.max(axis=0)
-    # softmax over [q, b_1..b_n] for each query, without materialising [Q, 1 + n, h, w]:
-    # p = 1 / (1 + sum_j exp(b_j - q)), computed around the largest logit for stability.
-    top = np.maximum(q_sims, b_max[None])
-    b_sum = np.exp(b_sims[None] - top[:, None]).sum(axis=1)
-    q_exp = np.exp(q_sims - top)
-    return (q_exp / (q_exp + b_sum)).astype(np.float32)
+    bg = None
+    if background_embeds is not None and len(background_embeds):
+        bg = patch_similarity(patch_embeds, np.asarray(background_embeds, dtype=np.float32))
+    return probs_against(patch_similarity(patch_embeds, query_embeds), bg, logit_scale)
 
 
 def temperature_probs(sims_q: np.ndarray, sims_bg: np.ndarray, logit_scale: float, temperature: float) -> np.ndarray:
@@ -100,11 +110,7 @@ def temperature_probs(sims_q: np.ndarray, sims_bg: np.ndarray, logit_scale: floa
     tells a sure detection from a doubtful one poorly; temperature scaling (fitted on held-out scenes
     by minimum log-loss) keeps the ranking and spreads the scores.
     """
-    z_q = float(temperature) * float(logit_scale) * np.asarray(sims_q, np.float32)
-    z_b = float(temperature) * float(logit_scale) * np.asarray(sims_bg, np.float32)
-    top = np.maximum(z_q, z_b.max(axis=0)) if z_b.size else z_q
-    e_q = np.exp(z_q - top)
-    return e_q / (e_q + (np.exp(z_b - top).sum(axis=0) if z_b.size else 0.0))
+    return probs_against(np.asarray(sims_q)[None], sims_bg, float(temperature) * float(logit_scale))[0]
 
 
 def zero_shot_probs(image_embed: np.ndarray, text_embeds: np.ndarray, logit_scale: float) -> np.ndarray:

@@ -64,7 +64,8 @@ class VisionSpec:
             raise ConfigError(f"VisionSpec.width ({self.width}) must be divisible by heads ({self.heads})")
         h, w = self.image_size
         if h % self.patch_size or w % self.patch_size:
-            raise ConfigError(f"VisionSpec.image_size {self.image_size} must be a multiple of patch_size {self.patch_size}")
+            raise ConfigError(f"VisionSpec.image_size {self.image_size} must be a multiple of patch_size "
+                              f"{self.patch_size}")
 
     @property
     def grid(self) -> tuple[int, int]:

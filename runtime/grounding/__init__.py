@@ -1,1 +1,1 @@
-"""runtime/grounding"""
+"""Grounding on the device: ``Grounder`` (prepare -> encode -> match), its result types, regions, tracking."""

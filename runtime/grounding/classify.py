@@ -8,9 +8,8 @@ from pathlib import Path
 import numpy as np
 
 from vlmedge.errors import ConfigError, InputError
-from vlmedge.similarity import zero_shot_probs
-
 from vlmedge.runtime.grounding.results import Classification
+from vlmedge.similarity import zero_shot_probs
 
 
 def format_prompts(labels: Sequence[str], prompt: str) -> list[str]:

@@ -17,16 +17,9 @@ import numpy as np
 
 from vlmedge.errors import ArtifactError, BackendUnavailable, ConfigError, InputError
 from vlmedge.manifest import Manifest, open_bundle
+from vlmedge.platforms import PLATFORMS
 
 log = logging.getLogger(__name__)
-
-# Providers tried, in order, when the caller names none.
-DEFAULT_PROVIDERS = {
-    "cpu": ("CPUExecutionProvider",),
-    "cuda": ("CUDAExecutionProvider", "CPUExecutionProvider"),
-    "jetson-orin-jp6": ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"),
-    "jetson-xavier-jp5": ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"),
-}
 
 
 def physical_cores() -> int:
@@ -52,8 +45,9 @@ def physical_cores() -> int:
     return max(1, min(len(cores) or len(allowed), len(allowed)))
 
 
-def choose_providers(target: str, providers: list[str] | tuple[str, ...] | None) -> list[str]:
-    """Requested providers must all exist; with none requested, the best available for ``target``."""
+def choose_providers(platform: str, providers: list[str] | tuple[str, ...] | None) -> list[str]:
+    """Requested providers must all exist; with none requested, the best available for ``platform``
+    (its ``providers`` in ``vlmedge.platforms.PLATFORMS``, in order; the CPU for an unknown name)."""
     import onnxruntime as ort
 
     available = ort.get_available_providers()
@@ -65,9 +59,10 @@ def choose_providers(target: str, providers: list[str] | tuple[str, ...] | None)
                 f"this onnxruntime ({ort.__version__}) has {available}; install onnxruntime-gpu "
                 "(CUDA/TensorRT) or the JetPack onnxruntime wheel, or pass providers=['CPUExecutionProvider']")
         return list(providers)
-    chosen = [p for p in DEFAULT_PROVIDERS.get(target, ("CPUExecutionProvider",)) if p in available]
-    if chosen[:1] == ["CPUExecutionProvider"] and target != "cpu":
-        log.warning("bundle targets %s but only the CPU provider is available; running on CPU", target)
+    wanted = PLATFORMS[platform].providers if platform in PLATFORMS else ("CPUExecutionProvider",)
+    chosen = [p for p in wanted if p in available]
+    if chosen[:1] == ["CPUExecutionProvider"] and platform != "cpu":
+        log.warning("bundle is for platform %s but only the CPU provider is available; running on CPU", platform)
     return chosen or ["CPUExecutionProvider"]
 
 
@@ -75,7 +70,7 @@ class BundleEncoders:
     """Image and text encoders of a bundle on ONNX Runtime.
 
     ``providers``: ONNX Runtime provider names (each must be available) or None for the best
-    available for the bundle's target. ``verify``: check every file's size and sha256 first.
+    available for the bundle's platform. ``verify``: check every file's size and sha256 first.
     ``threads``: intra-op threads (default: physical cores). ``spinning``: ONNX Runtime's worker
     threads spin-wait between the parallel parts of a run and stop when it returns (see ``_session``);
     False: they sleep between parts (for machines where other busy processes need those cycles).
@@ -87,7 +82,7 @@ class BundleEncoders:
 
         self.bundle_dir = Path(bundle_dir)
         self.manifest: Manifest = open_bundle(self.bundle_dir, verify=verify)
-        self.providers = choose_providers(self.manifest.target, providers)
+        self.providers = choose_providers(self.manifest.platform, providers)
         self.threads = threads or physical_cores()
         if spinning not in (True, False):
             raise ConfigError(f"spinning must be True or False, got {spinning!r}")
@@ -113,9 +108,9 @@ class BundleEncoders:
         so.log_severity_level = 3
         # Worker threads spin-wait between the parallel regions of a run, and stop spinning when it
         # returns (force_spinning_stop), so they never compete with the loop's work between encodes.
-        # ViT-B/16 int8 on the 2-core dev box: `vlmedge run` 25.5-26.1 fps vs 21.8-22.7 with sleeping
-        # workers, both on a file and as a camera (README). Spinning that outlived the run starved the
-        # capture and preprocessing threads in an earlier loop (~125 ms per encode vs ~66 ms).
+        # Spinning made `vlmedge run` faster than sleeping workers, on a file and as a camera (`vlmedge
+        # bench` measures both); spinning that outlived the run starved the capture and preprocessing
+        # threads in an earlier loop.
         so.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.spinning else "0")
         if self.spinning:
             so.add_session_config_entry("session.force_spinning_stop", "1")

@@ -4,11 +4,24 @@
     res = g.ground(frame_bgr, ["the red cup"])
     res.best().bbox, res.maps.shape   # (x0, y0, x1, y1), [Q, H, W]
 
-Per patch, each query competes with the other queries and the bundle's background prompts:
-``softmax(logit_scale * cos(patch, [queries..., backgrounds...]))``; a query's probability map is
-its share. Maps are thresholded into connected regions (``regions.py``), tracked and smoothed
-across calls (``tracking.py``). Everything (preprocessing, logit scale, background prompts,
-threshold, min area) comes from the bundle manifest unless overridden here.
+``ground`` is three stages, each returning a small frozen value, for a pipeline to run apart
+(preprocess the next frame in another thread while this one is encoded and matched):
+
+    prepared = g.prepare(frame_bgr)          # Prepared: model input pixels, crop box
+    encoded = g.encode(prepared)             # Encoded: image and patch embeddings
+    res = g.match(encoded, ["the red cup"])  # GroundingResult: maps, regions, tracks
+
+A query is a command in the language of ``vlmedge.language``: a noun phrase ("the red cup"), a relation
+("the cup next to the plate"), an ordinal ("the second bottle from the left"), a quantity ("all cups",
+"how many balls"), a negation ("the cup that is not red"), nested to depth 2, or a taught name
+(:meth:`Grounder.teach`). Every noun phrase of every command is grounded the same way (``commands.py``
+composes the instances): per patch, the phrase is scored against the bundle's background prompts alone,
+``softmax(logit_scale * cos(patch, [phrase, backgrounds...]))`` (``competition=True``: all phrases in one
+softmax, as before); its map is thresholded into regions (``regions.py``), and the resolved targets are
+tracked and smoothed across calls (``tracking.py``). A target's ``score`` is the same probability with the
+logits scaled by the calibration temperature (``score_temperature``), so it ranks detections without
+saturating at 1.0. Everything (preprocessing, logit scale, background prompts, threshold, min area) comes
+from the bundle manifest unless overridden here.
 """
 
 from __future__ import annotations
@@ -16,20 +29,27 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from vlmedge.errors import ConfigError, InputError
-from vlmedge.similarity import contrastive_maps, l2_normalize
-
 from vlmedge.runtime.grounding.classify import zero_shot
+from vlmedge.runtime.grounding.commands import CommandParser, Plan, resolve_command
 from vlmedge.runtime.grounding.regions import find_regions
-from vlmedge.runtime.grounding.results import Classification, GroundingResult
+from vlmedge.runtime.grounding.results import Classification, CommandResult, GroundingResult
+from vlmedge.runtime.grounding.taught import TaughtObjects, exemplar_from_box
 from vlmedge.runtime.grounding.tracking import Tracker
+from vlmedge.similarity import contrastive_maps, l2_normalize, patch_similarity, probs_against
+from vlmedge.validation import check_queries, check_query, check_threshold
 
 log = logging.getLogger(__name__)
+
+# Calibration temperature of target scores when the bundle states none: the one fitted by minimum log-loss on
+# the demo model's validation scenes (seeds 900_000+, never trained on nor evaluated) by
+# benchmarks/calibrate_scores.py; its results file in benchmarks/results/ holds the fit, AUROC and saturation.
+DEFAULT_SCORE_TEMPERATURE = 0.4
 
 
 def check_frame(frame_bgr) -> np.ndarray:
@@ -42,33 +62,27 @@ def check_frame(frame_bgr) -> np.ndarray:
     return frame_bgr
 
 
-def check_queries(queries, what: str = "queries") -> tuple[str, ...]:
-    """Validate a list of distinct, non-empty strings."""
-    if isinstance(queries, str) or not isinstance(queries, Sequence):
-        raise InputError(f"{what} must be a list of strings, got {type(queries).__name__} {queries!r}")
-    out = tuple(queries)
-    for q in out:
-        if not isinstance(q, str) or not q.strip():
-            raise InputError(f"{what} must be non-empty strings, got {q!r}")
-    dupes = sorted({q for q in out if out.count(q) > 1})
-    if dupes:
-        raise InputError(f"{what} contain duplicates {dupes}; each query must be distinct")
-    return out
-
-
-def check_threshold(threshold) -> float:
-    try:
-        t = float(threshold)
-    except (TypeError, ValueError):
-        raise ConfigError(f"threshold must be a number in [0, 1], got {threshold!r}") from None
-    if not 0.0 <= t <= 1.0:
-        raise ConfigError(f"threshold must be in [0, 1], got {threshold!r}")
-    return t
-
-
 def _checked(queries, thresholds) -> tuple[tuple[str, ...], dict[str, float]]:
     """Validated queries and per-query threshold overrides."""
-    return check_queries(queries), {q: check_threshold(v) for q, v in (thresholds or {}).items()}
+    queries = check_queries(queries, error=InputError)
+    return queries, {q: check_threshold(v, f"thresholds[{q!r}]") for q, v in (thresholds or {}).items()}
+
+
+def _patch_area(encoded) -> float:
+    """Frame pixels one patch covers: a command's instances must be at least this big (see commands.py)."""
+    x0, y0, x1, y1 = encoded.crop_box
+    h, w = encoded.patches.shape[:2]
+    return (x1 - x0) * (y1 - y0) / float(h * w)
+
+
+def _check_temperature(value) -> float:
+    try:
+        t = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"score_temperature must be a positive number, got {value!r}") from None
+    if not 0.0 < t <= 10.0:
+        raise ConfigError(f"score_temperature must be in (0, 10], got {value!r}")
+    return t
 
 
 def _open_encoders(bundle, providers, spinning: bool = True):
@@ -83,7 +97,7 @@ def _open_encoders(bundle, providers, spinning: bool = True):
 
 @dataclass(frozen=True, eq=False)
 class Prepared:
-    """A frame preprocessed for the image encoder (see ``Grounder.prepare``)."""
+    """A frame preprocessed for the image encoder (``Grounder.prepare``)."""
 
     pixels: np.ndarray  # float32 [1, 3, H, W]
     crop_box: tuple[int, int, int, int]  # frame region the pixels cover
@@ -93,17 +107,19 @@ class Prepared:
 
 @dataclass(frozen=True, eq=False)
 class Encoded:
-    """A frame through the image encoder (see ``Grounder.encode``), not yet matched to queries."""
+    """A frame through the image encoder (``Grounder.encode``), ready to match against any queries."""
 
-    image_embed: np.ndarray  # [D], L2-normalized
-    patches: np.ndarray  # [h, w, D]
+    image_embed: np.ndarray  # float32 [D], L2-normalized
+    patches: np.ndarray  # float32 [h, w, D]
     crop_box: tuple[int, int, int, int]
     frame_size: tuple[int, int]
-    timings: dict  # preprocess and encode milliseconds
+    preprocess_ms: float
+    encode_ms: float
 
 
 class Grounder:
-    """Language grounding on frames: ``ground(frame_bgr, queries) -> GroundingResult``.
+    """Language grounding on frames: ``ground(frame_bgr, queries) -> GroundingResult``, or its stages
+    ``prepare -> encode -> match`` (see the module docstring).
 
     Args:
         bundle: bundle directory or an open ``BundleEncoders``.
@@ -114,20 +130,31 @@ class Grounder:
         smoothing: track targets across calls (stable ids, EMA on boxes; a ``Tracker`` to tune it);
             False = each call independent.
         spinning: ONNX Runtime workers spin-wait during a run (``BundleEncoders``); False: they sleep.
+        competition: score all noun phrases in one softmax (they compete for patches) instead of each
+            against the background prompts alone.
+        score_temperature: calibration temperature of target scores (default: manifest
+            ``grounding.score_temperature``, else ``DEFAULT_SCORE_TEMPERATURE``).
+        expand_colours: colours a noun phrase without one is also grounded as (its map is the largest of
+            "the cup", "the red cup", "the blue cup"...): for a model that only read coloured captions
+            (default: manifest ``grounding.expand_colours``, else none).
+        taught: a JSON file of taught objects, loaded when it exists and rewritten on every
+            ``teach``/``forget`` (so a restart keeps them); None keeps them in memory only.
     """
 
     def __init__(self, bundle, *, providers: Sequence[str] | None = None, threshold: float | None = None,
                  background_prompts: Sequence[str] | None = None, min_area_patches: int | None = None,
-                 smoothing: bool | Tracker = True, spinning: bool = True):
+                 smoothing: bool | Tracker = True, spinning: bool = True, competition: bool = False,
+                 score_temperature: float | None = None, taught: str | Path | None = None,
+                 expand_colours: Sequence[str] | None = None):
         self.encoders = _open_encoders(bundle, providers, spinning)
         self.manifest = self.encoders.manifest
         g = self.manifest.grounding
-        self.threshold = check_threshold(g.threshold if threshold is None else threshold)
+        self.threshold = check_threshold(g.threshold if threshold is None else threshold, "threshold")
         self.min_area_patches = int(g.min_area_patches if min_area_patches is None else min_area_patches)
         if self.min_area_patches < 1:
             raise ConfigError(f"min_area_patches must be >= 1, got {min_area_patches!r}")
         bg = g.background_prompts if background_prompts is None else background_prompts
-        self.background_prompts = check_queries(list(bg), "background_prompts") if len(bg) else ()
+        self.background_prompts = check_queries(bg, "background_prompts", error=ConfigError)
         self.logit_scale = float(self.manifest.logit_scale)
         if isinstance(smoothing, Tracker):
             self.tracker = smoothing
@@ -135,10 +162,19 @@ class Grounder:
             self.tracker = Tracker() if smoothing else None
         else:
             raise ConfigError(f"smoothing must be True, False or a Tracker, got {smoothing!r}")
+        if competition not in (True, False):
+            raise ConfigError(f"competition must be True or False, got {competition!r}")
+        self.competition = competition
+        temp = getattr(g, "score_temperature", None) if score_temperature is None else score_temperature
+        self.score_temperature = _check_temperature(DEFAULT_SCORE_TEMPERATURE if temp is None else temp)
+        colours = getattr(g, "expand_colours", ()) if expand_colours is None else expand_colours
+        self.expand_colours = check_queries(tuple(colours), "expand_colours", error=ConfigError)
         self.text_encoder_calls = 0  # number of text-encoder runs (each handles a batch of new texts)
         self._text_cache: dict[str, np.ndarray] = {}
         self._load_vocabulary()
         self._bg_embeds = self.text_embeddings(self.background_prompts) if self.background_prompts else None
+        self._parser = CommandParser()
+        self.taught = TaughtObjects(self.manifest.model_id, self.manifest.embed_dim, path=taught)
 
     # ------------------------------------------------------------------ text
     def _load_vocabulary(self) -> None:
@@ -169,7 +205,7 @@ class Grounder:
         if e.shape != (self.manifest.embed_dim,) or not np.all(np.isfinite(e)) or not np.any(e):
             raise InputError(f"embedding for {text!r} must be a finite non-zero [{self.manifest.embed_dim}] vector, "
                              f"got shape {np.shape(embed)}")
-        check_queries([text], "text")
+        check_query(text, "text", error=InputError)
         self._text_cache[text] = l2_normalize(e)
 
     @property
@@ -177,11 +213,11 @@ class Grounder:
         return tuple(self._text_cache)
 
     def set_threshold(self, threshold: float) -> None:
-        self.threshold = check_threshold(threshold)
+        self.threshold = check_threshold(threshold, "threshold")
 
     # ------------------------------------------------------------------ image
     def prepare(self, frame_bgr: np.ndarray) -> Prepared:
-        """Preprocess a frame for the image encoder (may run in another thread than ``ground``)."""
+        """Preprocess a frame for the image encoder (may run in another thread than ``encode``/``match``)."""
         from vlmedge.preprocess import crop_box, preprocess
 
         frame_bgr = check_frame(frame_bgr)
@@ -191,78 +227,146 @@ class Grounder:
         box = tuple(int(round(v)) for v in crop_box(frame_bgr.shape, spec))
         return Prepared(pixels, box, tuple(frame_bgr.shape[:2]), (time.perf_counter() - t0) * 1e3)
 
-    def encode_frame(self, frame_bgr: np.ndarray | None = None, *, prepared: Prepared | None = None
-                     ) -> tuple[np.ndarray, np.ndarray, tuple, dict]:
-        """Preprocess (unless ``prepared``) and encode: (image_embed [D], patch_embeds [h, w, D], crop_box, timings)."""
-        if prepared is None:
-            prepared = self.prepare(frame_bgr)
-        elif not isinstance(prepared, Prepared):
-            raise InputError(f"prepared must come from Grounder.prepare(), got {type(prepared).__name__}")
-        t1 = time.perf_counter()
-        image_embeds, patch_embeds = self.encoders.encode_image(prepared.pixels)
-        t2 = time.perf_counter()
-        timings = {"preprocess": prepared.preprocess_ms, "encode": (t2 - t1) * 1e3}
-        return (l2_normalize(np.asarray(image_embeds, dtype=np.float32)[0]),
-                np.asarray(patch_embeds, dtype=np.float32)[0], prepared.crop_box, timings)
-
     def encode(self, prepared: Prepared) -> Encoded:
-        """Run the image encoder on a prepared frame; ``ground_encoded`` finishes the job. Splitting
-        ``ground`` in two lets a pipeline prepare the next frame while it matches this one."""
-        image_embed, patches, box, timings = self.encode_frame(prepared=prepared)
-        return Encoded(image_embed, patches, box, prepared.frame_size, timings)
+        """Run the image encoder on a frame from :meth:`prepare`."""
+        if not isinstance(prepared, Prepared):
+            raise InputError(f"prepared must come from Grounder.prepare(), got {type(prepared).__name__}")
+        t0 = time.perf_counter()
+        image_embeds, patch_embeds = self.encoders.encode_image(prepared.pixels)
+        encode_ms = (time.perf_counter() - t0) * 1e3
+        return Encoded(l2_normalize(np.asarray(image_embeds, dtype=np.float32)[0]),
+                       np.asarray(patch_embeds, dtype=np.float32)[0], prepared.crop_box, prepared.frame_size,
+                       prepared.preprocess_ms, encode_ms)
 
-    def ground(self, frame_bgr: np.ndarray | None, queries: Sequence[str], *,
-               thresholds: Mapping[str, float] | None = None, prepared: Prepared | None = None) -> GroundingResult:
-        """Find every query in the frame. See the module docstring for the method.
+    # ------------------------------------------------------------------ queries
+    def match(self, encoded: Encoded, queries: Sequence[str], *,
+              thresholds: Mapping[str, float] | None = None) -> GroundingResult:
+        """Find every query in a frame from :meth:`encode`. See the module docstring for the method.
 
         ``thresholds`` optionally overrides the threshold for some queries (e.g. from the control socket).
-        ``prepared``: the frame already preprocessed by :meth:`prepare` (then ``frame_bgr`` may be None).
         """
-        queries, per_query = _checked(queries, thresholds)
-        t_start = time.perf_counter()
-        given = prepared is not None
-        if not given:
-            prepared = self.prepare(frame_bgr)
-        elif frame_bgr is not None and tuple(np.shape(frame_bgr)[:2]) != prepared.frame_size:
-            raise InputError(f"prepared is for a {prepared.frame_size} frame, got a frame of shape {np.shape(frame_bgr)}")
-        result = self._match(self.encode(prepared), queries, per_query)
-        result.timings["total"] = (time.perf_counter() - t_start) * 1e3 + (prepared.preprocess_ms if given else 0.0)
-        return result
-
-    def ground_encoded(self, encoded: Encoded, queries: Sequence[str], *,
-                       thresholds: Mapping[str, float] | None = None) -> GroundingResult:
-        """``ground`` for a frame that went through :meth:`encode` already."""
         if not isinstance(encoded, Encoded):
             raise InputError(f"encoded must come from Grounder.encode(), got {type(encoded).__name__}")
         queries, per_query = _checked(queries, thresholds)
-        result = self._match(encoded, queries, per_query)
-        result.timings["total"] = sum(result.timings[k] for k in ("preprocess", "encode", "ground"))
-        return result
+        return self._match(encoded, queries, per_query)
 
-    def _match(self, encoded: Encoded, queries: tuple[str, ...], per_query: dict) -> GroundingResult:
-        t2 = time.perf_counter()
-        patches, box, frame_size = encoded.patches, encoded.crop_box, encoded.frame_size
-        q_emb = self.text_embeddings(queries)
-        maps = contrastive_maps(patches, q_emb, self._bg_embeds, self.logit_scale) if queries else \
-            np.zeros((0, *patches.shape[:2]), dtype=np.float32)
-        targets = []
-        for q, m in zip(queries, maps):
-            targets.extend(find_regions(m, q, threshold=per_query.get(q, self.threshold),
-                                        min_area_patches=self.min_area_patches, frame_size=frame_size, crop_box=box))
-        if self.tracker is not None:
-            targets = self.tracker.update(targets)
-        timings = dict(encoded.timings)
-        timings["ground"] = (time.perf_counter() - t2) * 1e3
-        return GroundingResult(queries=queries, targets=tuple(targets), patch_maps=maps, frame_size=frame_size,
-                               crop_box=box, timings=timings, image_embed=encoded.image_embed)
+    def ground(self, frame_bgr: np.ndarray, queries: Sequence[str], *,
+               thresholds: Mapping[str, float] | None = None) -> GroundingResult:
+        """``match(encode(prepare(frame_bgr)), queries, thresholds=...)`` in one call."""
+        queries, per_query = _checked(queries, thresholds)  # before the encoder runs for a bad request
+        return self._match(self.encode(self.prepare(frame_bgr)), queries, per_query)
+
+    def _match(self, encoded: Encoded, queries: tuple[str, ...], per_query: dict[str, float]) -> GroundingResult:
+        t0 = time.perf_counter()
+        plan = self._parser.plan(queries, self.taught.names(), self.expand_colours)
+        jobs = self._phrase_jobs(plan, per_query)  # (phrase, threshold) -> index into the maps
+        maps, scores = self._phrase_maps(encoded.patches, [plan.variants.get(p, (p,)) for p, _ in jobs])
+        phrase_targets = {
+            job: find_regions(maps[k], job[0], threshold=job[1], min_area_patches=self.min_area_patches,
+                              frame_size=encoded.frame_size, crop_box=encoded.crop_box, score_map=scores[k])
+            for job, k in jobs.items()}
+        patch_area = _patch_area(encoded)
+        commands = [resolve_command(c, {p: phrase_targets[(p, per_query.get(c.text, self.threshold))]
+                                        for p in plan.phrases_of(c)}, encoded.frame_size, patch_area)
+                    for c in plan.commands]
+        commands = self._tracked(commands)
+        head = [jobs[(plan.phrases_of(c)[0], per_query.get(c.text, self.threshold))] for c in plan.commands]
+        patch_maps = maps[head] if head else np.zeros((0, *encoded.patches.shape[:2]), dtype=np.float32)
+        ground_ms = (time.perf_counter() - t0) * 1e3
+        # Complete before the result is built: a result is never changed after construction.
+        timings = {"preprocess": encoded.preprocess_ms, "encode": encoded.encode_ms, "ground": ground_ms,
+                   "total": encoded.preprocess_ms + encoded.encode_ms + ground_ms}
+        return GroundingResult(queries=queries, targets=tuple(t for c in commands for t in c.targets),
+                               patch_maps=patch_maps, frame_size=encoded.frame_size, crop_box=encoded.crop_box,
+                               timings=timings, image_embed=encoded.image_embed, commands=tuple(commands))
+
+    def _phrase_jobs(self, plan: Plan, per_query: dict[str, float]) -> dict[tuple[str, float], int]:
+        jobs: dict[tuple[str, float], int] = {}
+        for c in plan.commands:
+            for p in plan.phrases_of(c):
+                jobs.setdefault((p, per_query.get(c.text, self.threshold)), len(jobs))
+        return jobs
+
+    def _phrase_maps(self, patches: np.ndarray, groups: list[tuple[str, ...]]) -> tuple[np.ndarray, np.ndarray]:
+        """Per phrase: the detection map (probability, thresholded into regions) and the score map (the same
+        probability at the calibration temperature), both [P, h, w]. A phrase grounded through several texts
+        (its coloured variants) takes the largest of their maps."""
+        if not groups:
+            empty = np.zeros((0, *patches.shape[:2]), dtype=np.float32)
+            return empty, empty
+        texts = list(dict.fromkeys(t for g in groups for t in g))
+        embeds = self.phrase_embeddings(texts)
+        q_sims = patch_similarity(patches, embeds)
+        b_sims = patch_similarity(patches, self._bg_embeds) if self._bg_embeds is not None else None
+        if self.competition:
+            maps = contrastive_maps(patches, embeds, self._bg_embeds, self.logit_scale)
+        else:
+            maps = probs_against(q_sims, b_sims, self.logit_scale)
+        scores = probs_against(q_sims, b_sims, self.logit_scale * self.score_temperature)
+        if len(texts) == len(groups):  # no phrase has variants: the maps are already per phrase
+            return maps, scores
+        index = {t: i for i, t in enumerate(texts)}
+        rows = [[index[t] for t in g] for g in groups]
+        return (np.stack([maps[r].max(axis=0) for r in rows]), np.stack([scores[r].max(axis=0) for r in rows]))
+
+    def phrase_embeddings(self, phrases: Sequence[str]) -> np.ndarray:
+        """[P, D]: a taught object's exemplar embedding, else the text embedding of the phrase."""
+        texts = [p for p in phrases if p not in self.taught]
+        by_text = dict(zip(texts, self.text_embeddings(texts))) if texts else {}
+        return np.stack([self.taught.embedding(p) if p in self.taught else by_text[p] for p in phrases])
+
+    def _tracked(self, commands: list[CommandResult]) -> list[CommandResult]:
+        if self.tracker is None:
+            return commands
+        flat = self.tracker.update([t for c in commands for t in c.targets])
+        out, k = [], 0
+        for c in commands:
+            n = len(c.targets)
+            out.append(replace(c, targets=tuple(flat[k:k + n])))
+            k += n
+        return out
+
+    # ------------------------------------------------------------------ taught objects
+    def teach(self, name: str, frame_bgr: np.ndarray | None = None, box: Sequence[float] | None = None, *,
+              crops: Sequence[np.ndarray] | None = None) -> np.ndarray:
+        """Teach a new noun: ``teach("my mug", frame, (x0, y0, x1, y1))`` or ``teach("my mug", crops=[img, ...])``
+        (1-5 image crops of the object). The exemplar embedding is the mean of the patch embeddings inside
+        the box (or of every patch of each crop); ``name`` is then usable anywhere a noun phrase is ("the cup
+        next to my mug"). Returns the exemplar [D]."""
+        name = check_query(name, "teach: name", error=InputError)
+        if (crops is None) == (frame_bgr is None):
+            raise InputError("teach needs either a frame and a box, or crops=[image, ...] (1 to 5 crops)")
+        if crops is not None:
+            if box is not None:
+                raise InputError("teach: give a box with a frame, not with crops")
+            if isinstance(crops, np.ndarray) or not 1 <= len(crops) <= 5:
+                raise InputError(f"teach: crops must be a list of 1 to 5 images, got {type(crops).__name__}"
+                                 + (f" of {len(crops)}" if not isinstance(crops, np.ndarray) else ""))
+            parts = [self.encode(self.prepare(c)).patches.reshape(-1, self.manifest.embed_dim).mean(0)
+                     for c in crops]
+            exemplar, source = np.mean(parts, axis=0), {"crops": len(crops)}
+        else:
+            if box is None:
+                raise InputError("teach: a frame needs a box (x0, y0, x1, y1) in frame pixels around the object")
+            encoded = self.encode(self.prepare(frame_bgr))
+            exemplar = exemplar_from_box(encoded.patches, box, encoded.crop_box, encoded.frame_size)
+            source = {"box": [int(round(float(v))) for v in box]}
+        self.taught.add(name, exemplar, source)
+        self._parser = CommandParser()  # parses made before may have read the name as words
+        return self.taught.embedding(name)
+
+    def forget(self, name: str) -> None:
+        """Forget a taught object (KeyError-like InputError naming the known ones when absent)."""
+        self.taught.remove(name)
+        self._parser = CommandParser()
 
     def classify(self, frame_bgr: np.ndarray, labels: Sequence[str], prompt: str = "a photo of {}") -> Classification:
         """Whole-frame zero-shot classification: labels sorted by softmax(logit_scale * cos)."""
-        labels = check_queries(labels, "labels")
+        labels = check_queries(labels, "labels", error=InputError)
         if not labels:
             raise InputError("classify needs at least one label")
-        image_embed, _, _, _ = self.encode_frame(frame_bgr)
-        return zero_shot(image_embed, labels, self.text_embeddings, self.logit_scale, prompt)
+        encoded = self.encode(self.prepare(frame_bgr))
+        return zero_shot(encoded.image_embed, labels, self.text_embeddings, self.logit_scale, prompt)
 
     def reset_tracks(self) -> None:
         if self.tracker is not None:

@@ -6,33 +6,13 @@ exclusive. ``frame_size`` is ``(height, width)`` like ``frame.shape[:2]``.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
 
 from vlmedge.errors import InputError
-
-
-def _finite(name: str, v: Any) -> float:
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        raise InputError(f"{name} must be a number, got {v!r}") from None
-    if not math.isfinite(f):
-        raise InputError(f"{name} must be finite, got {v!r}")
-    return f
-
-
-def _point(name: str, v: Any) -> tuple[float, float] | None:
-    if v is None:
-        return None
-    try:
-        x, y = v
-    except (TypeError, ValueError):
-        raise InputError(f"{name} must be an (x, y) pair or None, got {v!r}") from None
-    return (_finite(name, x), _finite(name, y))
 
 
 @dataclass(frozen=True)
@@ -44,6 +24,10 @@ class Target:
     centroid, ``peak`` the location of its highest probability (refined below the patch size, see
     ``regions``), ``area`` its size in frame pixels.
     A not-found target has ``found=False``, ``bbox``/``center``/``peak`` None, ``area`` 0 and no track id.
+
+    A plain value, not validated here: the runtime builds targets from checked inputs, with Python ints,
+    floats and tuples, on every frame. A target made elsewhere is checked where it leaves the process
+    (``protocol.build_targets`` validates every target it publishes).
     """
 
     query: str
@@ -54,32 +38,14 @@ class Target:
     peak: tuple[float, float] | None = None
     area: int = 0
     track_id: int | None = None
-
-    def __post_init__(self):
-        if not isinstance(self.query, str):
-            raise InputError(f"Target.query must be a str, got {type(self.query).__name__}")
-        object.__setattr__(self, "found", bool(self.found))
-        object.__setattr__(self, "score", _finite("Target.score", self.score))
-        object.__setattr__(self, "center", _point("Target.center", self.center))
-        object.__setattr__(self, "peak", _point("Target.peak", self.peak))
-        if self.bbox is not None:
-            try:
-                x0, y0, x1, y1 = (int(round(float(c))) for c in self.bbox)
-            except (TypeError, ValueError):
-                raise InputError(f"Target.bbox must be (x0, y0, x1, y1) or None, got {self.bbox!r}") from None
-            if x1 < x0 or y1 < y0:
-                raise InputError(f"Target.bbox must have x0 <= x1 and y0 <= y1, got {self.bbox!r}")
-            object.__setattr__(self, "bbox", (x0, y0, x1, y1))
-        if self.found and self.bbox is None:
-            raise InputError(f"Target {self.query!r}: found=True needs a bbox")
-        if not self.found and (self.bbox is not None or self.track_id is not None):
-            raise InputError(f"Target {self.query!r}: found=False must have no bbox and no track_id")
-        object.__setattr__(self, "area", int(self.area))
-        if self.track_id is not None:
-            object.__setattr__(self, "track_id", int(self.track_id))
+    # What a command's target was resolved against ("the cup next to the plate": the plate's box), and why a
+    # command was not found ("no 'the ball' in view"); the plain noun-phrase path leaves both empty.
+    anchors: tuple[Any, ...] = ()  # vlmedge.language.Anchor(text, bbox)
+    reason: str | None = None
 
     def to_dict(self) -> dict:
-        """JSON-ready dict (lists instead of tuples)."""
+        """JSON-ready dict (lists instead of tuples): the v1 wire fields of a target (anchors and reasons
+        travel per command, see ``CommandResult.to_dict``)."""
         return {"query": self.query, "found": self.found, "score": round(self.score, 6),
                 "bbox": list(self.bbox) if self.bbox else None,
                 "center": [round(c, 2) for c in self.center] if self.center else None,
@@ -105,13 +71,38 @@ def upsample_map(patch_map: np.ndarray, frame_size: tuple[int, int],
 
 
 @dataclass(frozen=True, eq=False)
+class CommandResult:
+    """One command resolved in one frame.
+
+    ``targets``: the resolved target (singular commands), every instance (plural, ``all``, ``two``...), or
+    a single not-found target carrying the ``reason``. ``anchors``: the instances the targets were
+    resolved against, with their noun phrase. ``count``: for ``how many`` and plural commands (0 included).
+    """
+
+    command: str
+    parsed: Any  # vlmedge.language.Command
+    found: bool
+    targets: tuple[Target, ...]
+    anchors: tuple[Any, ...] = ()  # vlmedge.language.Anchor
+    count: int | None = None
+    reason: str | None = None
+
+    def to_dict(self) -> dict:
+        return {"command": self.command, "parsed": self.parsed.to_dict(), "found": self.found,
+                "count": self.count, "reason": self.reason,
+                "targets": [t.to_dict() for t in self.targets if t.found],
+                "anchors": [{"text": a.text, "bbox": [int(v) for v in a.bbox]} for a in self.anchors]}
+
+
+@dataclass(frozen=True, eq=False)
 class GroundingResult:
-    """Everything one ``Grounder.ground`` call found.
+    """Everything one ``Grounder.ground`` (or ``match``) call found.
 
     ``targets`` holds, per query in request order, every region above the threshold sorted by score
     (the first is the best), or a single not-found target. ``patch_maps`` [Q, h, w] are the per-patch
     probabilities; ``maps`` upsamples them to frame size on first access (zero outside ``crop_box``).
-    ``timings`` are milliseconds: preprocess, encode, ground, total.
+    ``timings`` are milliseconds: preprocess, encode, ground, total; complete when the result is built.
+    Built by the grounder from checked inputs, so the fields are not re-validated here.
     """
 
     queries: tuple[str, ...]
@@ -119,30 +110,22 @@ class GroundingResult:
     patch_maps: np.ndarray  # float32 [Q, h, w]
     frame_size: tuple[int, int]  # (height, width)
     crop_box: tuple[int, int, int, int]  # frame region the model input covers
-    timings: dict = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
     image_embed: np.ndarray | None = None  # float32 [D], L2-normalized
-    _cache: dict = field(default_factory=dict, repr=False, compare=False)
+    commands: tuple[CommandResult, ...] = ()  # per query, in request order
 
-    def __post_init__(self):
-        object.__setattr__(self, "queries", tuple(self.queries))
-        object.__setattr__(self, "targets", tuple(self.targets))
-        pm = np.asarray(self.patch_maps, dtype=np.float32)
-        if pm.ndim != 3 or pm.shape[0] != len(self.queries):
-            raise InputError(f"GroundingResult.patch_maps must be [Q={len(self.queries)}, h, w], got {pm.shape}")
-        object.__setattr__(self, "patch_maps", pm)
-        object.__setattr__(self, "frame_size", tuple(int(v) for v in self.frame_size))
-        object.__setattr__(self, "crop_box", tuple(int(v) for v in self.crop_box))
-
-    @property
+    # A pure function of the frozen fields, made on first use: the wire carries patch maps, so only a
+    # display or a caller that asks needs frame-size maps. cached_property stores the array in the
+    # instance __dict__ directly (not through the frozen __setattr__), so the class stays frozen and
+    # has no cache field for callers to see or change; the array is computed once per result.
+    @cached_property
     def maps(self) -> np.ndarray:
         """float32 [Q, H, W] per-query probability maps at frame size (computed once, on demand)."""
-        if "maps" not in self._cache:
-            h, w = self.frame_size
-            maps = np.zeros((len(self.queries), h, w), dtype=np.float32)
-            for i in range(len(self.queries)):
-                maps[i] = upsample_map(self.patch_maps[i], self.frame_size, self.crop_box)
-            self._cache["maps"] = maps
-        return self._cache["maps"]
+        h, w = self.frame_size
+        maps = np.zeros((len(self.queries), h, w), dtype=np.float32)
+        for i in range(len(self.queries)):
+            maps[i] = upsample_map(self.patch_maps[i], self.frame_size, self.crop_box)
+        return maps
 
     def map_for(self, query: str) -> np.ndarray:
         """The frame-size probability map of one query."""
@@ -169,6 +152,18 @@ class GroundingResult:
             query = self.queries[0]
         return self.targets_for(query)[0]
 
+    def command(self, query: str) -> CommandResult:
+        """How one command was resolved: parsed form, targets, anchors, count, reason."""
+        return self.commands[self._index(query)]
+
+    def count(self, query: str) -> int:
+        """``how many`` commands and plural noun phrases: the count (0 included); otherwise the number of
+        found targets."""
+        c = self.command(query) if self.commands else None
+        if c is not None and c.count is not None:
+            return c.count
+        return sum(t.found for t in self.targets_for(query))
+
     @property
     def found(self) -> tuple[Target, ...]:
         return tuple(t for t in self.targets if t.found)
@@ -181,19 +176,11 @@ class GroundingResult:
 
 @dataclass(frozen=True)
 class Classification:
-    """Zero-shot labels sorted by probability (highest first)."""
+    """Zero-shot labels sorted by probability (highest first), as ``classify.zero_shot`` builds them."""
 
     labels: tuple[str, ...]
     probs: tuple[float, ...]
     prompt: str = "{}"
-
-    def __post_init__(self):
-        object.__setattr__(self, "labels", tuple(self.labels))
-        object.__setattr__(self, "probs", tuple(float(p) for p in self.probs))
-        if len(self.labels) != len(self.probs):
-            raise InputError(f"Classification: {len(self.labels)} labels but {len(self.probs)} probabilities")
-        if any(a < b for a, b in zip(self.probs, self.probs[1:])):
-            raise InputError("Classification.probs must be sorted highest first")
 
     @property
     def top(self) -> tuple[str, float]:

@@ -19,7 +19,6 @@ import numpy as np
 
 from vlmedge.errors import ConfigError
 from vlmedge.geometry import iou
-
 from vlmedge.runtime.grounding.results import Target
 
 
@@ -108,7 +107,8 @@ class Tracker:
                 tr = _Track(next(self._ids), query, box, center)
                 tracks.append(tr)
                 used.add(len(tracks) - 1)
-            result.append((d, replace(t, bbox=tuple(np.round(tr.box).astype(int)),
+            # Python ints and floats: Target does not convert, and the wire writes what it holds.
+            result.append((d, replace(t, bbox=tuple(int(v) for v in np.round(tr.box)),
                                       center=(float(tr.center[0]), float(tr.center[1])),
                                       track_id=tr.track_id)))
         survivors = []

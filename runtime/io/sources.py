@@ -374,7 +374,7 @@ class SyntheticSource(FrameSource):
         try:
             from vlmedge.scenes.render import TabletopStream
         except ImportError as e:
-            if getattr(e, "name", None) not in (f"{__package__}.synthetic", "vlmedge.scenes.render"):
+            if getattr(e, "name", None) != "vlmedge.scenes.render":  # render itself missing, not a module it imports
                 raise
             log.warning("vlmedge.scenes.render is not available; %s uses a placeholder scene", self.spec)
             self.placeholder = True
@@ -551,7 +551,7 @@ def _parse_featured(spec: str, text: str) -> tuple[tuple[str, str], ...]:
     try:
         from vlmedge.scenes.render import parse_featured
     except ImportError as e:
-        if getattr(e, "name", None) not in (f"{__package__}.synthetic", "vlmedge.scenes.render"):
+        if getattr(e, "name", None) != "vlmedge.scenes.render":  # render itself missing, not a module it imports
             raise
         text = text.strip().lower()
         return () if text in ("", "none") else tuple(tuple(p.split()[:2]) for p in text.split(","))  # type: ignore

@@ -1,1 +1,1 @@
-"""runtime/messaging"""
+"""The wire on the device: ``Publisher`` (targets, heatmaps, status), the control socket, ZeroMQ helpers."""

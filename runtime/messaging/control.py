@@ -21,8 +21,16 @@ import zmq
 
 from vlmedge import protocol
 from vlmedge.errors import ConfigError, ProtocolError, VlmEdgeError, did_you_mean
-
-from vlmedge.runtime.messaging.sockets import CurveClientKeys, CurveServerKeys, bind, check_address, setup_curve_client, setup_curve_server, shutdown
+from vlmedge.runtime.messaging.sockets import (
+    CurveClientKeys,
+    CurveServerKeys,
+    bind,
+    check_address,
+    setup_curve_client,
+    setup_curve_server,
+    shutdown,
+)
+from vlmedge.validation import check_queries, check_threshold
 
 log = logging.getLogger(__name__)
 
@@ -66,11 +74,10 @@ class ControlState:
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     def __post_init__(self):
-        try:
-            self.queries = tuple(protocol.normalize_queries(list(self.queries)))
-            self.threshold = protocol.check_unit(self.threshold, "ControlState.threshold")
-        except ProtocolError as e:
-            raise ConfigError(str(e)) from None
+        # Queries given here may be listed, replaced and published over the wire: the wire's rules apply.
+        self.queries = check_queries(self.queries, "ControlState.queries", error=ConfigError,
+                                     rules=protocol.QUERY_RULES)
+        self.threshold = check_threshold(self.threshold, "ControlState.threshold", error=ConfigError)
 
     def snapshot(self) -> ControlSnapshot:
         with self._lock:

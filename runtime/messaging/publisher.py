@@ -19,7 +19,6 @@ import zmq
 
 from vlmedge import protocol
 from vlmedge.errors import ConfigError, VlmEdgeError
-
 from vlmedge.runtime.messaging.sockets import CurveServerKeys, bind, setup_curve_server, shutdown
 
 log = logging.getLogger(__name__)

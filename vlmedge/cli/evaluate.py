@@ -1,4 +1,4 @@
-"""`vlmedge eval-grounding`: the grounding benchmark on held-out synthetic scenes (torch-free)."""
+"""``vlmedge eval-grounding``: the grounding benchmark on held-out synthetic scenes (torch-free)."""
 
 from __future__ import annotations
 
@@ -12,17 +12,18 @@ def register(subparsers) -> None:
                     "accuracy, box hit rate (IoU >= 0.5), absent-object rejection and colour discrimination.")
     p.add_argument("bundle", nargs="?", default=None,
                    help="bundle directory (default: the embedded int8 demo bundle)")
+    # Checked in the handler (ConfigError: exit status 1) rather than by args.positive_int (argparse: exit
+    # status 2), as it always was: the exit status is part of the public CLI.
     p.add_argument("--scenes", type=int, default=500, help="number of scenes (default 500)")
     p.add_argument("--seed", type=int, default=None,
                    help="first scene seed (default 1000000: seeds the demo model never trained on)")
     p.add_argument("--json", metavar="OUT", default=None, help="also write the figures as JSON to OUT")
-    p.set_defaults(func=_main)
+    p.set_defaults(func=cmd_eval_grounding)
 
 
-def _main(args: argparse.Namespace) -> int:
-    from vlmedge.errors import ConfigError
-
+def cmd_eval_grounding(args: argparse.Namespace) -> int:
     from vlmedge.embedded import embedded_bundle
+    from vlmedge.errors import ConfigError
     from vlmedge.scenes.evaluation import EVAL_SEED_BASE, write_json
 
     if args.scenes <= 0:
@@ -37,7 +38,9 @@ def _main(args: argparse.Namespace) -> int:
 
 
 def evaluate_bundle(bundle, scenes: int = 500, seed: int | None = None, progress: bool = False):
-    """The held-out scene benchmark through the runtime's ``Grounder`` (no tracking: scenes are independent)."""
+    """The held-out scene benchmark through the runtime's ``Grounder`` (no tracking: scenes are independent).
+
+    Here and not in ``vlmedge.scenes.evaluation`` because it needs the runtime, which the core must not import."""
     from vlmedge.runtime.grounding.grounder import Grounder
     from vlmedge.scenes.evaluation import EVAL_SEED_BASE, evaluate
 

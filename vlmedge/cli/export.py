@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
-from vlmedge.manifest import DENSE_HEADS, PRECISIONS, TARGETS
+from vlmedge.errors import ConfigError
+from vlmedge.manifest import DENSE_HEADS, PRECISIONS
+from vlmedge.platforms import DEFAULT_PLATFORM, PLATFORMS, fp16_platforms
 
 
 def register(subparsers) -> None:
@@ -23,9 +26,11 @@ def register(subparsers) -> None:
                    help=f"dense (patch) head: {', '.join(DENSE_HEADS)} (default: naive)")
     p.add_argument("--precision", default="fp32", metavar="P",
                    help=f"{', '.join(PRECISIONS)} (default: fp32; int8 = static QDQ calibrated on --calib; "
-                        "fp16 = GPU targets only)")
-    p.add_argument("--target", default="cpu", metavar="T",
-                   help=f"{', '.join(TARGETS)} (default: cpu); picks opset, static shapes and the int8 scheme")
+                        f"fp16 = {', '.join(fp16_platforms())} only)")
+    p.add_argument("--platform", default=None, metavar="P",
+                   help=f"where the bundle runs: {', '.join(PLATFORMS)} (default: {DEFAULT_PLATFORM}); picks the "
+                        "opset, static shapes, the int8 scheme and the default execution providers")
+    p.add_argument("--target", default=None, metavar="P", help="deprecated name of --platform")
     p.add_argument("--calib", default="synthetic", metavar="PATH|synthetic",
                    help="int8 calibration frames: an image folder, a video file, or 'synthetic' scenes (default)")
     p.add_argument("--calib-count", type=int, default=None, metavar="N", help="calibration frames (default: 32)")
@@ -35,7 +40,7 @@ def register(subparsers) -> None:
                    help="shortest-crop (CLIP recipe) or full-frame (default: the checkpoint's recipe)")
     p.add_argument("--force", action=argparse.BooleanOptionalAction, default=False,
                    help="replace an existing bundle in --out")
-    p.set_defaults(func=_export)
+    p.set_defaults(func=cmd_export)
 
     v = subparsers.add_parser(
         "verify", help="check a bundle's hashes and encoders (and parity vs its source)",
@@ -45,7 +50,7 @@ def register(subparsers) -> None:
     v.add_argument("--against", default=None, metavar="SOURCE", help="the checkpoint the bundle came from")
     v.add_argument("--runs", type=int, default=10, help="timed runs for the latency figures (default: 10)")
     v.add_argument("--json", action=argparse.BooleanOptionalAction, default=False, help="print the report as JSON")
-    v.set_defaults(func=_verify)
+    v.set_defaults(func=cmd_verify)
 
     b = subparsers.add_parser(
         "build-engine", help="build a TensorRT engine for a bundle's image encoder (on the device)",
@@ -61,21 +66,32 @@ def register(subparsers) -> None:
     b.add_argument("--workspace", type=int, default=1024, metavar="MB", help="builder workspace (default: 1024)")
     b.add_argument("--max-batch", type=int, default=8, help="largest batch for dynamic-batch bundles (default: 8)")
     b.add_argument("--out-dir", default=None, help="where to write the engine (default: the bundle)")
-    b.set_defaults(func=_build_engine, precision="fp16")
+    b.set_defaults(func=cmd_build_engine, precision="fp16")
 
 
-def _export(args) -> int:
+def cmd_export(args: argparse.Namespace) -> int:
     from vlmedge.export.bundle import DEFAULT_CALIB_COUNT, export_bundle, summarize
 
     manifest = export_bundle(
         args.source, args.out, image_size=args.image_size, dense=args.dense, precision=args.precision,
-        target=args.target, calib=args.calib, calib_count=args.calib_count or DEFAULT_CALIB_COUNT,
+        platform=_platform_from(args), calib=args.calib, calib_count=args.calib_count or DEFAULT_CALIB_COUNT,
         vocab=args.vocab, preprocess_mode=args.preprocess, force=args.force)
     print(summarize(manifest, args.out))
     return 0
 
 
-def _verify(args) -> int:
+def _platform_from(args: argparse.Namespace) -> str:
+    """``--platform``, or ``--target`` (its deprecated name, with a warning on stderr)."""
+    if args.target is None:
+        return args.platform or DEFAULT_PLATFORM
+    print("vlmedge export: warning: --target is deprecated; use --platform", file=sys.stderr)
+    if args.platform is not None and args.platform != args.target:
+        raise ConfigError(f"--platform {args.platform} and --target {args.target} (its deprecated name) disagree; "
+                          "give --platform only")
+    return args.target
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
     from vlmedge.export.verify import verify_bundle
 
     report = verify_bundle(args.bundle, against=args.against, runs=max(1, args.runs))
@@ -87,7 +103,7 @@ def _verify(args) -> int:
     return 0
 
 
-def _build_engine(args) -> int:
+def cmd_build_engine(args: argparse.Namespace) -> int:
     from vlmedge.export.tensorrt import build_engine
 
     engine = build_engine(args.bundle, precision=args.precision, workspace_mb=args.workspace,

@@ -1,20 +1,62 @@
-"""`vlmedge subscribe`, `vlmedge send` and `vlmedge keys`: talk to a running `vlmedge run`.
+"""``vlmedge subscribe``, ``vlmedge send`` and ``vlmedge keys``: talk to a running ``vlmedge run``.
 
-Top level is light (argparse only); zmq and the protocol are imported inside the handlers.
+Top level is light (argparse, json, the socket addresses); zmq and the runtime's sockets are imported inside
+the handlers.
 """
 
 from __future__ import annotations
 
 import argparse
-
-from vlmedge.protocol import DEFAULT_CONTROL_ADDRESS, DEFAULT_PUB_ADDRESS
 import json
 import sys
 
-NO_ARG_OPS = ("pause", "resume", "status", "ping")
+from vlmedge.protocol import DEFAULT_CONTROL_ADDRESS, DEFAULT_PUB_ADDRESS
 
 
-def _curve_args(p: argparse.ArgumentParser) -> None:
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "subscribe", help="print targets/status/heatmaps published by `vlmedge run`",
+        description="Subscribe to a vlmedge publisher and print what arrives, one line per target "
+                    "(or the raw JSON with --json).")
+    p.add_argument("address", nargs="?", default=DEFAULT_PUB_ADDRESS,
+                   help=f"publisher address (default {DEFAULT_PUB_ADDRESS})")
+    p.add_argument("--topic", choices=("targets", "status", "heatmap", "all"), default="targets")
+    p.add_argument("--count", type=int, default=0, help="exit after N messages (default: run until Ctrl-C)")
+    p.add_argument("--json", action="store_true", help="print each message as one JSON line")
+    p.add_argument("--conflate", action=argparse.BooleanOptionalAction, default=False,
+                   help="keep only the newest message (like a control loop would)")
+    p.add_argument("--timeout", type=float, default=None, metavar="S",
+                   help="exit with status 1 when nothing arrives for S seconds")
+    _add_curve_client_options(p)
+    p.set_defaults(func=cmd_subscribe)
+
+    s = subparsers.add_parser(
+        "send", help="send one control request to `vlmedge run` and print the reply",
+        description="Send one control request, e.g.  vlmedge send set_queries \"the blue ball\" \"a mug\"  |  "
+                    "vlmedge send set_threshold 0.4 [QUERY]  |  vlmedge send pause  |  "
+                    "vlmedge send tcp://10.0.0.5:5556 status  |  vlmedge send --json '{\"op\": \"ping\"}'. "
+                    "Ops: set_queries Q..., add_query Q, remove_query Q, set_threshold V [Q], pause, resume, "
+                    "status, ping.")
+    s.add_argument("words", nargs="*", metavar="[ADDRESS] OP ARG",
+                   help=f"optional address (default {DEFAULT_CONTROL_ADDRESS}), the op, and its arguments")
+    s.add_argument("--json", dest="raw_json", metavar="JSON", help="the whole request as a JSON object")
+    s.add_argument("--timeout", type=float, default=3.0, metavar="S", help="seconds to wait for the reply")
+    _add_curve_client_options(s)
+    s.set_defaults(func=cmd_send)
+
+    k = subparsers.add_parser(
+        "keys", help="create CURVE key pairs for encrypted, authenticated sockets",
+        description="Write DIR/server.key (public: give it to clients), DIR/server.key_secret (keep on the "
+                    "robot), DIR/clients/<name>.key (allowed clients' public keys) and "
+                    "DIR/<name>.key_secret (give each to its client).")
+    k.add_argument("dir", help="output directory")
+    k.add_argument("--client", action="append", default=None, help="client name (repeatable; default: client)")
+    k.set_defaults(func=cmd_keys)
+
+
+# ----------------------------------------------------------- CURVE client keys (subscribe, send)
+
+def _add_curve_client_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("CURVE encryption (when `vlmedge run --curve-keys DIR` was used)")
     g.add_argument("--curve-keys", metavar="DIR", help="the folder from `vlmedge keys DIR`: uses DIR/server.key "
                    "and DIR/<--client-name>.key_secret")
@@ -34,52 +76,12 @@ def _curve_from_args(args):
     if not server_key and not client_key:
         return None
     from vlmedge.errors import ConfigError
-
     from vlmedge.runtime.messaging.sockets import CurveClientKeys
+
     if not (server_key and client_key):
         raise ConfigError("CURVE needs both --server-key (server.key) and --client-key (client.key_secret), "
                           "or --curve-keys DIR")
     return CurveClientKeys(client_key, server_key)
-
-
-def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "subscribe", help="print targets/status/heatmaps published by `vlmedge run`",
-        description="Subscribe to a vlmedge publisher and print what arrives, one line per target "
-                    "(or the raw JSON with --json).")
-    p.add_argument("address", nargs="?", default=DEFAULT_PUB_ADDRESS, help=f"publisher address (default {DEFAULT_PUB_ADDRESS})")
-    p.add_argument("--topic", choices=("targets", "status", "heatmap", "all"), default="targets")
-    p.add_argument("--count", type=int, default=0, help="exit after N messages (default: run until Ctrl-C)")
-    p.add_argument("--json", action="store_true", help="print each message as one JSON line")
-    p.add_argument("--conflate", action=argparse.BooleanOptionalAction, default=False,
-                   help="keep only the newest message (like a control loop would)")
-    p.add_argument("--timeout", type=float, default=None, metavar="S",
-                   help="exit with status 1 when nothing arrives for S seconds")
-    _curve_args(p)
-    p.set_defaults(func=cmd_subscribe)
-
-    s = subparsers.add_parser(
-        "send", help="send one control request to `vlmedge run` and print the reply",
-        description="Send one control request, e.g.  vlmedge send set_queries \"the blue ball\" \"a mug\"  |  "
-                    "vlmedge send set_threshold 0.4 [QUERY]  |  vlmedge send pause  |  "
-                    "vlmedge send tcp://10.0.0.5:5556 status  |  vlmedge send --json '{\"op\": \"ping\"}'. "
-                    "Ops: set_queries Q..., add_query Q, remove_query Q, set_threshold V [Q], pause, resume, "
-                    "status, ping.")
-    s.add_argument("words", nargs="*", metavar="[ADDRESS] OP ARG",
-                   help=f"optional address (default {DEFAULT_CONTROL_ADDRESS}), the op, and its arguments")
-    s.add_argument("--json", dest="raw_json", metavar="JSON", help="the whole request as a JSON object")
-    s.add_argument("--timeout", type=float, default=3.0, metavar="S", help="seconds to wait for the reply")
-    _curve_args(s)
-    s.set_defaults(func=cmd_send)
-
-    k = subparsers.add_parser(
-        "keys", help="create CURVE key pairs for encrypted, authenticated sockets",
-        description="Write DIR/server.key (public: give it to clients), DIR/server.key_secret (keep on the "
-                    "robot), DIR/clients/<name>.key (allowed clients' public keys) and "
-                    "DIR/<name>.key_secret (give each to its client).")
-    k.add_argument("dir", help="output directory")
-    k.add_argument("--client", action="append", default=None, help="client name (repeatable; default: client)")
-    k.set_defaults(func=cmd_keys)
 
 
 # ------------------------------------------------------------------------------------- subscribe
@@ -117,7 +119,6 @@ def cmd_subscribe(args) -> int:
 
     from vlmedge import protocol
     from vlmedge.errors import ProtocolError
-
     from vlmedge.runtime.messaging.sockets import check_address, setup_curve_client
 
     check_address(args.address, purpose="subscribe", bind=False)
@@ -170,6 +171,7 @@ def request_from_words(words: list[str]) -> dict:
     """['set_threshold', '0.4', 'a cup'] -> {"op": "set_threshold", "value": 0.4, "query": "a cup"}."""
     from vlmedge import protocol
     from vlmedge.errors import ProtocolError, did_you_mean
+    from vlmedge.validation import check_threshold
 
     if not words:
         raise ProtocolError(f"which op? one of {list(protocol.CONTROL_OPS)}")
@@ -186,10 +188,7 @@ def request_from_words(words: list[str]) -> dict:
     if op == "set_threshold":
         if len(rest) not in (1, 2):
             raise ProtocolError("set_threshold takes VALUE [QUERY]")
-        try:
-            value = float(rest[0])
-        except ValueError:
-            raise ProtocolError(f"set_threshold: value {rest[0]!r} must be a number in [0, 1]") from None
+        value = check_threshold(rest[0], "set_threshold: value", error=ProtocolError, text=True)
         return {"op": op, "value": value, **({"query": rest[1]} if len(rest) == 2 else {})}
     if rest:
         raise ProtocolError(f"{op} takes no arguments, got {rest}")
@@ -199,7 +198,6 @@ def request_from_words(words: list[str]) -> dict:
 def cmd_send(args) -> int:
     from vlmedge import protocol
     from vlmedge.errors import ProtocolError
-
     from vlmedge.runtime.messaging.control import ControlClient
 
     words = list(args.words)
@@ -229,4 +227,3 @@ def cmd_keys(args) -> int:
           f"# clients: vlmedge subscribe --curve-keys {args.dir}   (copy server.key and your *.key_secret "
           "to client machines; never copy server.key_secret)", file=sys.stderr)
     return 0
-

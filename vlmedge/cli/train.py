@@ -12,9 +12,10 @@ def register(subparsers) -> None:
                     "(seeds < 1000000) and write it in the vlmedge native layout. Seeded and reproducible "
                     "for a given --steps; --minutes caps the wall time by cutting steps.")
     p.add_argument("--out", default=None,
-                   help="output model directory (default: the package's runtime/assets/tabletop/model)")
+                   help="output model directory (default: the package's vlmedge/assets/tabletop/model)")
     p.add_argument("--steps", type=int, default=None, help="optimizer steps (default 5200, as the shipped model)")
-    p.add_argument("--scenes", type=int, default=None, help="distinct training scenes (default 8000, as the shipped model)")
+    p.add_argument("--scenes", type=int, default=None,
+                   help="distinct training scenes (default 8000, as the shipped model)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--minutes", type=float, default=40.0,
                    help="wall-clock budget in minutes; steps are cut to fit (default 40)")
@@ -23,15 +24,14 @@ def register(subparsers) -> None:
     p.add_argument("--bundles", action=argparse.BooleanOptionalAction, default=None,
                    help="also export bundle-fp32/ and bundle-int8/ next to the model "
                         "(default: yes when writing the embedded model)")
-    p.set_defaults(func=_main)
+    p.set_defaults(func=cmd_train_demo)
 
 
-def _main(args: argparse.Namespace) -> int:
+def cmd_train_demo(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from vlmedge.export.train_demo import TrainConfig, calibrate_threshold, export_bundles, train
-
     from vlmedge.embedded import DEMO_DIR
+    from vlmedge.export.train_demo import TrainConfig, calibrate_threshold, export_bundles, train
 
     defaults = TrainConfig()
     cfg = TrainConfig(steps=args.steps or defaults.steps, scenes=args.scenes or defaults.scenes, seed=args.seed,
@@ -44,7 +44,7 @@ def _main(args: argparse.Namespace) -> int:
         from vlmedge.export.loaders import load_clip
 
         saved = load_clip(str(out))  # calibrate on the saved (float16-stored) weights
-        threshold, reports = calibrate_threshold(saved, saved.tokenizer)
+        threshold, reports = calibrate_threshold(saved)
         print(f"grounding threshold {threshold} ({reports[threshold].summary()})")
         for precision, path in export_bundles(out, out.parent, threshold).items():
             print(f"{precision} bundle written to {path}")

@@ -27,9 +27,8 @@ from typing import Any
 import numpy as np
 
 from vlmedge.errors import ConfigError
-
-from vlmedge.scenes import render as syn
 from vlmedge.geometry import iou  # the same IoU the tracker uses
+from vlmedge.scenes import render as syn
 
 log = logging.getLogger(__name__)
 

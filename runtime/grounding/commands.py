@@ -1,0 +1,152 @@
+"""Commands on top of noun-phrase grounding: "the cup next to the plate", "the leftmost bottle", "how many cups".
+
+A command is parsed once (``vlmedge.language``) into a small tree; every noun phrase it names is grounded
+with the dense maps like a plain query; the instances found for each phrase are then composed with
+image-plane geometry (``vlmedge.language.resolve``). A plain singular noun phrase ("the red cup") skips
+the composition and keeps the plain path: its own text is grounded as given and every region is a target,
+best first.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+
+from vlmedge.language import (
+    Anchor,
+    Command,
+    CommandSyntaxError,
+    Instance,
+    NounPhrase,
+    Resolution,
+    grounding_text,
+    parse,
+    resolve,
+)
+from vlmedge.language import vocabulary as V
+from vlmedge.runtime.grounding.results import CommandResult, Target
+
+MAX_PARSED = 1024  # parsed commands kept; a control socket can send any number of distinct commands
+
+# Words that make a text a command of the language (a relation, ordinal, superlative, quantity or negation).
+# A text without any of them that the grammar cannot read ("person wearing a red hat", an embedding registered
+# under "probe a") is an open-vocabulary description and is grounded as given, like every query before the
+# language existed; a text WITH one of them that does not parse is a malformed command and an error.
+_GRAMMAR_WORDS = (frozenset(w for phrase in V.RELATION_PHRASES for w in phrase.split())
+                  | frozenset(V.SUPERLATIVES) | frozenset(w for p in V.POSITION_PHRASES for w in p.split())
+                  | frozenset(V.ORDINAL_WORDS) | frozenset(V.ORDINALS_BEYOND) | frozenset(V.COUNTS)
+                  | frozenset(V.ALL_WORDS) | {"how", "many", "not", "non", "isn't"}) - frozenset(V.DETERMINERS) - {"of"}
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The commands of one ``match`` call, parsed, and the noun-phrase texts that must be grounded for them."""
+
+    commands: tuple[Command, ...]
+    phrases: tuple[str, ...]  # texts to ground, each once, in first-use order
+    variants: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # phrase -> texts whose maps it takes
+
+    def phrases_of(self, command: Command) -> tuple[str, ...]:
+        return (command.text,) if _plain(command) else tuple(n.text for n in command.noun_phrases())
+
+
+def _plain(command: Command) -> bool:
+    return command.is_plain
+
+
+def _phrase_nodes(command: Command) -> tuple[NounPhrase, ...]:
+    if _plain(command):  # grounded by its own text, as typed
+        return (replace(command.root, text=command.text),)
+    return command.noun_phrases()
+
+
+def _variants(node: NounPhrase, colours: Sequence[str]) -> tuple[str, ...]:
+    """The texts whose maps make up this phrase's map: itself, plus its coloured variants when it names no
+    colour (and is a parsed kind, not a taught name or a free description grounded as given)."""
+    if node.colour is not None or node.taught or node.kind == node.text or not colours:
+        return (node.text,)
+    return (node.text, *(grounding_text(node.kind, c) for c in colours if grounding_text(node.kind, c) != node.text))
+
+
+class CommandParser:
+    """Parses commands with the taught names known at the time; keeps the last ``MAX_PARSED`` parses
+    (a command string arrives on every frame, its parse changes only when the taught names do)."""
+
+    def __init__(self, limit: int = MAX_PARSED):
+        self._cache: OrderedDict[tuple[str, frozenset], Command] = OrderedDict()
+        self._limit = int(limit)
+
+    def parse(self, text: str, taught: Collection[str] = ()) -> Command:
+        key = (text, frozenset(taught))
+        hit = self._cache.get(key)
+        if hit is not None:
+            self._cache.move_to_end(key)
+            return hit
+        try:
+            command = parse(text, taught=key[1])
+        except CommandSyntaxError as e:
+            if e.suggestion is not None or _GRAMMAR_WORDS.intersection(text.lower().replace("-", " ").split()):
+                raise
+            command = Command(text, NounPhrase(kind=text, text=text), "single")  # open vocabulary, as given
+        self._cache[key] = command
+        if len(self._cache) > self._limit:
+            self._cache.popitem(last=False)
+        return command
+
+    def plan(self, texts: Sequence[str], taught: Collection[str] = (), colours: Sequence[str] = ()) -> Plan:
+        """``colours``: the attribute words the model was taught (``grounding.expand_colours`` of the bundle).
+        A noun phrase without a colour is then also grounded as each coloured variant ("the cup" as "the red
+        cup", "the blue cup", ...) and its map is the largest of them: a model that only ever read coloured
+        captions finds a cup of any colour that way."""
+        commands = tuple(self.parse(t, taught) for t in texts)
+        phrases: dict[str, tuple[str, ...]] = {}
+        for c in commands:
+            for node in _phrase_nodes(c):
+                if node.text not in phrases:
+                    phrases[node.text] = _variants(node, colours)
+        return Plan(commands, tuple(phrases), phrases)
+
+
+def _instance(t: Target) -> Instance | None:
+    x0, y0, x1, y1 = t.bbox
+    if x1 <= x0 or y1 <= y0:  # a region thinner than a pixel after scaling: no geometry to compare
+        return None
+    return Instance((x0, y0, x1, y1), t.score, t.center or ((x0 + x1) / 2, (y0 + y1) / 2), None,
+                    max(int(t.area), 1), payload=t)
+
+
+def instances_by_phrase(targets: Mapping[str, Sequence[Target]], min_area: float = 0.0) -> dict[str, list[Instance]]:
+    """The found targets of every phrase as ``language.Instance`` s (the target rides along as payload).
+
+    Regions smaller than ``min_area`` pixels are left out: a composition counts and orders instances, and a
+    sliver where one patch barely passed the threshold is not an object (a plain query still reports it)."""
+    out: dict[str, list[Instance]] = {}
+    for phrase, ts in targets.items():
+        out[phrase] = [i for i in (_instance(t) for t in ts if t.found and t.area >= min_area) if i is not None]
+    return out
+
+
+def _as_target(inst: Instance, command: str, anchors: tuple[Anchor, ...]) -> Target:
+    return replace(inst.payload, query=command, anchors=anchors)
+
+
+def _not_found(command: str, best_score: float, reason: str | None) -> Target:
+    return Target(query=command, found=False, score=best_score, reason=reason)
+
+
+def resolve_command(command: Command, phrase_targets: Mapping[str, Sequence[Target]],
+                    frame_size: tuple[int, int], min_area: float = 0.0) -> CommandResult:
+    """One command's result from the targets of its noun phrases (``min_area``: see ``instances_by_phrase``)."""
+    if _plain(command):
+        targets = tuple(replace(t, query=command.text) for t in phrase_targets[command.text])
+        found = targets[0].found
+        return CommandResult(command.text, command, found, targets, (), None, None if found else "not found")
+    res: Resolution = resolve(command, instances_by_phrase(phrase_targets, min_area), frame_size)
+    head_scores = [t.score for n in command.noun_phrases() for t in phrase_targets.get(n.text, ())]
+    best_score = max(head_scores, default=0.0)
+    if res.found and res.targets:
+        targets = tuple(_as_target(i, command.text, res.anchors) for i in res.targets)
+    else:
+        targets = (_not_found(command.text, best_score, res.reason),)
+    return CommandResult(command.text, command, bool(res.found), targets, res.anchors, res.count, res.reason)
