@@ -211,8 +211,8 @@ def test_help_of_every_command_imports_no_heavy_module():
 
 def test_every_command_has_a_cmd_handler_in_its_family_module():
     commands = _commands(build_parser())
-    assert list(commands) == ["run", "classify", "bench", "subscribe", "send", "keys", "eval-grounding", "export",
-                              "verify", "build-engine", "train-demo"]
+    assert list(commands) == ["run", "classify", "bench", "subscribe", "send", "keys", "parse", "eval-grounding",
+                              "export", "verify", "build-engine", "train-demo"]
     for name, parser in commands.items():
         func = parser.get_default("func")
         assert func.__module__.startswith("vlmedge.cli."), (name, func.__module__)
@@ -267,3 +267,17 @@ def test_unit_interval_refuses_with_the_value(text):
 
     with pytest.raises(argparse.ArgumentTypeError, match=r"\[0, 1\]"):
         unit_interval(text)
+
+
+def test_parse_prints_the_tree_and_points_at_a_misplaced_word(capsys):
+    assert main(["parse", "the cup next to the bottle left of the book"]) == 0
+    out = capsys.readouterr().out
+    assert "relation 'next to'" in out and "relation 'left of'" in out and "noun phrase 'the book'" in out
+    assert main(["parse", "--json", "how", "many", "red", "balls"]) == 0
+    tree = json.loads(capsys.readouterr().out)
+    assert tree["kind"] == "count" and "red ball" in json.dumps(tree)
+    assert main(["parse", "--taught", "my mug", "the cup near my mug"]) == 0
+    assert "(taught)" in capsys.readouterr().out
+    assert main(["parse", "the cup lefft of the plate"]) == 1
+    err = capsys.readouterr().err
+    assert "lefft" in err and "left of" in err and "^" in err

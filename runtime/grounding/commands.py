@@ -13,30 +13,11 @@ from collections import OrderedDict
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
-from vlmedge.language import (
-    Anchor,
-    Command,
-    CommandSyntaxError,
-    Instance,
-    NounPhrase,
-    Resolution,
-    grounding_text,
-    parse,
-    resolve,
-)
-from vlmedge.language import vocabulary as V
+from vlmedge.language import Anchor, Command, Instance, NounPhrase, Resolution, grounding_text, read_command, resolve
 from vlmedge.runtime.grounding.results import CommandResult, Target
 
 MAX_PARSED = 1024  # parsed commands kept; a control socket can send any number of distinct commands
 
-# Words that make a text a command of the language (a relation, ordinal, superlative, quantity or negation).
-# A text without any of them that the grammar cannot read ("person wearing a red hat", an embedding registered
-# under "probe a") is an open-vocabulary description and is grounded as given, like every query before the
-# language existed; a text WITH one of them that does not parse is a malformed command and an error.
-_GRAMMAR_WORDS = (frozenset(w for phrase in V.RELATION_PHRASES for w in phrase.split())
-                  | frozenset(V.SUPERLATIVES) | frozenset(w for p in V.POSITION_PHRASES for w in p.split())
-                  | frozenset(V.ORDINAL_WORDS) | frozenset(V.ORDINALS_BEYOND) | frozenset(V.COUNTS)
-                  | frozenset(V.ALL_WORDS) | {"how", "many", "not", "non", "isn't"}) - frozenset(V.DETERMINERS) - {"of"}
 
 
 @dataclass(frozen=True)
@@ -83,12 +64,7 @@ class CommandParser:
         if hit is not None:
             self._cache.move_to_end(key)
             return hit
-        try:
-            command = parse(text, taught=key[1])
-        except CommandSyntaxError as e:
-            if e.suggestion is not None or _GRAMMAR_WORDS.intersection(text.lower().replace("-", " ").split()):
-                raise
-            command = Command(text, NounPhrase(kind=text, text=text), "single")  # open vocabulary, as given
+        command = read_command(text, taught=key[1])
         self._cache[key] = command
         if len(self._cache) > self._limit:
             self._cache.popitem(last=False)

@@ -13,7 +13,7 @@ import logging
 import sys
 
 from vlmedge import __version__
-from vlmedge.cli import bench, classify, evaluate, export, messaging, run, train
+from vlmedge.cli import bench, classify, evaluate, export, messaging, parse, run, train
 from vlmedge.errors import VlmEdgeError
 
 # In the order `vlmedge --help` lists them.
@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     classify,   # classify
     bench,      # bench
     messaging,  # subscribe, send, keys
+    parse,      # parse
     evaluate,   # eval-grounding
     export,     # export, verify, build-engine
     train,      # train-demo

@@ -13,10 +13,11 @@ the instances to :func:`resolve`, which applies the image-plane relations, selec
 from __future__ import annotations
 
 from .compose import Anchor, Instance, Resolution, resolve
-from .parse import CommandSyntaxError, is_teach, parse, singularize
+from .parse import GRAMMAR_WORDS, CommandSyntaxError, is_teach, parse, read_command, singularize
 from .tree import MAX_DEPTH, Command, Negated, Node, NounPhrase, Quantity, Relation, Select, grounding_text
 
 __all__ = [
     "MAX_DEPTH", "Anchor", "Command", "CommandSyntaxError", "Instance", "Negated", "Node", "NounPhrase", "Quantity",
     "Relation", "Resolution", "Select", "grounding_text", "is_teach", "parse", "resolve", "singularize",
+    "GRAMMAR_WORDS", "read_command",
 ]

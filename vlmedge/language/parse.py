@@ -102,6 +102,28 @@ def parse(command: str, taught: Collection[str] = ()) -> Command:
     return _Parser(text, tokens, _taught_table(taught)).command()
 
 
+# Words that make a text a command of the language (a relation, ordinal, superlative, quantity or negation).
+# A text without any of them that the grammar cannot read ("person wearing a red hat", an embedding registered
+# under "probe a") is an open-vocabulary description and is grounded as given, like every query before the
+# language existed; a text WITH one of them that does not parse is a malformed command and an error.
+GRAMMAR_WORDS = (frozenset(w for phrase in V.RELATION_PHRASES for w in phrase.split())
+                  | frozenset(V.SUPERLATIVES) | frozenset(w for p in V.POSITION_PHRASES for w in p.split())
+                  | frozenset(V.ORDINAL_WORDS) | frozenset(V.ORDINALS_BEYOND) | frozenset(V.COUNTS)
+                  | frozenset(V.ALL_WORDS) | {"how", "many", "not", "non", "isn't"}) - frozenset(V.DETERMINERS) - {"of"}
+
+
+def read_command(command: str, taught: Collection[str] = ()) -> Command:
+    """How the runtime reads a query: :func:`parse`, except that a text the grammar cannot read and that holds
+    no grammar word (and no near-miss of one) is an open-vocabulary description, grounded as given."""
+    try:
+        return parse(command, taught)
+    except CommandSyntaxError as e:
+        words = command.lower().replace("-", " ").split()
+        if e.suggestion is not None or GRAMMAR_WORDS.intersection(words):
+            raise
+        return Command(command, NounPhrase(kind=command, text=command), "single")
+
+
 def is_teach(text: str) -> str | None:
     """The NAME of a "teach NAME" control command, or None when ``text`` is not one.
 
