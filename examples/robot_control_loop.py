@@ -10,6 +10,10 @@ horizontal image error, and drives forward more slowly the further off-center th
 stops when the target is lost, when the newest targets are older than --max-age (judged from the
 frame's capture time, so a slow or dead pipeline stops the robot) and on Ctrl-C.
 Replace ``send_to_robot`` with your motor interface.
+
+The query may be a command ("the cup left of the plate", "the second bottle from the left"): from a
+protocol v2 publisher the loop reads the command's own resolution (its targets, and why it was not
+found); from a v1 publisher it reads the plain target list, which holds the same targets without the why.
 """
 
 from __future__ import annotations
@@ -45,8 +49,22 @@ def stop(reason: str) -> Command:
 
 def pick_target(msg: dict, query: str | None = None) -> dict | None:
     """The best found target (of ``query`` when given): the highest score."""
-    found = [t for t in msg["targets"] if t["found"] and (query is None or t["query"] == query)]
-    return max(found, key=lambda t: t["score"]) if found else None
+    return pick(msg, query)[0]
+
+
+def pick(msg: dict, query: str | None = None) -> tuple[dict | None, str]:
+    """(the best found target or None, why none): the highest score among the targets of ``query`` (any
+    query when None). A v2 message's commands say why a command was not found; a v1 message cannot."""
+    commands = msg.get("v2", {}).get("commands")
+    if commands is None:  # a v1 publisher: the flat list
+        found = [t for t in msg["targets"] if t["found"] and (query is None or t["query"] == query)]
+        return (max(found, key=lambda t: t["score"]), "") if found else (None, "")
+    chosen = [c for c in commands if query is None or c["command"] == query]
+    found = [t for c in chosen for t in c["targets"]]
+    if found:
+        return max(found, key=lambda t: t["score"]), ""
+    reasons = [c["reason"] for c in chosen if c["reason"]]
+    return None, "; ".join(reasons) if reasons else ("" if chosen else f"{query!r} is not an active query")
 
 
 def steer(msg: dict, *, now_ns: int, query: str | None = None, gain: float = 1.5, max_turn: float = 1.0,
@@ -55,9 +73,9 @@ def steer(msg: dict, *, now_ns: int, query: str | None = None, gain: float = 1.5
     age = (now_ns - msg["t_capture_ns"]) / 1e9
     if age > max_age_s:
         return stop(f"stale: frame is {age:.2f} s old")
-    target = pick_target(msg, query)
+    target, why = pick(msg, query)
     if target is None or target["score"] < min_score:
-        return stop("target not found")
+        return stop("target not found" + (f": {why}" if why and target is None else ""))
     width = msg["frame_size"][0]
     error = (target["center"][0] - width / 2) / (width / 2)  # -1 (far left) .. +1 (far right)
     turn = max(-max_turn, min(max_turn, -gain * error))

@@ -207,10 +207,10 @@ def _open(stack: contextlib.ExitStack, cfg: RunConfig, grounder, stop_event: thr
     only sets the flag again), then the window."""
     from vlmedge.runtime.display import Recorder
     from vlmedge.runtime.io.sources import open_source
-    from vlmedge.runtime.messaging.control import ControlServer, ControlState
+    from vlmedge.runtime.messaging.control import ControlServer, ControlState, Teacher
 
     stats = _Stats()
-    state = ControlState(queries=cfg.queries, threshold=grounder.threshold)
+    state = ControlState(queries=cfg.queries, threshold=grounder.threshold, teacher=Teacher(grounder))
     curve = _curve(cfg.curve_keys)
     stop = stop_event or threading.Event()
     s = _Session(cfg, grounder, stats, state, _Signals(stop), stop)
@@ -300,6 +300,7 @@ def _ground(s: _Session, frame, prepared):
     result = s.grounder.match(encoded, snap.queries, thresholds=snap.thresholds or None)
     if s.publisher is not None:
         s.publisher.publish_result(result, frame)
+    s.state.teacher.frame_grounded(frame.image, frame.id)  # a teach request's box refers to this frame
     s.stats.frame_done((time.monotonic_ns() - frame.t_capture_ns) / 1e6)
     return result
 
@@ -360,7 +361,8 @@ def _make_grounder(cfg: RunConfig, grounder):
         from vlmedge.runtime.grounding.grounder import Grounder
 
         return Grounder(resolve_bundle(cfg.bundle), providers=list(cfg.providers) if cfg.providers else None,
-                        threshold=cfg.threshold, smoothing=cfg.smoothing, spinning=cfg.ort_spinning)
+                        threshold=cfg.threshold, smoothing=cfg.smoothing, spinning=cfg.ort_spinning,
+                        taught=cfg.taught)
     if cfg.threshold is not None:
         grounder.set_threshold(cfg.threshold)
     return grounder

@@ -29,6 +29,17 @@ def _check_tristate(name: str, value: Any, none_means: str | None) -> None:
         raise ConfigError(f"RunConfig.{name} must be {allowed}, got {value!r}")
 
 
+def _check_commands(queries: tuple[str, ...]) -> None:
+    """Every initial query must read as a command: a malformed one fails here, not on the first frame."""
+    from vlmedge.language import CommandSyntaxError, read_command
+
+    for q in queries:
+        try:
+            read_command(q)
+        except CommandSyntaxError as e:
+            raise ConfigError(f"RunConfig.queries: {e}") from None
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """Options of one ``run``. Validated on construction (ConfigError naming the field)."""
@@ -55,6 +66,9 @@ class RunConfig:
     # Preprocess the newest frame in its own thread while the encoder runs (throughput = max of the two
     # stages instead of their sum). None = when this machine has CPU cores beyond the encoder's threads.
     prefetch: bool | None = None
+    # Taught objects (`vlmedge send teach NAME x0 y0 x1 y1`) are kept in this JSON file, loaded at start and
+    # rewritten on every teach/forget, so a restart keeps them; None keeps them for this run only.
+    taught: str | Path | None = None
 
     def __post_init__(self):
         from vlmedge.runtime.io.sources import FrameSource
@@ -66,6 +80,7 @@ class RunConfig:
         # the rules of the wire: the control socket may replace these queries later
         object.__setattr__(self, "queries", check_queries(qs or (), "RunConfig.queries", error=ConfigError,
                                                           rules=protocol.QUERY_RULES))
+        _check_commands(self.queries)
         _check_tristate("prefetch", self.prefetch, "auto")
         _check_tristate("ort_spinning", self.ort_spinning, None)
         _check_tristate("display", self.display, "auto")
@@ -87,6 +102,8 @@ class RunConfig:
                               f"got {self.status_interval_s!r}")
 
     def _check_paths(self) -> None:
+        if self.taught is not None and not Path(self.taught).resolve().parent.is_dir():
+            raise ConfigError(f"RunConfig.taught {str(self.taught)!r}: folder does not exist")
         if self.record is not None:
             if Path(self.record).suffix.lower() not in RECORD_EXTENSIONS:
                 raise ConfigError(f"RunConfig.record {str(self.record)!r}: expected a .mp4 or .avi file name")

@@ -1,4 +1,9 @@
-"""Overlay drawing (similarity heatmap, boxes, labels, FPS, latency) and the live window."""
+"""Overlay drawing (similarity heatmap, boxes, labels, FPS, latency) and the live window.
+
+A command resolved against anchors ("the cup left of the plate") shows how: its anchor boxes dashed, an arrow
+from each anchor to the target. Counting and plural commands get a count badge in the legend, and a command
+that was not found says why there. Labels are light text on a dark box, legible on any scene.
+"""
 
 from __future__ import annotations
 
@@ -38,15 +43,117 @@ def display_available() -> tuple[bool, str]:
     return True, ""
 
 
+FONT = cv2.FONT_HERSHEY_SIMPLEX
+DASH, GAP = 8, 8  # pixels of an anchor box's dashes and of the gaps between them
+MAX_ARROWS = 8  # per command: a plural command over many anchors would otherwise hide the scene
+
+
+def _light(colour) -> tuple[int, int, int]:
+    """The palette colour mixed with white: text in it keeps its query's hue and stays light on the dark box
+    (pure red or blue text on a dark box is hard to read)."""
+    return tuple(int(c * 0.45 + 255 * 0.55) for c in colour)
+
+
 def _put_text(img: np.ndarray, text: str, org: tuple[int, int], color=(255, 255, 255), scale: float = 0.5) -> None:
-    """Text on a dark box (legible on any background, also after video compression)."""
-    (w, h), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+    """Light text on a dark box (legible on any background, also after video compression)."""
+    (w, h), base = cv2.getTextSize(text, FONT, scale, 1)
     x, y = org
     x0, y0 = max(x - 2, 0), max(y - h - 3, 0)
     x1, y1 = min(x + w + 2, img.shape[1]), min(y + base + 1, img.shape[0])
     if x1 > x0 and y1 > y0:
-        img[y0:y1, x0:x1] = (img[y0:y1, x0:x1] * 0.35).astype(np.uint8)
-    cv2.putText(img, text, org, cv2.FONT_HERSHEY_SIMPLEX, scale, color, 1, cv2.LINE_AA)
+        img[y0:y1, x0:x1] = (img[y0:y1, x0:x1] * 0.2).astype(np.uint8)
+    cv2.putText(img, text, org, FONT, scale, _light(color), 1, cv2.LINE_AA)
+
+
+def _fit(text: str, width: int, scale: float = 0.5) -> str:
+    """``text`` cut (with "...") to fit ``width`` pixels: a long reason must not run off the frame."""
+    if cv2.getTextSize(text, FONT, scale, 1)[0][0] <= width:
+        return text
+    while text and cv2.getTextSize(text + "...", FONT, scale, 1)[0][0] > width:
+        text = text[:-1]
+    return text + "..."
+
+
+def _dashed_line(img: np.ndarray, p0, p1, colour, thickness: int = 2) -> None:
+    (x0, y0), (x1, y1) = p0, p1
+    length = float(np.hypot(x1 - x0, y1 - y0))
+    if length == 0:
+        return
+    ux, uy = (x1 - x0) / length, (y1 - y0) / length
+    pos = 0.0
+    while pos < length:
+        end = min(pos + DASH, length)
+        a = (int(round(x0 + ux * pos)), int(round(y0 + uy * pos)))
+        b = (int(round(x0 + ux * end)), int(round(y0 + uy * end)))
+        cv2.line(img, a, b, colour, thickness, cv2.LINE_8)
+        pos += DASH + GAP
+
+
+def dashed_rectangle(img: np.ndarray, bbox, colour, thickness: int = 2) -> None:
+    """The outline of ``bbox`` (x0, y0, x1, y1; x1/y1 exclusive) in dashes, each edge starting with a dash."""
+    x0, y0, x1, y1 = (int(v) for v in bbox)
+    x1, y1 = x1 - 1, y1 - 1
+    for p0, p1 in (((x0, y0), (x1, y0)), ((x1, y0), (x1, y1)), ((x1, y1), (x0, y1)), ((x0, y1), (x0, y0))):
+        _dashed_line(img, p0, p1, colour, thickness)
+
+
+def _center(bbox) -> tuple[float, float]:
+    x0, y0, x1, y1 = bbox
+    return (x0 + x1) / 2, (y0 + y1) / 2
+
+
+def arrow_ends(anchor_box, target_box) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Where the arrow from an anchor to a target starts and ends: on the line between the box centres, from the
+    anchor box's edge to the target box's edge (centre to centre when the boxes overlap along it)."""
+    (ax, ay), (tx, ty) = _center(anchor_box), _center(target_box)
+    dx, dy = tx - ax, ty - ay
+
+    def leave(box) -> float:  # fraction of (dx, dy) from the box centre to its edge
+        hw, hh = (box[2] - box[0]) / 2, (box[3] - box[1]) / 2
+        fx = hw / abs(dx) if dx else np.inf
+        fy = hh / abs(dy) if dy else np.inf
+        return min(fx, fy)
+
+    if dx == 0 and dy == 0:
+        return (int(ax), int(ay)), (int(tx), int(ty))
+    fa, ft = leave(anchor_box), leave(target_box)
+    if fa + ft >= 1:
+        fa = ft = 0.0
+    start = (int(round(ax + dx * fa)), int(round(ay + dy * fa)))
+    end = (int(round(tx - dx * ft)), int(round(ty - dy * ft)))
+    return start, end
+
+
+def _arrow(img: np.ndarray, start, end, colour) -> None:
+    length = float(np.hypot(end[0] - start[0], end[1] - start[1]))
+    if length < 2:
+        return
+    # A head of about 14 px whatever the length (tipLength is a fraction of it).
+    cv2.arrowedLine(img, start, end, colour, 2, cv2.LINE_AA, tipLength=min(0.5, 14.0 / length))
+
+
+def _badge(img: np.ndarray, text: str, org: tuple[int, int], colour, scale: float = 0.5) -> int:
+    """A filled box in the command's colour with ``text`` (the count) on it; returns its width."""
+    (w, h), base = cv2.getTextSize(text, FONT, scale, 2)
+    x, y = org
+    x0, y0, x1, y1 = x - 2, y - h - 4, x + w + 6, y + base + 1
+    cv2.rectangle(img, (x0, y0), (x1, y1), colour, cv2.FILLED)
+    luminance = 0.114 * colour[0] + 0.587 * colour[1] + 0.299 * colour[2]  # BGR
+    ink = (0, 0, 0) if luminance > 110 else (255, 255, 255)
+    cv2.putText(img, text, (x + 2, y), FONT, scale, ink, 2, cv2.LINE_AA)
+    return x1 - x0
+
+
+def command_label(command) -> str:
+    """The legend text of one command (a ``CommandResult``): found, or not found and why. The count itself
+    goes on the badge."""
+    if command.found:
+        n = sum(t.found for t in command.targets)
+        if command.count is not None:
+            return command.command
+        return f"{command.command}: found" + (f" ({n})" if n > 1 else "")
+    why = command.reason if command.reason and command.reason != "not found" else ""
+    return f"{command.command}: not found" + (f" - {why}" if why else "")
 
 
 def heatmap_overlay(frame_bgr: np.ndarray, result: GroundingResult, alpha: float = 0.55) -> np.ndarray:
@@ -59,26 +166,85 @@ def heatmap_overlay(frame_bgr: np.ndarray, result: GroundingResult, alpha: float
     return (frame_bgr * (1 - w) + colour * w).astype(np.uint8)
 
 
+def _per_query(result: GroundingResult) -> list[tuple[str, tuple, object]]:
+    """(query, found targets, CommandResult or None) per query, in order. The command's own targets when the
+    result has commands (they are what it resolved to), else the query's regions (a result made without)."""
+    commands = result.commands if len(result.commands) == len(result.queries) else (None,) * len(result.queries)
+    out = []
+    for q, c in zip(result.queries, commands):
+        targets = c.targets if c is not None else tuple(t for t in result.targets if t.query == q)
+        out.append((q, tuple(t for t in targets if t.found), c))
+    return out
+
+
+def _stack(seen: dict, bbox) -> int:
+    """How many boxes were placed on ``bbox`` before this one."""
+    key = tuple(int(v) for v in bbox)
+    seen[key] = seen.get(key, -1) + 1
+    return seen[key]
+
+
+def _put_label(img: np.ndarray, text: str, x: int, y: int, colour, scale: float = 0.5) -> None:
+    """A label kept inside the frame: moved left when it would run off the right edge, down below the top."""
+    w = cv2.getTextSize(text, FONT, scale, 1)[0][0]
+    x = max(2, min(int(x), img.shape[1] - w - 3))
+    _put_text(img, text, (x, max(int(y), 14)), colour, scale)
+
+
+def _draw_relations(img: np.ndarray, targets: tuple, command, colour) -> None:
+    """Anchor boxes dashed, each labelled with its noun phrase, and an arrow from each anchor to each target."""
+    anchors = tuple(getattr(command, "anchors", ()) or ())
+    for a in anchors:
+        dashed_rectangle(img, a.bbox, colour)
+    arrows = [(a, t) for t in targets for a in anchors][:MAX_ARROWS]
+    for a, t in arrows:
+        _arrow(img, *arrow_ends(a.bbox, t.bbox), colour)
+    for a in anchors:
+        x0, _, _, y1 = (int(v) for v in a.bbox)
+        # Under the box, where it covers neither the dashes nor the target labels above boxes.
+        th = cv2.getTextSize(a.text, FONT, 0.45, 1)[0][1]
+        y = y1 + th + 5 if y1 + th + 10 < img.shape[0] else y1 - 6
+        _put_label(img, a.text, x0 + 2, y, colour, scale=0.45)
+
+
 def draw_overlay(frame_bgr: np.ndarray, result: GroundingResult | None, *, heatmap: bool = True,
                  fps: float | None = None, latency_ms: float | None = None, note: str = "") -> np.ndarray:
-    """The frame with heatmap, one box + label per found target, and an FPS/latency line."""
+    """The frame with heatmap, one box + label per found target, the relations of commands resolved against
+    anchors (dashed anchor boxes, arrows to the target), a legend with count badges and not-found reasons, and
+    an FPS/latency line."""
     img = heatmap_overlay(frame_bgr, result) if (heatmap and result is not None) else frame_bgr.copy()
     if result is not None:
-        for t in result.targets:
-            colour = PALETTE[result.queries.index(t.query) % len(PALETTE)]
-            if not t.found:
-                continue
-            x0, y0, x1, y1 = t.bbox
-            cv2.rectangle(img, (x0, y0), (x1 - 1, y1 - 1), colour, 2)
-            label = f"{t.query} #{t.track_id} {t.score:.2f}" if t.track_id is not None else f"{t.query} {t.score:.2f}"
-            _put_text(img, label, (x0 + 2, max(y0 - 6, 14)), colour)
-            if t.peak is not None:
-                cv2.drawMarker(img, (int(t.peak[0]), int(t.peak[1])), colour, cv2.MARKER_CROSS, 12, 2)
+        rows = _per_query(result)
+        # Commands often resolve to the same object ("the bottle left of ..." and "how many bottles"): each
+        # further box on it is drawn a little inside the previous one and its label above the previous label,
+        # so neither hides the other.
+        stacked: dict[tuple, int] = {}
+        placed = [[(t, _stack(stacked, t.bbox)) for t in targets] for _, targets, _ in rows]
+        # Shapes first, then text on top of them: a label is never crossed by another command's line.
+        for i, row in enumerate(placed):
+            colour = PALETTE[i % len(PALETTE)]
+            for t, k in row:
+                x0, y0, x1, y1 = t.bbox
+                cv2.rectangle(img, (x0 + 3 * k, y0 + 3 * k), (x1 - 1 - 3 * k, y1 - 1 - 3 * k), colour, 2)
+                if t.peak is not None:
+                    cv2.drawMarker(img, (int(t.peak[0]), int(t.peak[1])), colour, cv2.MARKER_CROSS, 12, 2)
+        for i, (_, targets, command) in enumerate(rows):
+            if command is not None:
+                _draw_relations(img, targets, command, PALETTE[i % len(PALETTE)])
+        for i, ((q, _, _), row) in enumerate(zip(rows, placed)):
+            for t, k in row:
+                label = f"{q} #{t.track_id} {t.score:.2f}" if t.track_id is not None else f"{q} {t.score:.2f}"
+                _put_label(img, label, t.bbox[0] + 2, t.bbox[1] - 6 - 20 * k, PALETTE[i % len(PALETTE)])
         y = img.shape[0] - 10
-        for i, q in enumerate(result.queries):
-            found = any(t.found for t in result.targets_for(q))
-            _put_text(img, f"{q}: {'found' if found else 'not found'}", (8, y - 18 * i),
-                      PALETTE[i % len(PALETTE)])
+        for i, (q, targets, command) in enumerate(rows):
+            colour, org = PALETTE[i % len(PALETTE)], (8, y - 20 * i)
+            if command is None:
+                _put_text(img, f"{q}: {'found' if targets else 'not found'}", org, colour)
+                continue
+            x = org[0]
+            if command.count is not None:
+                x += _badge(img, str(command.count), org, colour) + 6
+            _put_text(img, _fit(command_label(command), img.shape[1] - x - 8), (x, org[1]), colour)
     parts = []
     if fps is not None:
         parts.append(f"{fps:.1f} FPS")

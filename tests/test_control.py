@@ -11,7 +11,7 @@ import zmq
 
 from vlmedge import protocol
 from vlmedge.errors import ConfigError, ProtocolError
-from vlmedge.runtime.messaging.control import ControlClient, ControlServer, ControlState, ControlTimeout
+from vlmedge.runtime.messaging.control import ControlClient, ControlServer, ControlState, ControlTimeout, Teacher
 from vlmedge.runtime.messaging.sockets import CurveClientKeys, CurveServerKeys, create_keys
 
 ADDR = "tcp://127.0.0.1:0"
@@ -222,3 +222,165 @@ def test_poll_once_refused_while_threaded(served):
     _, server, _ = served
     with pytest.raises(ConfigError, match="own thread"):
         server.poll_once(0)
+
+
+# ----------------------------------------------------------------------------------------- v2: commands, teach
+
+def test_queries_must_be_commands_vlmedge_can_read(served):
+    state, _, client = served
+    before = state.snapshot()
+    r = client.request({"op": "set_queries", "queries": ["the red cup", "the cup left of"]})
+    assert not r["ok"] and "op 'set_queries': field 'queries'[1] is not a command vlmedge can read" in r["error"]
+    assert "'left of' needs an object after it" in r["error"]
+    r = client.request({"op": "add_query", "query": "how many"})
+    assert not r["ok"] and "op 'add_query': field 'query' is not a command vlmedge can read" in r["error"]
+    assert state.snapshot() == before
+    # commands and open-vocabulary descriptions are fine
+    ok = ["the bottle left of the purple bottle", "how many balls", "the second cup from the left", "a toy robot"]
+    assert client.request({"op": "set_queries", "queries": ok})["queries"] == ok
+
+
+def test_teach_ops_are_refused_without_a_teacher(served):
+    state, _, client = served
+    before = state.snapshot()
+    for req in ({"op": "teach", "name": "my mug", "box": [1, 2, 3, 4]}, {"op": "forget", "name": "my mug"},
+                {"op": "taught"}):
+        r = client.request(req)
+        assert not r["ok"] and f"op {req['op']!r}: this server cannot teach" in r["error"] and r["op"] == req["op"]
+    assert state.snapshot() == before
+    assert "taught" not in client.request({"op": "status"})  # the state of a server that cannot teach
+
+
+@pytest.fixture(scope="module")
+def scene_grounder():
+    from vlmedge.embedded import embedded_bundle
+    from vlmedge.runtime.grounding.grounder import Grounder
+    from vlmedge.scenes.render import render_scene
+
+    return render_scene(7340013).frame, Grounder(embedded_bundle("int8"), smoothing=False)
+
+
+class _Polled:
+    """A control server polled from this thread, as `vlmedge run` polls it from its loop (the teacher uses the
+    grounder there); the client waits in another thread."""
+
+    def __init__(self, state):
+        self.server = ControlServer(ADDR, state.handle)
+        self.client = ControlClient(self.server.endpoint, timeout_ms=20000)
+
+    def request(self, req) -> dict:
+        out = {}
+        # raw: the server's own validation is what is tested (ControlClient.request would refuse before sending)
+        t = threading.Thread(target=lambda: out.update(reply=self.client.send_raw(json.dumps(req).encode())))
+        t.start()
+        deadline = time.monotonic() + 20
+        while t.is_alive() and time.monotonic() < deadline:
+            self.server.poll_once(50)
+        t.join(1)
+        return out["reply"]
+
+    def close(self):
+        self.client.close()
+        self.server.close()
+
+
+def test_teach_forget_taught_over_the_socket(scene_grounder):
+    frame, grounder = scene_grounder
+    cup_box = [230, 195, 445, 405]  # the black cup of the scene
+    teacher = Teacher(grounder)
+    state = ControlState(queries=["the red cup"], teacher=teacher)
+    polled = _Polled(state)
+    try:
+        before = state.snapshot()
+        r = polled.request({"op": "teach", "name": "my mug", "box": cup_box})
+        assert not r["ok"] and "no frame has been grounded yet" in r["error"]
+        assert state.snapshot() == before and grounder.taught.names() == ()
+
+        teacher.frame_grounded(frame, 1287)  # the app loop, after publishing frame 1287
+        r = polled.request({"op": "teach", "name": "  my   mug ", "box": cup_box})
+        assert r["ok"] and r["name"] == "my mug" and r["frame_id"] == 1287 and r["box"] == cup_box
+        assert r["replaced"] is False and r["taught"] == ["my mug"] and r["version"] == before.version + 1
+        assert grounder.taught.names() == ("my mug",)
+
+        # refused requests change nothing: a box off the frame, a malformed box, an unknown name
+        v = state.snapshot().version
+        for req, words in (({"op": "teach", "name": "thing", "box": [700, 10, 800, 50]}, "outside the 640x480 frame"),
+                           ({"op": "teach", "name": "thing", "box": [50, 10, 40, 50]}, "field 'box' must have x0 < x1"),
+                           ({"op": "forget", "name": "my mag"}, "did you mean 'my mug'")):
+            r = polled.request(req)
+            assert not r["ok"] and words in r["error"], r
+        assert state.snapshot().version == v and grounder.taught.names() == ("my mug",)
+
+        # the name is a noun phrase now: a command may use it, and grounding resolves against it
+        r = polled.request({"op": "set_queries", "queries": ["the bottle left of my mug", "my mug"]})
+        assert r["ok"], r
+        res = grounder.ground(frame, state.snapshot().queries)
+        assert res.command("my mug").found and res.command("my mug").parsed.root.taught
+        assert res.command("the bottle left of my mug").parsed.noun_phrases()[1].text == "my mug"
+
+        r = polled.request({"op": "teach", "name": "my mug", "box": [235, 200, 440, 400]})
+        assert r["ok"] and r["replaced"] is True and r["taught"] == ["my mug"]
+        assert polled.request({"op": "taught"})["taught"] == ["my mug"]
+
+        # a name an active query needs is not forgotten: the query would no longer parse
+        assert polled.request({"op": "teach", "name": "leftmost", "box": [515, 75, 605, 365]})["ok"]
+        assert polled.request({"op": "add_query", "query": "the cup left of leftmost"})["ok"]
+        v = state.snapshot().version
+        r = polled.request({"op": "forget", "name": "leftmost"})
+        assert not r["ok"] and "forget: the active query 'the cup left of leftmost' needs 'leftmost'" in r["error"]
+        assert "leftmost" in grounder.taught.names() and state.snapshot().version == v
+        assert polled.request({"op": "remove_query", "query": "the cup left of leftmost"})["ok"]
+        r = polled.request({"op": "forget", "name": "leftmost"})
+        assert r["ok"] and r["name"] == "leftmost" and r["taught"] == ["my mug"]
+
+        # nor is a name taught that swallows words an active query needs
+        assert polled.request({"op": "add_query", "query": "the cup left of the plate"})["ok"]
+        v = state.snapshot().version
+        r = polled.request({"op": "teach", "name": "cup left", "box": cup_box})
+        assert not r["ok"] and "teach: the active query 'the cup left of the plate' would no longer parse" in r["error"]
+        assert grounder.taught.names() == ("my mug",) and state.snapshot().version == v
+
+        # forgetting a name a query uses only as words is fine ("my mug" reads as "the my mug" then)
+        r = polled.request({"op": "forget", "name": "my mug"})
+        assert r["ok"] and r["taught"] == [] and grounder.taught.names() == ()
+    finally:
+        polled.close()
+        for name in grounder.taught.names():
+            grounder.forget(name)
+
+
+def test_vlmedge_send_teach_and_forget_cli(scene_grounder, capsys):
+    from vlmedge.cli import main
+
+    frame, grounder = scene_grounder
+    teacher = Teacher(grounder)
+    teacher.frame_grounded(frame, 5)
+    state = ControlState(teacher=teacher)
+    # a server thread: nothing else uses this grounder meanwhile
+    with ControlServer(ADDR, state.handle).start() as server:
+        try:
+            assert main(["send", server.endpoint, "teach", "my mug", "230", "195", "445", "405"]) == 0
+            r = json.loads(capsys.readouterr().out)
+            assert r["ok"] and r["name"] == "my mug" and r["box"] == [230, 195, 445, 405] and r["frame_id"] == 5
+            # options anywhere, a name of several words, float coordinates
+            assert main(["send", "--timeout", "20", server.endpoint, "teach", "blue", "thing", "--timeout", "20",
+                         "103.5", "249", "218", "410.5"]) == 0
+            assert json.loads(capsys.readouterr().out)["taught"] == ["my mug", "blue thing"]
+            assert main(["send", server.endpoint, "--timeout", "20", "taught"]) == 0
+            assert json.loads(capsys.readouterr().out)["taught"] == ["my mug", "blue thing"]
+            assert main(["send", server.endpoint, "forget", "--timeout", "20", "my mug"]) == 0
+            assert json.loads(capsys.readouterr().out)["taught"] == ["blue thing"]
+            # refused locally, with the field named
+            assert main(["send", server.endpoint, "teach", "my mug", "1", "2", "x", "4"]) == 1
+            assert "teach: box x1 must be a number (pixels), got 'x'" in capsys.readouterr().err
+            assert main(["send", server.endpoint, "teach", "1", "2", "3", "4"]) == 1
+            assert "teach takes NAME X0 Y0 X1 Y1" in capsys.readouterr().err
+            assert main(["send", server.endpoint, "forget"]) == 1
+            assert "forget takes the NAME" in capsys.readouterr().err
+            # refused by the server: exit status 1, the reply printed
+            assert main(["send", server.endpoint, "forget", "my mug"]) == 1
+            assert "was never taught" in capsys.readouterr().out
+            assert grounder.taught.names() == ("blue thing",)
+        finally:
+            for name in grounder.taught.names():
+                grounder.forget(name)

@@ -161,3 +161,20 @@ def test_a_taught_file_from_another_model_is_refused(embedded_int8, tmp_path):
     path.write_text("{not json")
     with pytest.raises(ArtifactError, match="cannot be read"):
         Grounder(embedded_int8, taught=path)
+
+
+def test_results_answer_to_the_query_as_given(grounder, scene):
+    res = grounder.ground(scene.frame, ["  the bottle left of the purple bottle "])
+    assert res.best("  the bottle left of the purple bottle ").found
+    assert res.command("  the bottle left of the purple bottle ").command == res.queries[0]
+
+
+def test_a_teach_that_cannot_be_written_teaches_nothing(embedded_int8, scene, tmp_path):
+    from vlmedge.runtime.grounding.grounder import Grounder
+
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the taught file's folder should be")
+    g = Grounder(embedded_int8, smoothing=False, taught=blocker / "taught.json")
+    with pytest.raises(ArtifactError, match="cannot write"):
+        g.teach("my mug", scene.frame, _obj(scene, "black", "cup").bbox)
+    assert "my mug" not in g.taught

@@ -332,3 +332,115 @@ def test_vlmedge_keys_and_curve_subscribe(tmp_path, capsys):
         finally:
             stop.set()
             t.join(2)
+
+
+# ------------------------------------------------------------------------------------------------ v2: commands
+
+COMMANDS = ["the bottle left of the purple bottle", "how many bottles", "the cup between the can and the bottle"]
+
+
+@pytest.fixture(scope="module")
+def grounded():
+    """A real result: a rendered scene grounded with the shipped int8 bundle (a relation, a count, a miss)."""
+    from vlmedge.embedded import embedded_bundle
+    from vlmedge.runtime.grounding.grounder import Grounder
+    from vlmedge.scenes.render import render_scene
+
+    image = render_scene(7340013).frame
+    result = Grounder(embedded_bundle("int8")).ground(image, COMMANDS)
+    rel, count, miss = (result.command(q) for q in COMMANDS)
+    assert rel.found and rel.anchors and count.count == 2 and not miss.found and miss.reason
+    return Frame(1287, image, time.monotonic_ns(), time.time_ns()), result
+
+
+def _receive_result(ctx, result, frame) -> tuple[bytes, dict]:
+    with Publisher(ADDR, model="tiny") as pub:
+        sub = _sub(ctx, pub.endpoint, b"targets ")
+        deadline = time.monotonic() + 5
+        while not sub.poll(20):  # slow joiner
+            pub.publish_result(result, frame)
+            assert time.monotonic() < deadline
+        raw = sub.recv()
+    return raw, protocol.parse_message(raw)[1]
+
+
+def test_publish_result_sends_each_command(ctx, grounded):
+    jsonschema = pytest.importorskip("jsonschema")
+    frame, result = grounded
+    _, msg = _receive_result(ctx, result, frame)
+    assert msg["queries"] == COMMANDS and msg["frame_id"] == 1287
+    assert msg["targets"] == [t.to_dict() for t in result.targets]  # the v1 part, as before
+    cmds = msg["v2"]["commands"]
+    assert [c["command"] for c in cmds] == COMMANDS
+    for c, q in zip(cmds, COMMANDS):
+        r = result.command(q)
+        assert c == json.loads(json.dumps(r.to_dict()))
+        assert c["parsed"] == r.parsed.to_dict() and c["count"] == r.count and c["reason"] == r.reason
+        assert c["targets"] == [t.to_dict() for t in r.targets if t.found]
+        assert c["anchors"] == [{"text": a.text, "bbox": list(a.bbox)} for a in r.anchors]
+    rel, count, miss = cmds
+    assert rel["anchors"][0]["text"] == "the purple bottle" and rel["parsed"]["tree"]["relation"] == "left_of"
+    assert count["count"] == 2 and len(count["targets"]) == 2
+    assert miss["found"] is False and miss["targets"] == [] and miss["reason"].startswith("no cup")
+    for version in (2, 1):  # a v1 consumer validating with the v1 schema accepts it too
+        v = jsonschema.Draft202012Validator(protocol.load_schema("targets", version))
+        assert not list(v.iter_errors(msg)), version
+
+
+def test_a_result_without_commands_is_published_as_v1(ctx):
+    t = Target("a cup", True, 0.8, bbox=(0, 0, 10, 10), center=(5.0, 5.0), peak=(5.0, 5.0), area=100, track_id=0)
+    result = GroundingResult(("a cup",), (t,), np.zeros((1, 2, 2), np.float32), frame_size=(480, 640),
+                             crop_box=(0, 0, 640, 480))
+    frame = Frame(3, np.zeros((480, 640, 3), np.uint8), time.monotonic_ns(), time.time_ns())
+    _, msg = _receive_result(ctx, result, frame)
+    assert "v2" not in msg and msg["targets"][0]["query"] == "a cup"
+
+
+def test_vlmedge_subscribe_prints_counts_anchors_and_reasons(capsys, grounded):
+    from vlmedge.cli import main
+
+    frame, result = grounded
+    stop = threading.Event()
+    with Publisher(ADDR) as pub:
+        def run():
+            while not stop.is_set():
+                pub.publish_result(result, frame)
+                stop.wait(0.02)
+        t = threading.Thread(target=run, daemon=True)
+        t.start()
+        try:
+            assert main(["subscribe", pub.endpoint, "--count", "1", "--timeout", "5"]) == 0
+        finally:
+            stop.set()
+            t.join(2)
+    lines = capsys.readouterr().out.strip().splitlines()
+    rel = [ln for ln in lines if "'the bottle left of the purple bottle'" in ln]
+    anchor = result.command(COMMANDS[0]).anchors[0]
+    assert len(rel) == 1 and f"score {result.command(COMMANDS[0]).targets[0].score:.2f}" in rel[0]
+    assert f"anchors 'the purple bottle' {list(anchor.bbox)}" in rel[0]
+    count = [ln for ln in lines if "'how many bottles'" in ln]
+    assert len(count) == 2 and "count 2" in count[0] and "count" not in count[1]  # one line per bottle
+    miss = [ln for ln in lines if "'the cup between the can and the bottle'" in ln]
+    assert len(miss) == 1 and "not found (best " in miss[0] and miss[0].endswith(": no cup is between the can and "
+                                                                                 "the bottle")
+
+
+def test_robot_control_loop_reads_commands(ctx, grounded):
+    robot = _load_example("robot_control_loop")
+    frame, result = grounded
+    raw, msg = _receive_result(ctx, result, frame)
+    now = msg["t_capture_ns"]
+    cmd = robot.handle(raw, now_ns=now, query=COMMANDS[0], gain=1.0, speed=0.2)
+    err = (result.command(COMMANDS[0]).targets[0].center[0] - 320) / 320  # the bottle left of the purple one
+    assert cmd.turn == pytest.approx(-err, abs=1e-3) and "the bottle left of the purple bottle" in cmd.reason
+    miss = robot.handle(raw, now_ns=now, query=COMMANDS[2])
+    assert miss.is_stop and miss.reason == "target not found: no cup is between the can and the bottle"
+    assert robot.handle(raw, now_ns=now, query="a green cube").reason == \
+        "target not found: 'a green cube' is not an active query"
+    # any query: the best target of all commands
+    best = max((t for c in result.commands for t in c.targets if t.found), key=lambda t: t.score)
+    assert robot.pick_target(msg)["score"] == pytest.approx(best.score)
+    # the same message from a v1 publisher (no v2 block): the flat list, no reason
+    v1 = {k: v for k, v in msg.items() if k != "v2"}
+    assert robot.steer(v1, now_ns=now, query=COMMANDS[0], gain=1.0).turn == pytest.approx(cmd.turn)
+    assert robot.steer(v1, now_ns=now, query=COMMANDS[2]).reason == "target not found"

@@ -1,9 +1,10 @@
-"""The vlmedge wire protocol, version 1 (see docs/PROTOCOL.md). Pure Python + numpy, torch-free.
+"""The vlmedge wire protocol, version 2 (see docs/PROTOCOL.md). Pure Python + numpy, torch-free.
 
 Published messages are ONE ZeroMQ frame each, ``b"<topic> " + body``, so a subscriber can use
 ZMQ_CONFLATE (which only works with single-part messages) and always read the newest:
 
-- ``targets``: ``b"targets " + JSON`` with the grounded targets of one frame.
+- ``targets``: ``b"targets " + JSON`` with the grounded targets of one frame; since v2 also a ``"v2"`` block
+  with, per command, its parsed form, resolved targets, anchors, count and reason.
 - ``heatmap``: ``b"heatmap " + header JSON + b"\\n" + raw uint8 bytes`` (one query's map per message).
 - ``status``: ``b"status " + JSON``, a heartbeat about once a second, also while the camera is down.
 
@@ -11,6 +12,9 @@ Control requests/replies (REQ/REP) are single JSON objects. Every builder valida
 produces and every parser validates what it receives, raising ProtocolError naming the problem.
 Timestamps ``t_*_ns`` are Unix wall-clock nanoseconds (``time.time_ns()``) so that other processes
 and machines can compare them; ``t_capture_mono_ns`` is the publisher host's ``time.monotonic_ns()``.
+
+Version 2 only adds, so every message still says ``"v": 1``: a v1 parser refuses any other ``v``, and
+keeping it lets v1 subscribers read a v2 message's v1 part unchanged (they ignore the ``"v2"`` block).
 """
 
 from __future__ import annotations
@@ -26,7 +30,11 @@ import numpy as np
 from vlmedge.errors import ProtocolError, did_you_mean
 from vlmedge.validation import QueryRules, check_queries, check_query, check_threshold
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # the protocol this module speaks: v1 plus the "v2" block of targets and the teach ops
+# The "v" every published message carries. v2 removes nothing and changes no meaning, and v1 parsers refuse any
+# other value, so it stays 1; a change that v1 readers would misread bumps it (and the schema file names).
+MESSAGE_VERSION = 1
+REQUEST_VERSIONS = (1, 2)  # the "v" a control request may carry (optional); both speak the same requests
 TOPICS = ("targets", "heatmap", "status")
 DEFAULT_PUB_ADDRESS = "tcp://127.0.0.1:5555"
 DEFAULT_CONTROL_ADDRESS = "tcp://127.0.0.1:5556"
@@ -37,8 +45,16 @@ MAX_QUERY_CHARS = 200  # CLIP's text context is 77 tokens; longer text would be 
 # normalized, within the limits above. Check them with validation.check_queries(..., rules=QUERY_RULES).
 QUERY_RULES = QueryRules(normalize=True, max_count=MAX_QUERIES, max_chars=MAX_QUERY_CHARS)
 CAPTURE_STATES = ("starting", "running", "stalled", "reconnecting", "ended", "failed", "stopped")
-SCHEMA_NAMES = {"targets": "targets.v1.json", "status": "status.v1.json",
-                "heatmap": "heatmap.v1.json", "control": "control.v1.json"}
+# name -> {version: file}; a v2 targets message is also a valid v1 targets message (the tests check both).
+SCHEMA_FILES = {"targets": {1: "targets.v1.json", 2: "targets.v2.json"},
+                "status": {1: "status.v1.json"},
+                "heatmap": {1: "heatmap.v1.json"},
+                "control": {1: "control.v1.json", 2: "control.v2.json"}}
+SCHEMA_NAMES = {name: files[max(files)] for name, files in SCHEMA_FILES.items()}  # the newest of each
+COMMAND_KINDS = ("single", "plural", "count")  # vlmedge.language.Command.kind
+# Nodes from root to leaf in a parsed tree: well beyond what the language nests (relations to depth 2), and a
+# bound on the recursion a hostile message can cause.
+MAX_TREE_DEPTH = 16
 
 # op -> {field: (required, kind)}; kinds are checked by _check_field.
 CONTROL_OPS: dict[str, dict[str, tuple[bool, str]]] = {
@@ -50,6 +66,10 @@ CONTROL_OPS: dict[str, dict[str, tuple[bool, str]]] = {
     "resume": {},
     "status": {},
     "ping": {},
+    # v2: taught objects. ``box`` is in the pixels of the frame of the last targets message.
+    "teach": {"name": (True, "query"), "box": (True, "box")},
+    "forget": {"name": (True, "query")},
+    "taught": {},
 }
 _COMMON_REQUEST_FIELDS = ("op", "v")
 
@@ -163,8 +183,9 @@ def _header(d: Any, topic: str, where: str) -> None:
     if not isinstance(d, dict):
         raise ProtocolError(f"{where}: expected a JSON object, got {type(d).__name__}")
     v = _need(d, "v", where)
-    if v != PROTOCOL_VERSION or not _is_int(v):
-        raise ProtocolError(f"{where}: unsupported protocol version {v!r}; this vlmedge speaks v{PROTOCOL_VERSION}")
+    if v != MESSAGE_VERSION or not _is_int(v):
+        raise ProtocolError(f"{where}: unsupported protocol version {v!r}; this vlmedge (protocol "
+                            f"v{PROTOCOL_VERSION}) reads messages with \"v\": {MESSAGE_VERSION}")
     if d.get("type") != topic:
         raise ProtocolError(f"{where}: field 'type' must be {topic!r}, got {d.get('type')!r}")
     _int(d, "seq", where)
@@ -219,6 +240,150 @@ def validate_target(t: Any, where: str = "target") -> None:
             raise ProtocolError(f"{where}: bbox must have x0 <= x1 and y0 <= y1, got {t['bbox']}")
 
 
+# ---------------------------------------------------------------------------------- targets, v2 block
+# Per command (one per query, in order): how the grounder read it and what it resolved to. The block is one
+# key, "v2", so that a v1 reader sees exactly the v1 message it knows plus one key it ignores.
+
+QUANTITY_MODES = ("all", "exactly", "count")
+# Parsed-tree node type -> {field: kind} (vlmedge.language.tree, ``to_dict``); kinds are checked by _check_node.
+NODE_FIELDS: dict[str, dict[str, str]] = {
+    "noun_phrase": {"text": "str", "kind": "str", "colour": "str?", "plural": "bool", "taught": "bool"},
+    "not_colour": {"base": "node", "colour": "str"},
+    "relation": {"relation": "str", "subject": "node", "anchor": "node", "anchor2": "node?"},
+    "select": {"how": "str", "index": "n", "direction": "str?", "of": "node"},
+    "quantity": {"mode": "str", "n": "n?", "of": "node"},
+}
+
+
+def _short(v: Any) -> str:
+    """A value quoted in an error message: a hostile 64 KiB field is not copied into the reply."""
+    r = repr(v)
+    return r if len(r) <= 80 else r[:77] + "..."
+
+
+def _plain_json(obj: Any) -> Any:
+    return json.loads(dumps(obj))  # numpy scalars, tuples -> plain JSON types
+
+
+def anchor_to_dict(a: Any) -> dict:
+    """An anchor (``vlmedge.language.Anchor`` or a mapping with ``text`` and ``bbox``) as a message dict."""
+    text, bbox = (a.get("text"), a.get("bbox")) if isinstance(a, Mapping) else (getattr(a, "text", None),
+                                                                                  getattr(a, "bbox", None))
+    out = _plain_json({"text": text, "bbox": bbox})
+    if isinstance(out["bbox"], list):
+        out["bbox"] = [int(round(c)) if _is_num(c) else c for c in out["bbox"]]
+    return out
+
+
+def command_to_dict(c: Any) -> dict:
+    """One command's entry of the v2 block. Accepts a ``runtime...results.CommandResult`` (or anything with a
+    ``to_dict()`` of the same keys) or a mapping with the keys command, parsed (a dict or a parsed Command),
+    found, count, reason, targets (found ones only), anchors."""
+    d = c.to_dict() if hasattr(c, "to_dict") and not isinstance(c, Mapping) else dict(c)
+    parsed = d.get("parsed")
+    if hasattr(parsed, "to_dict") and not isinstance(parsed, Mapping):
+        parsed = parsed.to_dict()
+    out = _plain_json({"command": d.get("command"), "parsed": parsed, "found": d.get("found"),
+                       "count": d.get("count"), "reason": d.get("reason")})
+    out["targets"] = [target_to_dict(t) for t in d.get("targets") or ()]
+    out["anchors"] = [anchor_to_dict(a) for a in d.get("anchors") or ()]
+    return out
+
+
+def _check_box(v: Any, where: str, key: str) -> None:
+    _numbers(v, 4, where, key, ints=True, nullable=False)
+    x0, y0, x1, y1 = v
+    if x1 < x0 or y1 < y0:
+        raise ProtocolError(f"{where}: {key} must have x0 <= x1 and y0 <= y1, got {v}")
+
+
+def _check_node(node: Any, where: str, depth: int = 1) -> None:
+    """A parsed-tree node. Node types this version does not know are accepted as long as they are objects with a
+    string ``type``: a later v2 language may add one, and a subscriber must not lose the frame over it."""
+    if depth > MAX_TREE_DEPTH:
+        raise ProtocolError(f"{where}: the parsed tree is nested deeper than {MAX_TREE_DEPTH} levels")
+    if not isinstance(node, dict) or not isinstance(node.get("type"), str):
+        raise ProtocolError(f"{where}: a tree node must be an object with a string field 'type', got {_short(node)}")
+    for key, kind in NODE_FIELDS.get(node["type"], {}).items():
+        v = _need(node, key, where)
+        optional = kind.endswith("?")
+        if v is None and optional:
+            continue
+        kind = kind.rstrip("?")
+        if kind == "node":
+            _check_node(v, f"{where}.{key}", depth + 1)
+        elif kind == "str" and not isinstance(v, str):
+            raise ProtocolError(f"{where}: field {key!r} must be a string{' or null' if optional else ''}, got {v!r}")
+        elif kind == "bool" and not isinstance(v, bool):
+            raise ProtocolError(f"{where}: field {key!r} must be true or false, got {v!r}")
+        elif kind == "n" and (not _is_int(v) or v < 1):
+            raise ProtocolError(f"{where}: field {key!r} must be an integer >= 1{' or null' if optional else ''}, "
+                                f"got {v!r}")
+    if node["type"] == "quantity" and node["mode"] not in QUANTITY_MODES:
+        raise ProtocolError(f"{where}: field 'mode' must be one of {list(QUANTITY_MODES)}, got {node['mode']!r}")
+
+
+def validate_parsed(p: Any, where: str = "parsed") -> None:
+    """The parsed form of a command (``vlmedge.language.Command.to_dict``)."""
+    if not isinstance(p, dict):
+        raise ProtocolError(f"{where}: expected an object, got {type(p).__name__}")
+    _str(p, "text", where)
+    if _need(p, "kind", where) not in COMMAND_KINDS:
+        raise ProtocolError(f"{where}: field 'kind' must be one of {list(COMMAND_KINDS)}, got {p['kind']!r}")
+    _str(p, "describe", where)
+    phrases = _need(p, "noun_phrases", where)
+    if not isinstance(phrases, list) or not all(isinstance(x, str) for x in phrases):
+        raise ProtocolError(f"{where}: field 'noun_phrases' must be a list of strings, got {phrases!r}")
+    _check_node(_need(p, "tree", where), f"{where}: tree")
+
+
+def validate_command(c: Any, where: str = "command") -> None:
+    """One entry of ``v2.commands``."""
+    if not isinstance(c, dict):
+        raise ProtocolError(f"{where}: expected an object, got {type(c).__name__}")
+    _str(c, "command", where)
+    validate_parsed(_need(c, "parsed", where), f"{where}: parsed")
+    _bool(c, "found", where)
+    count = _need(c, "count", where)
+    if count is not None and (not _is_int(count) or count < 0):
+        raise ProtocolError(f"{where}: field 'count' must be an integer >= 0 or null, got {count!r}")
+    reason = _need(c, "reason", where)
+    if reason is not None and not isinstance(reason, str):
+        raise ProtocolError(f"{where}: field 'reason' must be a string or null, got {reason!r}")
+    if not c["found"] and reason is None:
+        raise ProtocolError(f"{where}: found=false needs a reason")
+    for key in ("targets", "anchors"):
+        if not isinstance(_need(c, key, where), list):
+            raise ProtocolError(f"{where}: field {key!r} must be a list, got {type(c[key]).__name__}")
+    for i, t in enumerate(c["targets"]):
+        validate_target(t, f"{where}: targets[{i}]")
+        if not t["found"] or t["query"] != c["command"]:
+            raise ProtocolError(f"{where}: targets[{i}] must be a found target of {c['command']!r} (not-found "
+                                f"entries stay in the v1 list), got found={t['found']} query={t['query']!r}")
+    for i, a in enumerate(c["anchors"]):
+        w = f"{where}: anchors[{i}]"
+        if not isinstance(a, dict):
+            raise ProtocolError(f"{w}: expected an object, got {type(a).__name__}")
+        _str(a, "text", w)
+        _check_box(_need(a, "bbox", w), w, "bbox")
+
+
+def validate_v2(block: Any, queries: Sequence[str], where: str = "targets message") -> None:
+    """The ``"v2"`` block of a targets message: one command per query, in the same order."""
+    if not isinstance(block, dict):
+        raise ProtocolError(f"{where}: field 'v2' must be an object, got {type(block).__name__}")
+    cmds = _need(block, "commands", f"{where}: v2")
+    if not isinstance(cmds, list):
+        raise ProtocolError(f"{where}: field 'v2.commands' must be a list, got {type(cmds).__name__}")
+    if len(cmds) != len(queries):
+        raise ProtocolError(f"{where}: 'v2.commands' has {len(cmds)} entries but 'queries' has {len(queries)}; "
+                            "there is one command per query, in the same order")
+    for i, (c, q) in enumerate(zip(cmds, queries)):
+        validate_command(c, f"{where}: v2.commands[{i}]")
+        if c["command"] != q:
+            raise ProtocolError(f"{where}: v2.commands[{i}] is {c['command']!r} but queries[{i}] is {q!r}")
+
+
 def validate_targets(d: Any, where: str = "targets message") -> dict:
     """Check a decoded ``targets`` message; return it unchanged."""
     _header(d, "targets", where)
@@ -236,20 +401,26 @@ def validate_targets(d: Any, where: str = "targets message") -> dict:
         raise ProtocolError(f"{where}: field 'targets' must be a list, got {type(ts).__name__}")
     for i, t in enumerate(ts):
         validate_target(t, f"{where}: targets[{i}]")
+    if "v2" in d:  # absent in messages of a v1 publisher
+        validate_v2(d["v2"], qs, where)
     return d
 
 
 def build_targets(*, seq: int, frame_id: int, t_capture_ns: int, width: int, height: int, model: str,
                   queries: Sequence[str], targets: Iterable[Any], t_capture_mono_ns: int | None = None,
-                  t_publish_ns: int | None = None) -> bytes:
-    """``b"targets " + JSON`` for one frame. ``targets``: Target objects or dicts (see target_to_dict)."""
-    msg: dict[str, Any] = {"v": PROTOCOL_VERSION, "type": "targets", "seq": int(seq), "frame_id": int(frame_id),
+                  t_publish_ns: int | None = None, commands: Iterable[Any] | None = None) -> bytes:
+    """``b"targets " + JSON`` for one frame. ``targets``: Target objects or dicts (see target_to_dict).
+    ``commands``: one per query, in order (CommandResults or dicts, see command_to_dict); they make the v2
+    block. None leaves it out (a plain v1 message)."""
+    msg: dict[str, Any] = {"v": MESSAGE_VERSION, "type": "targets", "seq": int(seq), "frame_id": int(frame_id),
                            "t_capture_ns": int(t_capture_ns)}
     if t_capture_mono_ns is not None:
         msg["t_capture_mono_ns"] = int(t_capture_mono_ns)
     msg.update({"t_publish_ns": int(time.time_ns() if t_publish_ns is None else t_publish_ns),
                 "frame_size": [int(width), int(height)], "model": str(model),
                 "queries": [str(q) for q in queries], "targets": [target_to_dict(t) for t in targets]})
+    if commands is not None:
+        msg["v2"] = {"commands": [command_to_dict(c) for c in commands]}
     validate_targets(msg, "targets message being built")
     return b"targets " + dumps(msg)
 
@@ -285,7 +456,7 @@ def build_status(*, seq: int, source_state: str, fps: float, latency_ms: float |
                  queries: Sequence[str], paused: bool, t_publish_ns: int | None = None, **extra: Any) -> bytes:
     """``b"status " + JSON``. Recommended extras: source, model, grabbed, reconnects, frames,
     capture_fps, uptime_s, frame_age_ms, threshold (see docs/PROTOCOL.md)."""
-    msg = {"v": PROTOCOL_VERSION, "type": "status", "seq": int(seq),
+    msg = {"v": MESSAGE_VERSION, "type": "status", "seq": int(seq),
            "t_publish_ns": int(time.time_ns() if t_publish_ns is None else t_publish_ns),
            "source_state": source_state, "fps": round(float(fps), 3),
            "latency_ms": None if latency_ms is None else round(float(latency_ms), 3),
@@ -327,7 +498,7 @@ def build_heatmap(*, seq: int, frame_id: int, t_capture_ns: int, query: str, ind
     arr = np.ascontiguousarray(data)
     if arr.dtype != np.uint8 or arr.ndim != 2:
         raise ProtocolError(f"heatmap {query!r}: data must be a 2-D uint8 array, got {arr.dtype} {arr.shape}")
-    header = {"v": PROTOCOL_VERSION, "type": "heatmap", "seq": int(seq), "frame_id": int(frame_id),
+    header = {"v": MESSAGE_VERSION, "type": "heatmap", "seq": int(seq), "frame_id": int(frame_id),
               "t_capture_ns": int(t_capture_ns),
               "t_publish_ns": int(time.time_ns() if t_publish_ns is None else t_publish_ns),
               "query": str(query), "index": int(index), "count": int(count),
@@ -386,15 +557,30 @@ def _check_field(kind: str, value: Any, where: str) -> Any:
         return check_query(value, where, error=ProtocolError, rules=QUERY_RULES)
     if kind == "unit":
         return check_threshold(value, where, error=ProtocolError)
+    if kind == "box":
+        return _request_box(value, where)
     raise AssertionError(kind)  # table bug, not user input
+
+
+def _request_box(value: Any, where: str) -> list:
+    """[x0, y0, x1, y1] in frame pixels, x1 > x0 and y1 > y0. Whether it lies in the frame is for the server
+    to say: only it knows the frame."""
+    ok = isinstance(value, list) and len(value) == 4 and all(_is_num(v) for v in value)
+    if not ok:
+        raise ProtocolError(f"{where} must be [x0, y0, x1, y1]: 4 finite numbers in frame pixels, got {_short(value)}")
+    x0, y0, x1, y1 = value
+    if x1 <= x0 or y1 <= y0:
+        raise ProtocolError(f"{where} must have x0 < x1 and y0 < y1, got {value!r}")
+    return list(value)
 
 
 def validate_request(req: Any) -> dict:
     """Validate a decoded control request; return a normalized copy (queries stripped)."""
     if not isinstance(req, dict):
         raise ProtocolError(f"request must be a JSON object like {{\"op\": \"ping\"}}, got {type(req).__name__}")
-    if "v" in req and (req["v"] != PROTOCOL_VERSION or not _is_int(req["v"])):
-        raise ProtocolError(f"unsupported protocol version {req['v']!r}; this vlmedge speaks v{PROTOCOL_VERSION}")
+    if "v" in req and (req["v"] not in REQUEST_VERSIONS or not _is_int(req["v"])):
+        raise ProtocolError(f"unsupported protocol version {req['v']!r}; this vlmedge speaks "
+                            f"{' and '.join(f'v{v}' for v in REQUEST_VERSIONS)}")
     op = req.get("op")
     if not isinstance(op, str):
         raise ProtocolError(f"request needs a string field 'op'; one of {list(CONTROL_OPS)}"
@@ -460,14 +646,20 @@ def parse_reply(data: bytes) -> dict:
     return validate_reply(loads(data, "reply"))
 
 
-def schema_path(name: str):
-    """Path of a shipped JSON Schema: name in SCHEMA_NAMES ('targets', 'status', 'heatmap', 'control')."""
+def schema_path(name: str, version: int | None = None):
+    """Path of a shipped JSON Schema: name in SCHEMA_NAMES ('targets', 'status', 'heatmap', 'control'); the
+    newest version unless ``version`` asks for an older one (``schema_path("targets", 1)``)."""
     from importlib import resources
 
     from vlmedge.errors import check_choice
     check_choice("schema", name, SCHEMA_NAMES)
-    return resources.files("vlmedge").joinpath("schemas", SCHEMA_NAMES[name])
+    files = SCHEMA_FILES[name]
+    if version is None:
+        version = max(files)
+    if version not in files:
+        raise ProtocolError(f"schema {name!r}: no version {version!r}; shipped: {sorted(files)}")
+    return resources.files("vlmedge").joinpath("schemas", files[version])
 
 
-def load_schema(name: str) -> dict:
-    return json.loads(schema_path(name).read_text(encoding="utf-8"))
+def load_schema(name: str, version: int | None = None) -> dict:
+    return json.loads(schema_path(name, version).read_text(encoding="utf-8"))

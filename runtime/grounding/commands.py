@@ -65,6 +65,8 @@ class CommandParser:
             self._cache.move_to_end(key)
             return hit
         command = read_command(text, taught=key[1])
+        if command.text != text:  # the parser strips outer spaces; results answer to the query as given
+            command = replace(command, text=text)
         self._cache[key] = command
         if len(self._cache) > self._limit:
             self._cache.popitem(last=False)

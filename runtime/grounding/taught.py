@@ -95,8 +95,16 @@ class TaughtObjects:
                              f"got shape {np.shape(exemplar)}")
         if name not in self._items and len(self._items) >= MAX_TAUGHT:
             raise InputError(f"teach {name!r}: {MAX_TAUGHT} objects are taught already; forget one first")
+        previous = self._items.get(name)
         self._items[name] = {"embedding": l2_normalize(e), "source": dict(source or {})}
-        self._save()
+        try:
+            self._save()
+        except OSError as err:  # not taught unless it is kept: the store and the file stay the same
+            if previous is None:
+                del self._items[name]
+            else:
+                self._items[name] = previous
+            raise ArtifactError(f"teach {name!r}: cannot write {str(self.path)!r}: {err}") from None
         log.info("taught %r (%s)", name, source or {})
 
     def remove(self, name: str) -> None:
@@ -104,8 +112,12 @@ class TaughtObjects:
             known = list(self._items)
             raise InputError(f"forget: {name!r} was never taught; taught objects: {known}"
                              + did_you_mean(name, known))
-        del self._items[name]
-        self._save()
+        removed = self._items.pop(name)
+        try:
+            self._save()
+        except OSError as err:
+            self._items[name] = removed
+            raise ArtifactError(f"forget {name!r}: cannot write {str(self.path)!r}: {err}") from None
 
     # -------------------------------------------------------------- file
     def to_json(self) -> dict:

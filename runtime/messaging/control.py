@@ -1,4 +1,4 @@
-"""Control socket: a REP server that applies JSON requests (set_queries, pause, ...) and a client.
+"""Control socket: a REP server that applies JSON requests (set_queries, pause, teach, ...) and a client.
 
 Every request gets exactly one reply, ``{"ok": true, "op": ..., ...}`` or ``{"ok": false, "error": ...}``;
 a bad request changes nothing and the server keeps serving. Requests longer than
@@ -6,16 +6,17 @@ a bad request changes nothing and the server keeps serving. Requests longer than
 sending something absurd is disconnected before the bytes are buffered. Nothing is ever unpickled.
 
 Use it from the app loop (``poll_once()``, no thread) or in its own thread (``start()``); the
-``ControlState`` handler is thread-safe either way.
+``ControlState`` handler is thread-safe either way. The ``teach``/``forget`` ops run a ``Teacher``, which uses
+the grounder: serve them in the thread that grounds (``vlmedge run`` polls from its loop, between frames).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import zmq
 
@@ -57,12 +58,65 @@ class ControlSnapshot:
         return self.thresholds.get(query, self.threshold)
 
 
+class Teaching(Protocol):
+    """What ``ControlState`` needs for the teach / forget / taught ops (``Teacher`` is the implementation)."""
+
+    def teach(self, name: str, box: Sequence[float]) -> Mapping[str, Any]: ...
+
+    def forget(self, name: str) -> Mapping[str, Any]: ...
+
+    def names(self) -> Collection[str]: ...
+
+
+class Teacher:
+    """The teach / forget / taught ops applied to a ``Grounder``.
+
+    A teach request's box is in the pixels of the frame whose targets the client saw last, e.g. a target's
+    ``bbox`` from the last targets message, or a box drawn on the displayed frame. So the box is applied to
+    the frame grounded last, which the app loop hands over after publishing it (``frame_grounded``), not to
+    the next frame, which nobody has seen yet. Teaching encodes that frame once more (one encoder run).
+
+    Not thread-safe with respect to the grounder: call ``teach``/``forget`` in the thread that runs
+    ``grounder.match`` (``vlmedge run`` serves control requests in its loop, between frames).
+    """
+
+    def __init__(self, grounder: Any):
+        self.grounder = grounder
+        self._image = None
+        self._frame_id: int | None = None
+
+    def frame_grounded(self, image: Any, frame_id: int | None = None) -> None:
+        """The frame whose targets were just published: the next teach request's box refers to it."""
+        self._image, self._frame_id = image, frame_id
+
+    def names(self) -> tuple[str, ...]:
+        return tuple(self.grounder.taught.names())
+
+    def teach(self, name: str, box: Sequence[float]) -> dict:
+        if self._image is None:
+            raise ProtocolError("teach: no frame has been grounded yet; the box refers to the frame of the last "
+                                "targets message, so send it once targets arrive")
+        replaced = name in self.names()
+        # Grounder.teach checks the box against the frame and encodes before it stores anything: a refused
+        # request (box outside the frame, too many taught objects) teaches nothing.
+        self.grounder.teach(name, self._image, box)
+        return {"name": name, "box": list(box), "frame_id": self._frame_id, "replaced": replaced}
+
+    def forget(self, name: str) -> dict:
+        self.grounder.forget(name)  # InputError naming the taught ones when the name is unknown
+        return {"name": name}
+
+
 @dataclass
 class ControlState:
     """Thread-safe queries/thresholds/pause state and the default request handler.
 
     ``status_fn`` (optional) returns extra fields for the ``status`` op reply (fps, source state...).
-    Pass ``state.handle`` as the ControlServer handler and read ``state.snapshot()`` in the app loop.
+    ``teacher`` (optional, a ``Teacher``) serves the teach / forget / taught ops; without one they are
+    refused. Pass ``state.handle`` as the ControlServer handler and read ``state.snapshot()`` in the app loop.
+
+    Queries are parsed as commands (``vlmedge.language``, with the taught names) when they are set: one the
+    grammar cannot read is refused here, with the parser's message, instead of failing every frame later.
     """
 
     queries: Sequence[str] = ()
@@ -70,6 +124,7 @@ class ControlState:
     paused: bool = False
     status_fn: Callable[[], Mapping[str, Any]] | None = None
     thresholds: dict[str, float] = field(default_factory=dict)
+    teacher: Teaching | None = None
     _version: int = field(default=0, init=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
@@ -79,6 +134,22 @@ class ControlState:
                                      rules=protocol.QUERY_RULES)
         self.threshold = check_threshold(self.threshold, "ControlState.threshold", error=ConfigError)
 
+    def _taught(self) -> tuple[str, ...]:
+        return tuple(self.teacher.names()) if self.teacher is not None else ()
+
+    def _unreadable(self, queries: Sequence[str], taught: Collection[str] | None = None) -> tuple[int, str] | None:
+        """(index, parser message) of the first query that does not parse as a command, else None: the grounder
+        would refuse such a query on every frame, so the request that brings it is refused instead."""
+        from vlmedge.language import CommandSyntaxError, read_command
+
+        names = frozenset(self._taught() if taught is None else taught)
+        for i, q in enumerate(queries):
+            try:
+                read_command(q, taught=names)
+            except CommandSyntaxError as e:
+                return i, str(e)
+        return None
+
     def snapshot(self) -> ControlSnapshot:
         with self._lock:
             return ControlSnapshot(self.queries, self.threshold, dict(self.thresholds), self.paused, self._version)
@@ -87,6 +158,15 @@ class ControlState:
         """Apply a validated request (see protocol.validate_request); return reply fields.
         Raises ProtocolError (-> error reply, nothing changed) when it cannot be applied."""
         op = req["op"]
+        if op in ("teach", "forget", "taught"):
+            return self._objects(op, req)
+        if op in ("set_queries", "add_query"):  # parsed before anything changes
+            field_name = "queries" if op == "set_queries" else "query"
+            queries = req["queries"] if op == "set_queries" else [req["query"]]
+            bad = self._unreadable(queries)
+            if bad is not None:
+                at = f"[{bad[0]}]" if op == "set_queries" else ""
+                raise ProtocolError(f"op {op!r}: field {field_name!r}{at} is not a command vlmedge can read: {bad[1]}")
         with self._lock:
             if op == "ping":
                 return {"pong": True}
@@ -129,14 +209,46 @@ class ControlState:
             state = extra
         return state
 
+    def _objects(self, op: str, req: dict) -> dict:
+        """teach / forget / taught. The teacher runs outside the lock: teaching encodes a frame, and the status
+        heartbeat must not wait for that."""
+        if self.teacher is None:
+            raise ProtocolError(f"op {op!r}: this server cannot teach (it has no grounder: ControlState.teacher "
+                                "is not set)")
+        extra: Mapping[str, Any] = {}
+        if op in ("teach", "forget"):
+            # The active queries must still parse with the new set of names, or the grounder would refuse them
+            # on every frame from now on: a name can swallow words a query needs ("cup left" in "the cup left
+            # of the plate"), and a query can need a name ("the cup left of leftmost").
+            name, taught = req["name"], set(self._taught())
+            with self._lock:
+                queries = self.queries
+            bad = self._unreadable(queries, taught=taught | {name} if op == "teach" else taught - {name})
+            if bad is not None:
+                why = "would no longer parse" if op == "teach" else f"needs {name!r}"
+                raise ProtocolError(f"{op}: the active query {queries[bad[0]]!r} {why}; remove the query first "
+                                    f"({'with' if op == 'teach' else 'without'} the name it reads: {bad[1]})")
+        if op == "teach":
+            extra = self.teacher.teach(req["name"], req["box"])
+        elif op == "forget":
+            extra = self.teacher.forget(req["name"])
+        with self._lock:
+            if op != "taught":
+                self._version += 1  # the active commands may now resolve differently
+            state = self._describe()
+        return {**extra, **state}
+
     def _set(self, queries: tuple[str, ...]) -> None:
         self.queries = queries
         self.thresholds = {q: v for q, v in self.thresholds.items() if q in queries}
         self._version += 1
 
     def _describe(self) -> dict:
-        return {"queries": list(self.queries), "threshold": self.threshold, "thresholds": dict(self.thresholds),
-                "paused": self.paused, "version": self._version}
+        state = {"queries": list(self.queries), "threshold": self.threshold, "thresholds": dict(self.thresholds),
+                 "paused": self.paused, "version": self._version}
+        if self.teacher is not None:
+            state["taught"] = list(self.teacher.names())
+        return state
 
 
 # -------------------------------------------------------------------------------------- the server

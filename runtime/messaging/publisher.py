@@ -25,7 +25,8 @@ log = logging.getLogger(__name__)
 
 
 class Publisher:
-    """PUB socket speaking protocol v1. ``endpoint`` is the bound address (port 0 resolved).
+    """PUB socket speaking protocol v2 (v1 readers parse its messages too). ``endpoint`` is the bound address
+    (port 0 resolved).
 
     Example::
 
@@ -80,22 +81,29 @@ class Publisher:
             return seq
 
     def publish_targets(self, targets: Iterable[Any], *, frame_id: int, t_capture_ns: int, width: int, height: int,
-                        queries: Sequence[str], model: str | None = None,
-                        t_capture_mono_ns: int | None = None) -> int:
-        """Publish one frame's targets (Target objects or dicts). Returns the message seq."""
+                        queries: Sequence[str], model: str | None = None, t_capture_mono_ns: int | None = None,
+                        commands: Sequence[Any] | None = None) -> int:
+        """Publish one frame's targets (Target objects or dicts) and, given ``commands`` (one per query: the
+        ``CommandResult`` s or dicts, see ``protocol.command_to_dict``), the v2 block. Returns the message seq."""
         seq = self._next_seq("targets")
         msg = protocol.build_targets(seq=seq, frame_id=frame_id, t_capture_ns=t_capture_ns, width=width,
                                      height=height, model=self.model if model is None else model,
-                                     queries=queries, targets=targets, t_capture_mono_ns=t_capture_mono_ns)
+                                     queries=queries, targets=targets, t_capture_mono_ns=t_capture_mono_ns,
+                                     commands=commands)
         self._send("targets", msg)
         return seq
 
     def publish_result(self, result: Any, frame: Any, *, model: str | None = None) -> int:
-        """Publish a ``GroundingResult`` of a capture ``Frame`` (targets, plus heatmaps when enabled)."""
+        """Publish a ``GroundingResult`` of a capture ``Frame``: its targets, its commands (the v2 block), and
+        heatmaps when enabled. This is the one place a result becomes a targets message."""
         h, w = result.frame_size
+        # A result made without commands (by hand, or by a grounder before #13) has none to describe: its
+        # message is plain v1 rather than a v2 block that disagrees with the queries.
+        commands = getattr(result, "commands", ())
         seq = self.publish_targets(result.targets, frame_id=frame.id, t_capture_ns=frame.t_capture_unix_ns,
                                    t_capture_mono_ns=frame.t_capture_ns, width=w, height=h,
-                                   queries=result.queries, model=model)
+                                   queries=result.queries, model=model,
+                                   commands=commands if len(commands) == len(result.queries) else None)
         if self.heatmaps and len(result.queries):
             self.publish_heatmaps(dict(zip(result.queries, result.patch_maps)), frame_id=frame.id,
                                   t_capture_ns=frame.t_capture_unix_ns, region=result.crop_box, width=w, height=h)

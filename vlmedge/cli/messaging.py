@@ -13,6 +13,25 @@ import sys
 from vlmedge.protocol import DEFAULT_CONTROL_ADDRESS, DEFAULT_PUB_ADDRESS
 
 
+class _IntermixedParser(argparse.ArgumentParser):
+    """Options may stand anywhere among the words: ``vlmedge send ADDRESS --timeout 2 teach "my mug" 1 2 3 4``.
+
+    A plain parser takes one run of positional words, so words after an option were "unrecognized". The
+    sub-command action calls ``parse_known_args``; here that parses intermixed (which itself calls
+    ``parse_known_args`` again, hence the guard)."""
+
+    _intermixing = False
+
+    def parse_known_args(self, args=None, namespace=None):
+        if self._intermixing:
+            return super().parse_known_args(args, namespace)
+        self._intermixing = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._intermixing = False
+
+
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "subscribe", help="print targets/status/heatmaps published by `vlmedge run`",
@@ -34,9 +53,12 @@ def register(subparsers) -> None:
         "send", help="send one control request to `vlmedge run` and print the reply",
         description="Send one control request, e.g.  vlmedge send set_queries \"the blue ball\" \"a mug\"  |  "
                     "vlmedge send set_threshold 0.4 [QUERY]  |  vlmedge send pause  |  "
+                    "vlmedge send teach \"my mug\" 100 120 220 260  |  vlmedge send forget \"my mug\"  |  "
                     "vlmedge send tcp://10.0.0.5:5556 status  |  vlmedge send --json '{\"op\": \"ping\"}'. "
                     "Ops: set_queries Q..., add_query Q, remove_query Q, set_threshold V [Q], pause, resume, "
-                    "status, ping.")
+                    "status, ping, teach NAME X0 Y0 X1 Y1 (a box in the frame of the last targets message), "
+                    "forget NAME, taught. Options may come anywhere.")
+    s.__class__ = _IntermixedParser  # add_parser makes a plain parser; this one reads options among the words
     s.add_argument("words", nargs="*", metavar="[ADDRESS] OP ARG",
                    help=f"optional address (default {DEFAULT_CONTROL_ADDRESS}), the op, and its arguments")
     s.add_argument("--json", dest="raw_json", metavar="JSON", help="the whole request as a JSON object")
@@ -102,15 +124,40 @@ def format_message(topic: str, msg: dict) -> list[str]:
     head = f"frame {msg['frame_id']:>6}  age {age_ms:6.1f} ms"
     if not msg["targets"]:
         return [f"{head}  (no queries)"]
+    if "v2" in msg:
+        return _command_lines(head, msg)
     lines = []
     for t in msg["targets"]:
         if t["found"]:
-            cx, cy = t["center"]
-            track = "" if t["track_id"] is None else f"  track {t['track_id']}"
-            lines.append(f"{head}  {t['query']!r}  score {t['score']:.2f}  center ({cx:.0f}, {cy:.0f})"
-                         f"  bbox {t['bbox']}{track}")
+            lines.append(f"{head}  {t['query']!r}  {_target_text(t)}")
         else:
             lines.append(f"{head}  {t['query']!r}  not found (best {t['score']:.2f})")
+    return lines
+
+
+def _target_text(t: dict) -> str:
+    cx, cy = t["center"]
+    track = "" if t["track_id"] is None else f"  track {t['track_id']}"
+    return f"score {t['score']:.2f}  center ({cx:.0f}, {cy:.0f})  bbox {t['bbox']}{track}"
+
+
+def _command_lines(head: str, msg: dict) -> list[str]:
+    """A v2 message: per command one line per resolved target, the first with the count and the anchors; a
+    command not found says why (a ``how many`` that counted 0 is found, with count 0)."""
+    lines = []
+    for c in msg["v2"]["commands"]:
+        extra = "" if c["count"] is None else f"  count {c['count']}"
+        if c["anchors"]:
+            extra += "  anchors " + ", ".join(f"{a['text']!r} {a['bbox']}" for a in c["anchors"])
+        name = repr(c["command"])
+        if not c["found"]:
+            best = max((t["score"] for t in msg["targets"] if t["query"] == c["command"]), default=None)
+            score = "" if best is None else f" (best {best:.2f})"
+            lines.append(f"{head}  {name}  not found{score}: {c['reason']}{extra}")
+        elif not c["targets"]:
+            lines.append(f"{head}  {name}{extra}")
+        for i, t in enumerate(c["targets"]):
+            lines.append(f"{head}  {name}  {_target_text(t)}{extra if i == 0 else ''}")
     return lines
 
 
@@ -190,9 +237,36 @@ def request_from_words(words: list[str]) -> dict:
             raise ProtocolError("set_threshold takes VALUE [QUERY]")
         value = check_threshold(rest[0], "set_threshold: value", error=ProtocolError, text=True)
         return {"op": op, "value": value, **({"query": rest[1]} if len(rest) == 2 else {})}
+    if op == "teach":
+        # NAME may be one quoted argument or several words: the box is always the last four.
+        if len(rest) < 5:
+            raise ProtocolError(f"teach takes NAME X0 Y0 X1 Y1, e.g. teach \"my mug\" 100 120 220 260; got "
+                                f"{len(rest)} arguments")
+        return {"op": op, "name": " ".join(rest[:-4]), "box": [_box_number(v, k) for k, v in zip(_BOX, rest[-4:])]}
+    if op == "forget":
+        if not rest:
+            raise ProtocolError("forget takes the NAME of a taught object (forget \"my mug\")")
+        return {"op": op, "name": " ".join(rest)}
     if rest:
         raise ProtocolError(f"{op} takes no arguments, got {rest}")
     return {"op": op}
+
+
+_BOX = ("x0", "y0", "x1", "y1")
+
+
+def _box_number(text: str, name: str) -> int | float:
+    """One box coordinate from the command line: an int when it is one (pixels), else a float."""
+    from vlmedge.errors import ProtocolError
+
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        raise ProtocolError(f"teach: box {name} must be a number (pixels), got {text!r}") from None
 
 
 def cmd_send(args) -> int:

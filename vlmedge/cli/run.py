@@ -63,6 +63,9 @@ def register(subparsers) -> None:
                    help="CURVE-encrypt both sockets with the keys in DIR (from `vlmedge keys DIR`)")
     p.add_argument("--smoothing", action=argparse.BooleanOptionalAction, default=True,
                    help="temporal smoothing and stable track ids (default: on)")
+    p.add_argument("--taught", metavar="FILE.json", default=None,
+                   help="keep taught objects (`vlmedge send teach NAME x0 y0 x1 y1`) in this file: loaded at start, "
+                        "rewritten on every teach/forget (default: this run only)")
     add_encoder_options(p)
     p.set_defaults(func=cmd_run)
 
@@ -74,6 +77,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                     record=args.record, publish=args.publish, control=args.control, heatmaps=args.heatmaps,
                     max_frames=args.max_frames, threshold=args.threshold, loop=args.loop, realtime=args.realtime,
                     curve_keys=args.curve_keys, providers=providers_from(args), smoothing=args.smoothing,
+                    taught=args.taught,
                     prefetch=args.prefetch, ort_spinning=args.ort_spinning)
     summary = run(cfg)
     lat = "-" if summary.latency_p50_ms is None else f"{summary.latency_p50_ms:.1f}/{summary.latency_p99_ms:.1f} ms"
