@@ -303,6 +303,12 @@ class Grounder:
         else:
             maps = probs_against(q_sims, b_sims, self.logit_scale)
         scores = probs_against(q_sims, b_sims, self.logit_scale * self.score_temperature)
+        for i, t in enumerate(texts):  # a taught name also competes with its teaching frame's surroundings
+            if t in self.taught and len(self.taught.negatives(t)):
+                against = patch_similarity(patches, self.taught.negatives(t))
+                against = against if b_sims is None else np.concatenate([b_sims, against])
+                maps[i] = probs_against(q_sims[i:i + 1], against, self.logit_scale)[0]
+                scores[i] = probs_against(q_sims[i:i + 1], against, self.logit_scale * self.score_temperature)[0]
         if len(texts) == len(groups):  # no phrase has variants: the maps are already per phrase
             return maps, scores
         index = {t: i for i, t in enumerate(texts)}
@@ -344,14 +350,14 @@ class Grounder:
                                  + (f" of {len(crops)}" if not isinstance(crops, np.ndarray) else ""))
             parts = [self.encode(self.prepare(c)).patches.reshape(-1, self.manifest.embed_dim).mean(0)
                      for c in crops]
-            exemplar, source = np.mean(parts, axis=0), {"crops": len(crops)}
+            exemplar, negatives, source = np.mean(parts, axis=0), None, {"crops": len(crops)}
         else:
             if box is None:
                 raise InputError("teach: a frame needs a box (x0, y0, x1, y1) in frame pixels around the object")
             encoded = self.encode(self.prepare(frame_bgr))
-            exemplar = exemplar_from_box(encoded.patches, box, encoded.crop_box, encoded.frame_size)
+            exemplar, negatives = exemplar_from_box(encoded.patches, box, encoded.crop_box, encoded.frame_size)
             source = {"box": [int(round(float(v))) for v in box]}
-        self.taught.add(name, exemplar, source)
+        self.taught.add(name, exemplar, source, negatives)
         self._parser = CommandParser()  # parses made before may have read the name as words
         return self.taught.embedding(name)
 

@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 FORMAT = "vlmedge-taught-objects"
 FORMAT_VERSION = 1
 MAX_TAUGHT = 64  # names a command may use; each adds one phrase to every frame that names it
+NEGATIVES = 4  # prototypes of the teaching frame's surroundings a taught name competes with
 
 
 def box_patches(box: Sequence[float], crop_box: tuple[int, int, int, int], grid: tuple[int, int]) -> np.ndarray:
@@ -60,10 +61,38 @@ def check_box(box, frame_size: tuple[int, int]) -> tuple[float, float, float, fl
 
 
 def exemplar_from_box(patches: np.ndarray, box, crop_box: tuple[int, int, int, int],
-                      frame_size: tuple[int, int]) -> np.ndarray:
-    """The mean patch embedding [D] of the patches inside ``box`` (frame pixels)."""
+                      frame_size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """``(exemplar [D], negatives [k, D])`` from the patches of one frame and a box around the object.
+
+    The exemplar is the mean embedding of the box's object patches: a box drawn around an object also covers
+    table and wall, so of the patches inside it only those least like the frame outside the box are kept (at
+    least half of them, at least one). The negatives are up to ``NEGATIVES`` prototypes of the patches outside
+    the box (the table, the wall, the other objects of the teaching frame): a taught name competes with them as
+    a text query competes with the background prompts, so that what merely resembles the teaching frame's
+    surroundings is not taken for the object.
+    """
+    unit = l2_normalize(patches)
     inside = box_patches(check_box(box, frame_size), crop_box, patches.shape[:2])
-    return l2_normalize(patches)[inside].mean(axis=0)
+    inner, outer = unit[inside], unit[~inside]
+    if len(outer) == 0:  # the box covers the whole frame: every patch is the object
+        return inner.mean(axis=0), np.zeros((0, unit.shape[-1]), np.float32)
+    likeness = inner @ l2_normalize(outer.mean(axis=0))
+    keep = likeness <= np.quantile(likeness, 0.5) if len(inner) > 1 else np.ones(1, bool)
+    return inner[keep].mean(axis=0), prototypes(outer, NEGATIVES)
+
+
+def prototypes(vectors: np.ndarray, k: int, iterations: int = 8) -> np.ndarray:
+    """``k`` cluster means of unit vectors (spherical k-means from a farthest-point start: deterministic)."""
+    k = min(k, len(vectors))
+    centres = [vectors[int(np.argmin(vectors @ vectors.mean(axis=0)))]]
+    for _ in range(k - 1):
+        centres.append(vectors[int(np.argmin((vectors @ np.stack(centres).T).max(axis=1)))])
+    c = np.stack(centres)
+    for _ in range(iterations):
+        label = np.argmax(vectors @ c.T, axis=1)
+        c = np.stack([l2_normalize(vectors[label == j].mean(axis=0)) if np.any(label == j) else c[j]
+                      for j in range(k)])
+    return c.astype(np.float32)
 
 
 class TaughtObjects:
@@ -88,15 +117,23 @@ class TaughtObjects:
     def embedding(self, name: str) -> np.ndarray:
         return self._items[name]["embedding"]
 
-    def add(self, name: str, exemplar: np.ndarray, source: dict | None = None) -> None:
+    def negatives(self, name: str) -> np.ndarray:
+        """[k, D] prototypes of the teaching frame's surroundings (k may be 0)."""
+        return self._items[name]["negatives"]
+
+    def add(self, name: str, exemplar: np.ndarray, source: dict | None = None,
+            negatives: np.ndarray | None = None) -> None:
         e = np.asarray(exemplar, dtype=np.float32).reshape(-1)
+        neg = np.zeros((0, self.embed_dim), np.float32) if negatives is None else \
+            np.asarray(negatives, dtype=np.float32).reshape(-1, self.embed_dim)
         if e.shape != (self.embed_dim,) or not np.all(np.isfinite(e)) or not np.any(e):
             raise InputError(f"teach {name!r}: exemplar must be a finite non-zero [{self.embed_dim}] vector, "
                              f"got shape {np.shape(exemplar)}")
         if name not in self._items and len(self._items) >= MAX_TAUGHT:
             raise InputError(f"teach {name!r}: {MAX_TAUGHT} objects are taught already; forget one first")
         previous = self._items.get(name)
-        self._items[name] = {"embedding": l2_normalize(e), "source": dict(source or {})}
+        self._items[name] = {"embedding": l2_normalize(e), "negatives": l2_normalize(neg),
+                             "source": dict(source or {})}
         try:
             self._save()
         except OSError as err:  # not taught unless it is kept: the store and the file stay the same
@@ -123,6 +160,7 @@ class TaughtObjects:
     def to_json(self) -> dict:
         return {"format": FORMAT, "version": FORMAT_VERSION, "model_id": self.model_id, "embed_dim": self.embed_dim,
                 "objects": {n: {"embedding": [round(float(v), 7) for v in item["embedding"]],
+                                "negatives": [[round(float(v), 7) for v in row] for row in item["negatives"]],
                                 "source": item["source"]} for n, item in self._items.items()}}
 
     def _save(self) -> None:
@@ -168,5 +206,13 @@ class TaughtObjects:
             if vec.shape != (self.embed_dim,) or not np.all(np.isfinite(vec)) or not np.any(vec):
                 raise ArtifactError(f"taught objects file {where!r}: objects[{name!r}].embedding must be "
                                     f"{self.embed_dim} finite numbers, not all zero")
-            self._items[str(name)] = {"embedding": l2_normalize(vec), "source": dict(item.get("source") or {})}
+            try:
+                neg = np.asarray(item.get("negatives") or np.zeros((0, self.embed_dim)), dtype=np.float32)
+            except (TypeError, ValueError):
+                neg = np.zeros((1, 0), np.float32)
+            if neg.ndim != 2 or neg.shape[1] != self.embed_dim or not np.all(np.isfinite(neg)):
+                raise ArtifactError(f"taught objects file {where!r}: objects[{name!r}].negatives must be a list of "
+                                    f"{self.embed_dim}-number rows")
+            self._items[str(name)] = {"embedding": l2_normalize(vec), "negatives": l2_normalize(neg),
+                                      "source": dict(item.get("source") or {})}
         log.info("loaded %d taught objects from %s", len(self._items), where)
