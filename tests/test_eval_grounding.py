@@ -111,3 +111,18 @@ def test_eval_grounding_cli_writes_json(tmp_path, capsys):
     data = json.loads(out.read_text())
     assert data["scenes"] == 3 and data["seed"] == 1000100 and 0 <= data["pointing"] <= 1
     assert "pointing" in capsys.readouterr().out
+
+
+def test_eval_grounding_commands_suite_cli(tmp_path, capsys):
+    """`vlmedge eval-grounding --suite commands` on the shipped bundle: per-family figures in text and JSON."""
+    from vlmedge.cli import main
+
+    out = tmp_path / "commands.json"
+    assert main(["eval-grounding", "--suite", "commands", "--scenes", "4", "--family", "relation",
+                 "--family", "unsatisfiable", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "relation" in text and "unsatisfiable" in text and "ms/command" in text
+    data = json.loads(out.read_text())
+    assert set(data["families"]) == {"relation", "unsatisfiable"}
+    assert all(f["n"] == 4 for f in data["families"].values())
+    assert main(["eval-grounding", "--family", "relation"]) == 1  # a family without the commands suite

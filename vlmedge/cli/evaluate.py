@@ -1,4 +1,5 @@
-"""``vlmedge eval-grounding``: the grounding benchmark on held-out synthetic scenes (torch-free)."""
+"""``vlmedge eval-grounding``: the grounding benchmarks on held-out synthetic scenes (torch-free): noun phrases
+(``--suite phrases``, the default) and compositional commands (``--suite commands``)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,11 @@ import argparse
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "eval-grounding", help="grounding benchmark on held-out synthetic tabletop scenes",
-        description="Ground queries in held-out synthetic scenes with the runtime Grounder and report pointing "
-                    "accuracy, box hit rate (IoU >= 0.5), absent-object rejection and colour discrimination.")
+        description="Ground queries in held-out synthetic scenes with the runtime Grounder. --suite phrases "
+                    "(default): pointing accuracy, box hit rate (IoU >= 0.5), absent-object rejection and colour "
+                    "discrimination of noun phrases. --suite commands: accuracy per command family (plain, "
+                    "relation, ordinal, counting, quantity, negation, nested, taught, unsatisfiable) on layouts "
+                    "that need the command's structure to pick the right object.")
     p.add_argument("bundle", nargs="?", default=None,
                    help="bundle directory (default: the embedded int8 demo bundle)")
     # Checked in the handler (ConfigError: exit status 1) rather than by args.positive_int (argparse: exit
@@ -18,6 +22,10 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=None,
                    help="first scene seed (default 1000000: seeds the demo model never trained on)")
     p.add_argument("--json", metavar="OUT", default=None, help="also write the figures as JSON to OUT")
+    p.add_argument("--suite", choices=("phrases", "commands"), default="phrases",
+                   help="which benchmark (default: phrases)")
+    p.add_argument("--family", action="append", dest="families", metavar="NAME", default=None,
+                   help="--suite commands: only this family; repeat for several (default: all)")
     p.set_defaults(func=cmd_eval_grounding)
 
 
@@ -30,6 +38,19 @@ def cmd_eval_grounding(args: argparse.Namespace) -> int:
         raise ConfigError(f"--scenes must be positive, got {args.scenes}")
     bundle = args.bundle or str(embedded_bundle("int8"))
     seed = EVAL_SEED_BASE if args.seed is None else args.seed
+    if args.suite == "commands":
+        from vlmedge.scenes.command_eval import write_json as write_commands
+
+        commands = evaluate_bundle_commands(bundle, scenes=args.scenes, seed=seed, families=args.families,
+                                            progress=True)
+        print(f"{bundle}:")
+        for line in commands.summary():
+            print(f"  {line}")
+        if args.json:
+            write_commands(commands, args.json, bundle=str(bundle))
+        return 0
+    if args.families:
+        raise ConfigError("--family needs --suite commands")
     report = evaluate_bundle(bundle, scenes=args.scenes, seed=seed, progress=True)
     print(f"{bundle}: {report.summary()}")
     if args.json:
@@ -46,3 +67,23 @@ def evaluate_bundle(bundle, scenes: int = 500, seed: int | None = None, progress
 
     g = Grounder(bundle, smoothing=False)
     return evaluate(g.ground, scenes=scenes, seed=EVAL_SEED_BASE if seed is None else seed, progress=progress)
+
+
+def evaluate_bundle_commands(bundle, scenes: int = 500, seed: int | None = None, families=None,
+                             progress: bool = False):
+    """The command benchmark (``vlmedge.scenes.command_eval``) through the runtime's ``Grounder``: one command
+    per scene, taught names taught with ``Grounder.teach`` and forgotten after their case."""
+    from types import SimpleNamespace
+
+    from vlmedge.runtime.grounding.grounder import Grounder
+    from vlmedge.scenes.command_eval import evaluate_commands
+    from vlmedge.scenes.evaluation import EVAL_SEED_BASE
+
+    g = Grounder(bundle, smoothing=False)
+
+    def ground(frame, command):
+        c = g.ground(frame, [command]).command(command)
+        return SimpleNamespace(found=c.found, points=[t.peak for t in c.targets if t.found], count=c.count)
+
+    return evaluate_commands(ground, g.teach, g.forget, families=families, scenes=scenes,
+                             seed=EVAL_SEED_BASE if seed is None else seed, progress=progress)
