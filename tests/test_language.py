@@ -503,3 +503,9 @@ def test_instance_validation_and_resolution_dict():
     data = json.loads(json.dumps(res.to_dict()))
     assert data["found"] and data["targets"][0]["bbox"] == list(NEAR_LEFT.bbox)
     assert data["anchors"] == [{"text": "the plate", "bbox": list(PLATE.bbox)}]
+
+
+@pytest.mark.parametrize("trailer", ["", " are there", " do you see", " can you see", " are visible", " are in view"])
+def test_count_trailers_are_not_part_of_the_object_name(trailer):
+    cmd = parse(f"how many blue bottles{trailer}?")
+    assert cmd.kind == "count" and [n.text for n in cmd.noun_phrases()] == ["the blue bottle"]

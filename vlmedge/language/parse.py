@@ -263,6 +263,10 @@ class _Parser:
                          "use 'all ...' for every instance or 'how many ...' to count", suggestion="all")
         return n
 
+    def _trailer_ends_at(self, i: int) -> bool:
+        """A count trailer ("do you see", "can you see") from token ``i`` to the end: not part of a name."""
+        return any(self.words[i:] == list(phrase) for phrase in _TRAILERS)
+
     def _count_trailer(self) -> None:
         for phrase in _TRAILERS:
             if self.at(phrase) and self.pos + len(phrase) == len(self.toks):
@@ -368,7 +372,7 @@ class _Parser:
         words: list[str] = []
         while self.pos < len(self.toks):
             w = self.words[self.pos]
-            if self.relation_at(self.pos) or self.position_at(self.pos):
+            if self.relation_at(self.pos) or self.position_at(self.pos) or self._trailer_ends_at(self.pos):
                 break
             if w in V.STOP_WORDS:
                 if w == "of" and words and self._of_inside_name(words[-1]):

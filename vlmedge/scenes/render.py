@@ -4,6 +4,8 @@ Used as the default frame source (``synthetic://tabletop``), to train the embedd
 model, to calibrate int8 quantization and to benchmark grounding. Torch-free.
 
 * :func:`render_scene` -> :class:`Scene`: one still, deterministic for a seed.
+* :func:`draw_stage` + :func:`sized_sprite` + :func:`render_placed`: a scene whose objects the caller
+  places (command layouts), drawn like render_scene.
 * :class:`TabletopStream`: a moving scene (objects slide, come and go); ``read()`` gives the
   next ``(frame_bgr, scene)``. ``featured`` objects never leave (the default source features
   the red cup so that the default demo query "the red cup" always has something to find).
@@ -212,7 +214,8 @@ def _draw_cup(rng, color, size):
     img = img * (1 - ha) + hand_img * ha
     # interior seen through the rim: darker
     inner = np.zeros_like(a)
-    cv2.ellipse(inner, (x0 + wt // 2, cy_top + 1), (wt // 2 - max(2, wt // 18), rim // 2 - 2), 0, 0, 360, 255, -1, cv2.LINE_AA)
+    cv2.ellipse(inner, (x0 + wt // 2, cy_top + 1), (wt // 2 - max(2, wt // 18), rim // 2 - 2), 0, 0, 360,
+                255, -1, cv2.LINE_AA)
     ia = _alpha_from(inner)[..., None]
     img = img * (1 - ia) + (color * 0.42)[None, None] * ia
     alpha = np.maximum(_alpha_from(a), _alpha_from(hand))
@@ -232,7 +235,8 @@ def _draw_bottle(rng, color, size):
     cv2.rectangle(a, (cx - w // 2 + r, h - 2 * r), (cx + w // 2 - 1 - r, h), 255, -1, cv2.LINE_AA)
     cv2.circle(a, (cx - w // 2 + r, h - r), r, 255, -1, cv2.LINE_AA)
     cv2.circle(a, (cx + w // 2 - 1 - r, h - r), r, 255, -1, cv2.LINE_AA)
-    sh = np.array([[cx - neck // 2, y_sh0], [cx + neck // 2, y_sh0], [cx + w // 2 - 1, y_sh1 + 1], [cx - w // 2, y_sh1 + 1]], np.int32)
+    sh = np.array([[cx - neck // 2, y_sh0], [cx + neck // 2, y_sh0], [cx + w // 2 - 1, y_sh1 + 1],
+                  [cx - w // 2, y_sh1 + 1]], np.int32)
     cv2.fillConvexPoly(a, sh, 255, cv2.LINE_AA)
     cv2.rectangle(a, (cx - neck // 2, y_cap), (cx + neck // 2, y_sh0 + 1), 255, -1, cv2.LINE_AA)
     cap = np.zeros_like(a)
@@ -356,7 +360,8 @@ def _draw_can(rng, color, size):
     cv2.ellipse(top, (cx, e // 2 + 1), (w // 2 - 1, e // 2), 0, 0, 360, 255, -1, cv2.LINE_AA)
     ta = _alpha_from(top)[..., None]
     img = img * (1 - ta) + np.array([205, 205, 210], np.float32)[None, None] * ta
-    cv2.ellipse(img, (cx, e // 2 + 1), (int(w * 0.38), max(2, int(e * 0.35))), 0, 0, 360, (140.0, 140.0, 145.0), 1, cv2.LINE_AA)
+    cv2.ellipse(img, (cx, e // 2 + 1), (int(w * 0.38), max(2, int(e * 0.35))), 0, 0, 360, (140.0, 140.0,
+                145.0), 1, cv2.LINE_AA)
     return img, _alpha_from(a)
 
 
@@ -388,7 +393,8 @@ def _draw_banana(rng, color, size):
     mid = np.concatenate([(R - thick * taper * 0.45)[:, None] * np.cos(angs)[:, None],
                           (R - thick * taper * 0.45)[:, None] * np.sin(angs)[:, None]], 1)
     mid -= np.stack([R * np.cos(angs), R * np.sin(angs)], 1).min(0) - 3
-    cv2.polylines(img, [np.round(mid[3:-3]).astype(np.int32)], False, tuple(float(v) for v in color * 0.75), max(1, L // 80), cv2.LINE_AA)
+    cv2.polylines(img, [np.round(mid[3:-3]).astype(np.int32)], False, tuple(float(v) for v in color * 0.75),
+                  max(1, L // 80), cv2.LINE_AA)
     return img, _alpha_from(a)
 
 
@@ -404,8 +410,10 @@ def _draw_plate(rng, color, size):
     f = np.where(nd < 0.68, 0.9, 1.04 - 0.12 * (nd - 0.68) / 0.32).astype(np.float32)
     f += (0.06 * (1 - yy / H)).astype(np.float32)
     img = _shade(color, f)
-    cv2.ellipse(img, c, (int(w * 0.34), int(h * 0.34)), 0, 0, 360, tuple(float(v) for v in color * 0.7), max(1, w // 80), cv2.LINE_AA)
-    spec = 0.45 * np.exp(-(((nd - 0.84) / 0.05) ** 2)) * np.clip((c[1] - yy) / (h / 2), 0, 1) * np.clip((xx - c[0]) / (w / 2) + 0.6, 0, 1)
+    cv2.ellipse(img, c, (int(w * 0.34), int(h * 0.34)), 0, 0, 360, tuple(float(v) for v in color * 0.7),
+                max(1, w // 80), cv2.LINE_AA)
+    spec = 0.45 * np.exp(-(((nd - 0.84) / 0.05) ** 2)) * np.clip((c[1] - yy) / (h / 2), 0,
+                         1) * np.clip((xx - c[0]) / (w / 2) + 0.6, 0, 1)
     img = _specular(img, spec)
     cv2.ellipse(img, c, (w // 2 - 1, h // 2 - 1), 0, 0, 360, tuple(float(v) for v in color * 0.6), 1, cv2.LINE_AA)
     return img, _alpha_from(a)
@@ -430,9 +438,24 @@ def make_sprite(rng: np.random.Generator, kind: str, color: str, scale: float = 
                 light_dir: tuple[float, float] = (0.6, 0.35)) -> _Sprite:
     """Draw one object sprite (random size, tilt, shade) and its soft shadow."""
     lo, hi = _SIZES[kind]
-    size = rng.uniform(lo, hi) * scale
+    return sized_sprite(rng, kind, color, rng.uniform(lo, hi) * scale, light_dir)
+
+
+def size_range(kind: str) -> tuple[int, int]:
+    """The sizes ``make_sprite`` draws for ``kind`` at scale 1 (long side in pixels at 480 rows), min..max."""
+    check_choice("kind", kind, KINDS)
+    return _SIZES[kind]
+
+
+def sized_sprite(rng: np.random.Generator, kind: str, color: str, size: float,
+                 light_dir: tuple[float, float] = (0.6, 0.35), tilt_scale: float = 1.0) -> _Sprite:
+    """``make_sprite`` with the size chosen by the caller: ``size`` is the drawing's long side in frame pixels
+    (before tilt). ``tilt_scale`` shrinks the random tilt (0 = upright) without changing what ``rng`` draws.
+    Layouts use it to control which of several objects is the largest and to pack groups."""
+    check_choice("kind", kind, KINDS)
+    check_choice("color", color, COLOR_NAMES)
     img, alpha = _DRAWERS[kind](rng, sample_color(rng, color), size)
-    tilt = float(rng.uniform(-1, 1) * _MAX_TILT[kind])
+    tilt = float(rng.uniform(-1, 1) * _MAX_TILT[kind]) * tilt_scale
     if abs(tilt) > 1:
         h, w = alpha.shape
         diag = int(math.ceil(math.hypot(h, w))) + 2
@@ -535,7 +558,8 @@ def _paste_shadow(canvas: np.ndarray, sp: _Sprite, x: int, y: int, strength: flo
     canvas[y0:y1, x0:x1] *= (1 - strength * s)[..., None]
 
 
-def _paste_sprite(canvas: np.ndarray, sp: _Sprite, x: int, y: int) -> tuple[np.ndarray, tuple[int, int, int, int]] | None:
+def _paste_sprite(canvas: np.ndarray, sp: _Sprite, x: int, y: int) -> tuple[np.ndarray, tuple[int, int, int,
+                  int]] | None:
     """Alpha-blend the sprite at (x, y); return its hard mask (alpha >= .5) cropped to the frame
     and the crop window (x0, y0, x1, y1), or None when it is fully outside."""
     H, W = canvas.shape[:2]
@@ -661,6 +685,72 @@ def render_scene(seed: int, size: tuple[int, int] = (480, 640)) -> Scene:
     canvas *= _lighting(rng, (H, W))
     frame = _degrade(rng, canvas)
     return Scene(frame, tuple(objects))
+
+
+# ----------------------------------------------------------------------------- placed layouts
+# For scenes whose geometry matters (the command benchmark in ``vlmedge.scenes.layouts``): the caller
+# chooses every object's size and position, everything else (table, light, shadows, sensor) is drawn
+# the way render_scene draws it, so a model sees the same kind of image.
+
+Sprite = _Sprite  # what make_sprite / sized_sprite return: kind, colour, img, alpha, shadow
+
+
+@dataclass(frozen=True)
+class Stage:
+    """What render_scene draws around the objects: the table (and wall), light direction, object scale,
+    shadow strength. Drawn once per layout; objects are then placed on it by the caller."""
+
+    background: np.ndarray = field(repr=False)  # float32 BGR [H, W, 3], the empty table
+    light_dir: tuple[float, float]  # the direction make_sprite shades objects and casts shadows from
+    scale: float  # object size factor: frame rows / 480 x a per-scene jitter, as in render_scene
+    shadow_strength: float
+    top: int  # first row objects may stand on (render_scene keeps them off the wall strip)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.background.shape[0], self.background.shape[1]
+
+
+def draw_stage(rng: np.random.Generator, size: tuple[int, int] = (480, 640),
+               scale_jitter: tuple[float, float] = (0.9, 1.2)) -> Stage:
+    """An empty table drawn from ``rng`` with render_scene's distributions (``scale_jitter`` is its default)."""
+    H, W = _check_size(size)
+    scale = H / _REF_SHORT_SIDE * rng.uniform(*scale_jitter)
+    bg = render_background(rng, (H, W))
+    light = (float(rng.uniform(-1, 1)), float(rng.uniform(0.2, 1)))
+    return Stage(bg, light, float(scale), float(rng.uniform(0.3, 0.6)), int(H * 0.12))
+
+
+def sprite_box(sprite: _Sprite) -> tuple[int, int, int, int]:
+    """The tight box of the sprite's hard mask (alpha >= .5, as compose() cuts it) in sprite pixels."""
+    ys, xs = np.nonzero(sprite.alpha >= 0.5)
+    return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
+
+
+def visible_masks(placed: list[tuple[_Sprite, int, int]], size: tuple[int, int]) -> list[np.ndarray]:
+    """The masks compose() would give ``placed`` (back to front), one per entry, without painting anything:
+    cheap enough to try many layouts before rendering one. An entry fully outside or hidden gets an empty mask."""
+    H, W = size
+    masks: list[np.ndarray] = []
+    for sp, x, y in placed:
+        h, w = sp.alpha.shape
+        x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + w, W), min(y + h, H)
+        full = np.zeros((H, W), bool)
+        if x1 > x0 and y1 > y0:
+            hard = sp.alpha[y0 - y:y1 - y, x0 - x:x1 - x] >= 0.5
+            for m in masks:
+                m[y0:y1, x0:x1] &= ~hard
+            full[y0:y1, x0:x1] = hard
+        masks.append(full)
+    return masks
+
+
+def render_placed(rng: np.random.Generator, stage: Stage, placed: list[tuple[_Sprite, int, int]]) -> Scene:
+    """Finish a layout as render_scene finishes a scene: compose (list order = back to front), light, sensor
+    noise. ``Scene.objects`` follow ``placed`` order, leaving out entries with no visible pixel."""
+    canvas, objects = compose(stage.background, placed, shadow_strength=stage.shadow_strength)
+    canvas *= _lighting(rng, stage.size)
+    return Scene(_degrade(rng, canvas), tuple(objects))
 
 
 # ----------------------------------------------------------------------------- stream
