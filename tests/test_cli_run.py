@@ -113,8 +113,15 @@ def test_bench_cli_writes_json_with_checks(tiny_bundle_dir, tmp_path, capsys):
     assert r["memory_mb"]["VmHWM"] >= r["memory_mb"]["VmRSS"] > 0
     assert [c["name"] for c in r["checks"]] == [  # the goals' names are read by people comparing saved reports
         "pipeline throughput >= 90% of the bare encoder rate", "capture-to-publish p99 <= 1.5x encoder latency",
-        "a new query takes effect on the next frame", "resident memory <= 350 MB"]
+        "a new query takes effect on the next frame",
+        "a 3-relation command adds <= 1 ms over its noun phrases", "resident memory <= 350 MB"]
     assert all(isinstance(c["ok"], bool) for c in r["checks"])
+    cmd = r["commands"]  # composition cost, measured against the same noun phrases as plain queries
+    assert cmd["noun_phrases"] == ["the cup", "the bottle", "the book", "the can", "the plate"]
+    assert cmd["match_command"]["n"] == cmd["match_noun_phrases"]["n"] == cmd["rounds"]
+    assert cmd["added_p50_ms"] == pytest.approx(cmd["match_command"]["p50_ms"] - cmd["match_noun_phrases"]["p50_ms"],
+                                                abs=1e-3)
+    assert "match: 3-relation command" in text
 
 
 def test_bench_pools_runs_by_frame_intervals_over_time():
