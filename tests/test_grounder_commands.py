@@ -178,3 +178,22 @@ def test_a_teach_that_cannot_be_written_teaches_nothing(embedded_int8, scene, tm
     with pytest.raises(ArtifactError, match="cannot write"):
         g.teach("my mug", scene.frame, _obj(scene, "black", "cup").bbox)
     assert "my mug" not in g.taught
+
+
+@pytest.mark.parametrize("kind,color,gap,seed", [("cup", "red", 0, 11), ("bottle", "red", -10, 14),
+                                                    ("ball", "yellow", -15, 16), ("can", "orange", 0, 19)])
+def test_touching_objects_of_one_description_are_counted_apart(grounder, kind, color, gap, seed):
+    """Two objects of one description side by side form one region of the map; a command splits it into two
+    instances on the frame's pixels, while a plain query keeps the region whole (its path and speed)."""
+    from _scenes import row_scene
+
+    from vlmedge.runtime.grounding.grounder import Grounder
+
+    frame, objects = row_scene(seed, kind, color, 2, gap)
+    phrase, count, left = f"the {color} {kind}", f"how many {color} {kind}s", f"the leftmost {color} {kind}"
+    res = grounder.ground(frame, [phrase, count, left])
+    assert len([t for t in res.targets_for(phrase) if t.found]) == 1  # one region, as before
+    assert res.count(count) == 2
+    assert _inside(min(objects, key=lambda o: o.bbox[0]), res.best(left).peak)
+    off = Grounder(grounder.encoders, smoothing=False, split_instances=False)
+    assert off.ground(frame, [count]).count(count) == 1

@@ -36,7 +36,7 @@ import numpy as np
 
 from vlmedge.errors import ConfigError, InputError
 from vlmedge.runtime.grounding.classify import zero_shot
-from vlmedge.runtime.grounding.commands import CommandParser, Plan, resolve_command
+from vlmedge.runtime.grounding.commands import CommandParser, resolve_command
 from vlmedge.runtime.grounding.regions import find_regions
 from vlmedge.runtime.grounding.results import Classification, CommandResult, GroundingResult
 from vlmedge.runtime.grounding.taught import TaughtObjects, exemplar_from_box
@@ -103,6 +103,7 @@ class Prepared:
     crop_box: tuple[int, int, int, int]  # frame region the pixels cover
     frame_size: tuple[int, int]  # (height, width) of the frame
     preprocess_ms: float
+    frame: np.ndarray | None = None  # the frame itself (a reference): commands split regions into instances on it
 
 
 @dataclass(frozen=True, eq=False)
@@ -115,6 +116,7 @@ class Encoded:
     frame_size: tuple[int, int]
     preprocess_ms: float
     encode_ms: float
+    frame: np.ndarray | None = None  # the frame (a reference), see Prepared.frame
 
 
 class Grounder:
@@ -137,6 +139,8 @@ class Grounder:
         expand_colours: colours a noun phrase without one is also grounded as (its map is the largest of
             "the cup", "the red cup", "the blue cup"...): for a model that only read coloured captions
             (default: manifest ``grounding.expand_colours``, else none).
+        split_instances: split the regions of a composed command's noun phrases into object instances on the
+            frame's pixels (touching objects of one description count as several); plain phrases never are.
         taught: a JSON file of taught objects, loaded when it exists and rewritten on every
             ``teach``/``forget`` (so a restart keeps them); None keeps them in memory only.
     """
@@ -145,7 +149,7 @@ class Grounder:
                  background_prompts: Sequence[str] | None = None, min_area_patches: int | None = None,
                  smoothing: bool | Tracker = True, spinning: bool = True, competition: bool = False,
                  score_temperature: float | None = None, taught: str | Path | None = None,
-                 expand_colours: Sequence[str] | None = None):
+                 expand_colours: Sequence[str] | None = None, split_instances: bool = True):
         self.encoders = _open_encoders(bundle, providers, spinning)
         self.manifest = self.encoders.manifest
         g = self.manifest.grounding
@@ -162,6 +166,9 @@ class Grounder:
             self.tracker = Tracker() if smoothing else None
         else:
             raise ConfigError(f"smoothing must be True, False or a Tracker, got {smoothing!r}")
+        if split_instances not in (True, False):
+            raise ConfigError(f"split_instances must be True or False, got {split_instances!r}")
+        self.split_instances = split_instances
         if competition not in (True, False):
             raise ConfigError(f"competition must be True or False, got {competition!r}")
         self.competition = competition
@@ -225,7 +232,7 @@ class Grounder:
         t0 = time.perf_counter()
         pixels = preprocess(frame_bgr, spec)
         box = tuple(int(round(v)) for v in crop_box(frame_bgr.shape, spec))
-        return Prepared(pixels, box, tuple(frame_bgr.shape[:2]), (time.perf_counter() - t0) * 1e3)
+        return Prepared(pixels, box, tuple(frame_bgr.shape[:2]), (time.perf_counter() - t0) * 1e3, frame_bgr)
 
     def encode(self, prepared: Prepared) -> Encoded:
         """Run the image encoder on a frame from :meth:`prepare`."""
@@ -236,7 +243,7 @@ class Grounder:
         encode_ms = (time.perf_counter() - t0) * 1e3
         return Encoded(l2_normalize(np.asarray(image_embeds, dtype=np.float32)[0]),
                        np.asarray(patch_embeds, dtype=np.float32)[0], prepared.crop_box, prepared.frame_size,
-                       prepared.preprocess_ms, encode_ms)
+                       prepared.preprocess_ms, encode_ms, prepared.frame)
 
     # ------------------------------------------------------------------ queries
     def match(self, encoded: Encoded, queries: Sequence[str], *,
@@ -259,18 +266,27 @@ class Grounder:
     def _match(self, encoded: Encoded, queries: tuple[str, ...], per_query: dict[str, float]) -> GroundingResult:
         t0 = time.perf_counter()
         plan = self._parser.plan(queries, self.taught.names(), self.expand_colours)
-        jobs = self._phrase_jobs(plan, per_query)  # (phrase, threshold) -> index into the maps
-        maps, scores = self._phrase_maps(encoded.patches, [plan.variants.get(p, (p,)) for p, _ in jobs])
-        phrase_targets = {
-            job: find_regions(maps[k], job[0], threshold=job[1], min_area_patches=self.min_area_patches,
-                              frame_size=encoded.frame_size, crop_box=encoded.crop_box, score_map=scores[k])
-            for job, k in jobs.items()}
-        patch_area = _patch_area(encoded)
-        commands = [resolve_command(c, {p: phrase_targets[(p, per_query.get(c.text, self.threshold))]
-                                        for p in plan.phrases_of(c)}, encoded.frame_size, patch_area)
-                    for c in plan.commands]
+        phrases = {p: i for i, p in enumerate(plan.phrases)}  # phrase -> row of its map
+        maps, scores = self._phrase_maps(encoded.patches, [plan.variants.get(p, (p,)) for p in plan.phrases])
+        split = self.split_instances and encoded.frame is not None and np.ndim(encoded.frame) == 3
+        regions: dict[tuple[str, float, bool], list] = {}  # (phrase, threshold, split into instances) -> targets
+        commands = []
+        for c in plan.commands:
+            # A composed command counts, orders or relates instances: its phrases' regions are split into
+            # objects on the frame. A plain noun phrase keeps its regions whole, and its speed.
+            key_of = {p: (p, per_query.get(c.text, self.threshold), split and not c.is_plain)
+                      for p in plan.phrases_of(c)}
+            for key in key_of.values():
+                if key not in regions:
+                    k = phrases[key[0]]
+                    regions[key] = find_regions(
+                        maps[k], key[0], threshold=key[1], min_area_patches=self.min_area_patches,
+                        frame_size=encoded.frame_size, crop_box=encoded.crop_box, score_map=scores[k],
+                        frame_bgr=encoded.frame if key[2] else None)
+            commands.append(resolve_command(c, {p: regions[key] for p, key in key_of.items()}, encoded.frame_size,
+                                            _patch_area(encoded)))
         commands = self._tracked(commands)
-        head = [jobs[(plan.phrases_of(c)[0], per_query.get(c.text, self.threshold))] for c in plan.commands]
+        head = [phrases[plan.phrases_of(c)[0]] for c in plan.commands]
         patch_maps = maps[head] if head else np.zeros((0, *encoded.patches.shape[:2]), dtype=np.float32)
         ground_ms = (time.perf_counter() - t0) * 1e3
         # Complete before the result is built: a result is never changed after construction.
@@ -279,13 +295,6 @@ class Grounder:
         return GroundingResult(queries=queries, targets=tuple(t for c in commands for t in c.targets),
                                patch_maps=patch_maps, frame_size=encoded.frame_size, crop_box=encoded.crop_box,
                                timings=timings, image_embed=encoded.image_embed, commands=tuple(commands))
-
-    def _phrase_jobs(self, plan: Plan, per_query: dict[str, float]) -> dict[tuple[str, float], int]:
-        jobs: dict[tuple[str, float], int] = {}
-        for c in plan.commands:
-            for p in plan.phrases_of(c):
-                jobs.setdefault((p, per_query.get(c.text, self.threshold)), len(jobs))
-        return jobs
 
     def _phrase_maps(self, patches: np.ndarray, groups: list[tuple[str, ...]]) -> tuple[np.ndarray, np.ndarray]:
         """Per phrase: the detection map (probability, thresholded into regions) and the score map (the same

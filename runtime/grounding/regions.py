@@ -23,6 +23,7 @@ import cv2
 import numpy as np
 
 from vlmedge.errors import InputError
+from vlmedge.runtime.grounding.instances import split_instances
 from vlmedge.runtime.grounding.results import Target
 from vlmedge.validation import check_threshold
 
@@ -39,12 +40,17 @@ def _check(prob_map: np.ndarray, threshold: float, min_area_patches: int) -> tup
 
 def find_regions(prob_map: np.ndarray, query: str, *, threshold: float, min_area_patches: int,
                  frame_size: tuple[int, int], crop_box: tuple[int, int, int, int],
-                 work_scale: int = 8, score_map: np.ndarray | None = None) -> list[Target]:
+                 work_scale: int = 8, score_map: np.ndarray | None = None,
+                 frame_bgr: np.ndarray | None = None) -> list[Target]:
     """Targets of one query, best score first; ``[Target(found=False)]`` when no region qualifies.
 
     ``score_map`` [h, w]: where a target's ``score`` is read (at the region's best patch; the maximum for a
     not-found target) instead of ``prob_map``, e.g. the probability at a calibration temperature. Regions
     are always found on ``prob_map`` with ``threshold``.
+
+    ``frame_bgr``: the frame the map belongs to; each region is then split into object instances
+    (``instances.split_instances``: touching objects of one description become one target each). Without it a
+    region is one target, as on the plain noun-phrase path.
     """
     pm, threshold = _check(prob_map, threshold, min_area_patches)
     sm = pm if score_map is None else np.asarray(score_map, dtype=np.float32)
@@ -98,6 +104,11 @@ def find_regions(prob_map: np.ndarray, query: str, *, threshold: float, min_area
             peak = (x0 + gx * cw / w - 0.5, y0 + gy * ch / h - 0.5)
         else:  # no patch centre inside the region: the working map's maximum
             peak = (x0 + (left + int(c) + 0.5) * sx - 0.5, y0 + (top + int(r) + 0.5) * sy - 0.5)
+        if frame_bgr is not None:
+            parts = split_instances(frame_bgr, pm, labels == k, crop_box=crop_box, threshold=threshold)
+            if len(parts) > 1:
+                targets.extend(_instance_target(query, part, sm, crop_box) for part in parts)
+                continue
         targets.append(Target(
             query=query, found=True, score=score, bbox=(bx0, by0, bx1, by1),
             center=(x0 + (cx + 0.5) * sx - 0.5, y0 + (cy + 0.5) * sy - 0.5),
@@ -106,6 +117,17 @@ def find_regions(prob_map: np.ndarray, query: str, *, threshold: float, min_area
         return [Target(query=query, found=False, score=float(sm.max()))]
     targets.sort(key=lambda t: -t.score)
     return targets
+
+
+def _instance_target(query: str, part, score_map: np.ndarray, crop_box: tuple[int, int, int, int]) -> Target:
+    """A target for one instance of a split region; its score is read where its peak lies."""
+    h, w = score_map.shape
+    x0, y0, x1, y1 = crop_box
+    col = min(max(int((part.peak[0] - x0) * w / max(x1 - x0, 1)), 0), w - 1)
+    row = min(max(int((part.peak[1] - y0) * h / max(y1 - y0, 1)), 0), h - 1)
+    return Target(query=query, found=True, score=float(score_map[row, col]), bbox=tuple(int(v) for v in part.bbox),
+                  center=(float(part.center[0]), float(part.center[1])),
+                  peak=(float(part.peak[0]), float(part.peak[1])), area=int(part.area))
 
 
 def refined_peak(pm: np.ndarray, row: int, col: int, threshold: float) -> tuple[float, float]:
