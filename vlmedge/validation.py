@@ -30,6 +30,17 @@ def _show(value: Any) -> str:
     return r if len(r) <= _SHOWN_CHARS else r[:_SHOWN_CHARS - 3] + "..."
 
 
+def _number(value: Any, text: bool) -> float | int | None:
+    """``value`` if it is a real number (Python or numpy, not a bool), parsed from text when ``text``; else None."""
+    if text and isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return None
+    real = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+    return value if real else None
+
+
 def check_threshold(value: Any, where: str = "threshold", *, error: type[Exception] = ConfigError,
                     text: bool = False) -> float:
     """A probability threshold: a real number in [0, 1] -> float.
@@ -39,15 +50,21 @@ def check_threshold(value: Any, where: str = "threshold", *, error: type[Excepti
     wire ``"0.5"`` is a client bug, not a number. ``error`` is what the boundary raises: ConfigError for
     options, InputError for API arguments, ProtocolError for messages, argparse.ArgumentTypeError for a CLI.
     """
-    number = value
-    if text and isinstance(value, str):
-        try:
-            number = float(value)
-        except ValueError:
-            number = None
-    real = isinstance(number, (int, float, np.integer, np.floating)) and not isinstance(number, bool)
+    number = _number(value, text)
+    real = number is not None
     if not real or not 0.0 <= number <= 1.0:
         raise error(f"{where} must be a number in [0, 1], got {_show(value)}")
+    return float(number)
+
+
+def check_positive(value: Any, where: str, *, upper: float, error: type[Exception] = ConfigError,
+                   text: bool = True) -> float:
+    """A real number in (0, ``upper``] -> float (a rate, a temperature): bools refused, text parsed when
+    ``text`` (option strings such as ``?fps=30``), NaN and infinities fail the range check."""
+    number = _number(value, text)
+    real = number is not None
+    if not real or not 0.0 < number <= upper:
+        raise error(f"{where} must be in (0, {upper:g}], got {_show(value)}")
     return float(number)
 
 

@@ -42,7 +42,7 @@ from vlmedge.runtime.grounding.results import Classification, CommandResult, Gro
 from vlmedge.runtime.grounding.taught import TaughtObjects, exemplar_from_box
 from vlmedge.runtime.grounding.tracking import Tracker
 from vlmedge.similarity import contrastive_maps, l2_normalize, patch_similarity, probs_against
-from vlmedge.validation import check_queries, check_query, check_threshold
+from vlmedge.validation import check_positive, check_queries, check_query, check_threshold
 
 log = logging.getLogger(__name__)
 
@@ -84,16 +84,6 @@ def _patch_area(encoded) -> float:
     x0, y0, x1, y1 = encoded.crop_box
     h, w = encoded.patches.shape[:2]
     return (x1 - x0) * (y1 - y0) / float(h * w)
-
-
-def _check_temperature(value) -> float:
-    try:
-        t = float(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"score_temperature must be a positive number, got {value!r}") from None
-    if not 0.0 < t <= 10.0:
-        raise ConfigError(f"score_temperature must be in (0, 10], got {value!r}")
-    return t
 
 
 def _open_encoders(bundle, providers, spinning: bool = True):
@@ -184,7 +174,8 @@ class Grounder:
             raise ConfigError(f"competition must be True or False, got {competition!r}")
         self.competition = competition
         temp = getattr(g, "score_temperature", None) if score_temperature is None else score_temperature
-        self.score_temperature = _check_temperature(DEFAULT_SCORE_TEMPERATURE if temp is None else temp)
+        self.score_temperature = check_positive(DEFAULT_SCORE_TEMPERATURE if temp is None else temp,
+                                                "score_temperature", upper=10.0, text=False)
         colours = getattr(g, "expand_colours", ()) if expand_colours is None else expand_colours
         self.expand_colours = check_queries(tuple(colours), "expand_colours", error=ConfigError)
         self.text_encoder_calls = 0  # number of text-encoder runs (each handles a batch of new texts)

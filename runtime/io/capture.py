@@ -159,11 +159,7 @@ class Capture(FrameStream):
                     return  # stopped, or abandoned by the watchdog while read() hung
                 if image is None:
                     if not src.is_live:
-                        if err is None:
-                            self._set_state(CaptureState.ENDED, "end of stream")
-                        else:
-                            self.last_error = err
-                            self._set_state(CaptureState.FAILED, err)
+                        self._end(err)
                         return
                     nones += 1
                     if nones < NONE_TOLERANCE and time.monotonic() - self._last_new < self.stall_timeout:

@@ -195,6 +195,14 @@ class FrameStream:
     def _on_frame(self) -> None:
         """Under the lock, after a new frame was published."""
 
+    def _end(self, error: str | None) -> None:
+        """A finite source is done: "ended" at its end, "failed" (keeping the error) when a read failed."""
+        if error is None:
+            self._set_state(CaptureState.ENDED, "end of stream")
+        else:
+            self.last_error = error
+            self._set_state(CaptureState.FAILED, error)
+
     def _set_state(self, state: CaptureState, why: str = "") -> None:
         with self._cond:
             if state == self._state:

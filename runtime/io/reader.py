@@ -87,11 +87,7 @@ class OnDemandReader(FrameStream):
                 if self._stop.is_set():
                     return
                 if image is None:
-                    if err is None:
-                        self._set_state(CaptureState.ENDED, "end of stream")
-                    else:
-                        self.last_error = err
-                        self._set_state(CaptureState.FAILED, err)
+                    self._end(err)
                     return
                 stamp = time.monotonic_ns(), time.time_ns()  # at the read, before processing
                 data = None

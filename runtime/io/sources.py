@@ -36,6 +36,7 @@ import numpy as np
 
 from vlmedge.errors import BackendUnavailable, ConfigError, SourceError, did_you_mean
 from vlmedge.spec import hw_pair
+from vlmedge.validation import check_positive
 
 log = logging.getLogger(__name__)
 
@@ -92,15 +93,7 @@ def _check_size(size: Any) -> tuple[int, int] | None:
 
 
 def _check_fps(fps: Any) -> float | None:
-    if fps is None:
-        return None
-    try:
-        f = float(fps)
-    except (TypeError, ValueError):
-        raise ConfigError(f"fps must be a number, got {fps!r}") from None
-    if not 0 < f <= 1000:
-        raise ConfigError(f"fps must be in (0, 1000], got {fps!r}")
-    return f
+    return None if fps is None else check_positive(fps, "fps", upper=1000.0)
 
 
 class _Pacer:

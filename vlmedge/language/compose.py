@@ -258,18 +258,25 @@ def _directional(node: Relation, subjects: Sequence[_Hit], anchors: Sequence[_Hi
     for rank, s in enumerate(subjects):
         si = s.instance
         probe = si.center if part == "center" else si.bbox
-        best = None
-        for a in anchors:
-            ai = a.instance
-            if _is(si, ai) or not test(probe, ai.bbox):
-                continue
-            cost = (G.gap(si.bbox, ai.bbox), G.distance(si.center, ai.center))
-            if best is None or cost < best[0]:
-                best = (cost, a)
+        best = _nearest_anchor(si, anchors, lambda ai, probe=probe: test(probe, ai.bbox))
         if best is not None:
             ranked.append((best[0], rank, s, best[1]))
     ranked.sort(key=lambda r: (r[0], r[1]))
     return tuple(_Hit(s.instance, _anchored(node.anchor, a)) for _, _, s, a in ranked)
+
+
+def _nearest_anchor(si: Instance, anchors: Sequence[_Hit], keep=None) -> tuple[tuple[float, float], _Hit] | None:
+    """The anchor nearest to instance ``si`` by (box gap, centre distance), among those that are not ``si``
+    itself and that ``keep(anchor_instance)`` accepts; ``((gap, distance), anchor)`` or None."""
+    best = None
+    for a in anchors:
+        ai = a.instance
+        if _is(si, ai) or (keep is not None and not keep(ai)):
+            continue
+        cost = (G.gap(si.bbox, ai.bbox), G.distance(si.center, ai.center))
+        if best is None or cost < best[0]:
+            best = (cost, a)
+    return best
 
 
 def _by_distance(node: Relation, subjects: Sequence[_Hit], anchors: Sequence[_Hit]) -> tuple[_Hit, ...]:
@@ -281,14 +288,7 @@ def _by_distance(node: Relation, subjects: Sequence[_Hit], anchors: Sequence[_Hi
     ranked = []
     for rank, s in enumerate(subjects):
         si = s.instance
-        best = None
-        for a in anchors:
-            ai = a.instance
-            if _is(si, ai):
-                continue
-            cost = (G.gap(si.bbox, ai.bbox), G.distance(si.center, ai.center))
-            if best is None or cost < best[0]:
-                best = (cost, a)
+        best = _nearest_anchor(si, anchors)
         if best is not None:
             ranked.append((best[0], rank, s, best[1]))
     if not ranked:
