@@ -39,7 +39,7 @@ from vlmedge.runtime.grounding.classify import zero_shot
 from vlmedge.runtime.grounding.commands import CommandParser, resolve_command
 from vlmedge.runtime.grounding.regions import find_regions
 from vlmedge.runtime.grounding.results import Classification, CommandResult, GroundingResult
-from vlmedge.runtime.grounding.taught import TaughtObjects, exemplar_from_box
+from vlmedge.runtime.grounding.taught import TaughtObjects, exemplar_from
 from vlmedge.runtime.grounding.tracking import Tracker
 from vlmedge.similarity import contrastive_maps, l2_normalize, patch_similarity, probs_against
 from vlmedge.validation import check_positive, check_queries, check_query, check_threshold
@@ -349,23 +349,8 @@ class Grounder:
         the box (or of every patch of each crop); ``name`` is then usable anywhere a noun phrase is ("the cup
         next to my mug"). Returns the exemplar [D]."""
         name = check_query(name, "teach: name", error=InputError)
-        if (crops is None) == (frame_bgr is None):
-            raise InputError("teach needs either a frame and a box, or crops=[image, ...] (1 to 5 crops)")
-        if crops is not None:
-            if box is not None:
-                raise InputError("teach: give a box with a frame, not with crops")
-            if isinstance(crops, np.ndarray) or not 1 <= len(crops) <= 5:
-                raise InputError(f"teach: crops must be a list of 1 to 5 images, got {type(crops).__name__}"
-                                 + (f" of {len(crops)}" if not isinstance(crops, np.ndarray) else ""))
-            parts = [self.encode(self.prepare(c)).patches.reshape(-1, self.manifest.embed_dim).mean(0)
-                     for c in crops]
-            exemplar, negatives, source = np.mean(parts, axis=0), None, {"crops": len(crops)}
-        else:
-            if box is None:
-                raise InputError("teach: a frame needs a box (x0, y0, x1, y1) in frame pixels around the object")
-            encoded = self.encode(self.prepare(frame_bgr))
-            exemplar, negatives = exemplar_from_box(encoded.patches, box, encoded.crop_box, encoded.frame_size)
-            source = {"box": [int(round(float(v))) for v in box]}
+        exemplar, negatives, source = exemplar_from(lambda image: self.encode(self.prepare(image)), frame_bgr, box,
+                                                    crops)
         self.taught.add(name, exemplar, source, negatives)
         self._parser = CommandParser()  # parses made before may have read the name as words
         return self.taught.embedding(name)

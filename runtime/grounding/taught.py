@@ -81,6 +81,27 @@ def exemplar_from_box(patches: np.ndarray, box, crop_box: tuple[int, int, int, i
     return inner[keep].mean(axis=0), prototypes(outer, NEGATIVES)
 
 
+def exemplar_from(encode, frame_bgr=None, box=None, crops=None) -> tuple[np.ndarray, np.ndarray | None, dict]:
+    """``(exemplar, negatives, source)`` for ``Grounder.teach``: from a frame and a box around the object, or
+    from 1-5 crops of it (every patch of a crop is the object: no negatives). ``encode(image) -> Encoded``."""
+    if (crops is None) == (frame_bgr is None):
+        raise InputError("teach needs either a frame and a box, or crops=[image, ...] (1 to 5 crops)")
+    if crops is not None:
+        if box is not None:
+            raise InputError("teach: give a box with a frame, not with crops")
+        if isinstance(crops, np.ndarray) or not 1 <= len(crops) <= 5:
+            raise InputError(f"teach: crops must be a list of 1 to 5 images, got {type(crops).__name__}"
+                             + (f" of {len(crops)}" if not isinstance(crops, np.ndarray) else ""))
+        patches = [encode(c).patches for c in crops]
+        parts = [l2_normalize(p).reshape(-1, p.shape[-1]).mean(axis=0) for p in patches]
+        return np.mean(parts, axis=0), None, {"crops": len(crops)}
+    if box is None:
+        raise InputError("teach: a frame needs a box (x0, y0, x1, y1) in frame pixels around the object")
+    encoded = encode(frame_bgr)
+    exemplar, negatives = exemplar_from_box(encoded.patches, box, encoded.crop_box, encoded.frame_size)
+    return exemplar, negatives, {"box": [int(round(float(v))) for v in box]}
+
+
 def prototypes(vectors: np.ndarray, k: int, iterations: int = 8) -> np.ndarray:
     """``k`` cluster means of unit vectors (spherical k-means from a farthest-point start: deterministic)."""
     k = min(k, len(vectors))
