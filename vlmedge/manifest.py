@@ -94,6 +94,8 @@ class GroundingDefaults:
     # Colours a noun phrase without one is also grounded as ("the cup" = the largest map of "the red cup",
     # "the blue cup", ...): for a model that was only ever shown coloured captions. Empty for CLIP checkpoints.
     expand_colours: tuple[str, ...] = ()
+    # Score an instance needs to be counted or ordered (calibrated score scale); None: no floor.
+    count_min_score: float | None = None
 
     def to_dict(self) -> dict:
         d = {"background_prompts": list(self.background_prompts), "threshold": self.threshold,
@@ -102,6 +104,8 @@ class GroundingDefaults:
             d["score_temperature"] = self.score_temperature
         if self.expand_colours:
             d["expand_colours"] = list(self.expand_colours)
+        if self.count_min_score is not None:
+            d["count_min_score"] = self.count_min_score
         return d
 
     @classmethod
@@ -112,6 +116,9 @@ class GroundingDefaults:
                 if isinstance(d[key], str) or not isinstance(d[key], (list, tuple)):
                     raise ArtifactError(f"manifest.grounding.{key} must be a list of strings, got {d[key]!r}")
                 d[key] = tuple(d[key])
+        f = d.get("count_min_score")
+        if f is not None and (isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 <= f <= 1):
+            raise ArtifactError(f"manifest.grounding.count_min_score must be a number in [0, 1], got {f!r}")
         t = d.get("score_temperature")
         if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t <= 10):
             raise ArtifactError(f"manifest.grounding.score_temperature must be a number in (0, 10], got {t!r}")

@@ -94,14 +94,16 @@ def _instance(t: Target) -> Instance | None:
                     max(int(t.area), 1), payload=t)
 
 
-def instances_by_phrase(targets: Mapping[str, Sequence[Target]], min_area: float = 0.0) -> dict[str, list[Instance]]:
+def instances_by_phrase(targets: Mapping[str, Sequence[Target]], min_area: float = 0.0,
+                        min_score: float = 0.0) -> dict[str, list[Instance]]:
     """The found targets of every phrase as ``language.Instance`` s (the target rides along as payload).
 
     Regions smaller than ``min_area`` pixels are left out: a composition counts and orders instances, and a
     sliver where one patch barely passed the threshold is not an object (a plain query still reports it)."""
     out: dict[str, list[Instance]] = {}
     for phrase, ts in targets.items():
-        out[phrase] = [i for i in (_instance(t) for t in ts if t.found and t.area >= min_area) if i is not None]
+        kept = (t for t in ts if t.found and t.area >= min_area and t.score >= min_score)
+        out[phrase] = [i for i in (_instance(t) for t in kept) if i is not None]
     return out
 
 
@@ -114,13 +116,13 @@ def _not_found(command: str, best_score: float, reason: str | None) -> Target:
 
 
 def resolve_command(command: Command, phrase_targets: Mapping[str, Sequence[Target]],
-                    frame_size: tuple[int, int], min_area: float = 0.0) -> CommandResult:
+                    frame_size: tuple[int, int], min_area: float = 0.0, min_score: float = 0.0) -> CommandResult:
     """One command's result from the targets of its noun phrases (``min_area``: see ``instances_by_phrase``)."""
     if _plain(command):
         targets = tuple(replace(t, query=command.text) for t in phrase_targets[command.text])
         found = targets[0].found
         return CommandResult(command.text, command, found, targets, (), None, None if found else "not found")
-    res: Resolution = resolve(command, instances_by_phrase(phrase_targets, min_area), frame_size)
+    res: Resolution = resolve(command, instances_by_phrase(phrase_targets, min_area, min_score), frame_size)
     head_scores = [t.score for n in command.noun_phrases() for t in phrase_targets.get(n.text, ())]
     best_score = max(head_scores, default=0.0)
     if res.found and res.targets:

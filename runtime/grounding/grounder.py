@@ -142,6 +142,9 @@ class Grounder:
             (default: manifest ``grounding.expand_colours``, else none).
         split_instances: split the regions of a composed command's noun phrases into object instances on the
             frame's pixels (touching objects of one description count as several); plain phrases never are.
+        count_min_score: the score an instance needs to be counted or ordered ("how many", "all", "two",
+            "the leftmost"), where one look-alike that barely passes the threshold changes the answer (default:
+            manifest ``grounding.count_min_score``, else none).
         taught: a JSON file of taught objects, loaded when it exists and rewritten on every
             ``teach``/``forget`` (so a restart keeps them); None keeps them in memory only.
     """
@@ -150,7 +153,8 @@ class Grounder:
                  background_prompts: Sequence[str] | None = None, min_area_patches: int | None = None,
                  smoothing: bool | Tracker = True, spinning: bool = True, competition: bool = False,
                  score_temperature: float | None = None, taught: str | Path | None = None,
-                 expand_colours: Sequence[str] | None = None, split_instances: bool = True):
+                 expand_colours: Sequence[str] | None = None, split_instances: bool = True,
+                 count_min_score: float | None = None):
         self.encoders = _open_encoders(bundle, providers, spinning)
         self.manifest = self.encoders.manifest
         g = self.manifest.grounding
@@ -167,6 +171,8 @@ class Grounder:
             self.tracker = Tracker() if smoothing else None
         else:
             raise ConfigError(f"smoothing must be True, False or a Tracker, got {smoothing!r}")
+        floor = getattr(g, "count_min_score", None) if count_min_score is None else count_min_score
+        self.count_min_score = check_threshold(0.0 if floor is None else floor, "count_min_score")
         if split_instances not in (True, False):
             raise ConfigError(f"split_instances must be True or False, got {split_instances!r}")
         self.split_instances = split_instances
@@ -284,7 +290,8 @@ class Grounder:
                         frame_size=encoded.frame_size, crop_box=encoded.crop_box, score_map=scores[k],
                         frame_bgr=encoded.frame if key[2] else None)
             commands.append(resolve_command(c, {p: regions[key] for p, key in key_of.items()}, encoded.frame_size,
-                                            _patch_area(encoded)))
+                                            _patch_area(encoded),
+                                            self.count_min_score if _counts_instances(c) else 0.0))
         commands = self._tracked(commands)
         head = [phrases[plan.phrases_of(c)[0]] for c in plan.commands]
         patch_maps = maps[head] if head else np.zeros((0, *encoded.patches.shape[:2]), dtype=np.float32)
