@@ -266,8 +266,8 @@ def bench(bundle, *, source: str | None = None, frames: int = 100, queries=("the
             source, report["camera"] = _synthetic_camera_video(grounder, Path(tmp), frames, camera_fps,
                                                                 camera_format)
         report.update(_bench_with_source(grounder, bundle, source, frames, queries, prefetch))
+    report["memory_mb"] = memory_mb()  # the run loop's peak, before the command probe below adds its own
     report["commands"] = bench_commands(grounder)
-    report["memory_mb"] = memory_mb()
     report["loadavg"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     report["runtime"]["torch_imported"] = "torch" in sys.modules
     if torch_source is not None:
@@ -454,9 +454,9 @@ COMMAND_SCENE = 7340013  # a rendered tabletop scene with bottles, a cup, a can 
 
 def bench_commands(grounder, command: str = COMMAND_PROBE, rounds: int = 200) -> dict:
     """What composing a command costs beyond grounding its noun phrases, on one encoded frame, interleaved call
-    by call: ``match`` of the command against ``match`` of its noun phrases grounded into instances the way a
-    command grounds them ("all the cup", ...: regions split into instances, nothing related), and, for
-    reference, against the same phrases as plain queries (regions only, the plain path's speed)."""
+    by call: ``match`` of the command against ``match`` of its noun phrases as plain queries (a relation keeps
+    its phrases' regions whole, as plain queries do), and, for reference, against the same phrases grounded
+    into instances ("all the cup", ...: what a counting or ordering command adds by splitting regions)."""
     from vlmedge.language import read_command
     from vlmedge.runtime.grounding.grounder import Grounder
     from vlmedge.scenes.render import render_scene
@@ -477,8 +477,8 @@ def bench_commands(grounder, command: str = COMMAND_PROBE, rounds: int = 200) ->
     cmd, inst, plain = (_stats_ms(times[k]) for k in ("command", "instances", "plain"))
     return {"command": command, "noun_phrases": phrases, "relations": 3, "rounds": rounds, "match_command": cmd,
             "match_noun_phrases": inst, "match_plain_phrases": plain,
-            "added_p50_ms": round(cmd["p50_ms"] - inst["p50_ms"], 4),
-            "added_over_plain_p50_ms": round(cmd["p50_ms"] - plain["p50_ms"], 4)}
+            "added_p50_ms": round(cmd["p50_ms"] - plain["p50_ms"], 4),
+            "instances_over_plain_p50_ms": round(inst["p50_ms"] - plain["p50_ms"], 4)}
 
 
 def check_goals(report: dict) -> list[dict]:
@@ -505,8 +505,8 @@ def check_goals(report: dict) -> list[dict]:
         out.append({"name": f"a {cmd['relations']}-relation command adds <= {GOAL_COMMAND_MS:g} ms over its "
                             "noun phrases",
                     "ok": cmd["added_p50_ms"] <= GOAL_COMMAND_MS,
-                    "value": f"+{cmd['added_p50_ms']:.3f} ms (p50 {cmd['match_command']['p50_ms']:.3f} vs "
-                             f"{cmd['match_noun_phrases']['p50_ms']:.3f} ms for {len(cmd['noun_phrases'])} phrases)"})
+                    "value": f"{cmd['added_p50_ms']:+.3f} ms (p50 {cmd['match_command']['p50_ms']:.3f} vs "
+                             f"{cmd['match_plain_phrases']['p50_ms']:.3f} ms for {len(cmd['noun_phrases'])} phrases)"})
     hwm = report["memory_mb"].get("VmHWM")
     out.append({"name": f"resident memory <= {GOAL_MEMORY_MB:g} MB", "ok": hwm is not None and hwm <= GOAL_MEMORY_MB,
                 "value": f"VmHWM {hwm} MB, VmRSS {report['memory_mb'].get('VmRSS')} MB"})
@@ -581,11 +581,11 @@ def format_report(r: dict) -> str:
     cmd = r.get("commands")
     if cmd is not None:
         lines.append(_stats_row("match: 3-relation command", cmd["match_command"], "ms"))
-        lines.append(_stats_row(f"match: its {len(cmd['noun_phrases'])} phrases, instances", cmd["match_noun_phrases"],
-                                f"ms (composition adds {cmd['added_p50_ms']:+.3f} ms at p50)"))
         lines.append(_stats_row(f"match: its {len(cmd['noun_phrases'])} phrases, plain", cmd["match_plain_phrases"],
-                                f"ms (the command takes {cmd['added_over_plain_p50_ms']:+.3f} ms more: instance "
-                                "splitting + composition)"))
+                                f"ms (composition adds {cmd['added_p50_ms']:+.3f} ms at p50)"))
+        lines.append(_stats_row(f"match: its {len(cmd['noun_phrases'])} phrases, instances", cmd["match_noun_phrases"],
+                                f"ms (splitting into instances, counting/ordering commands: "
+                                f"{cmd['instances_over_plain_p50_ms']:+.3f} ms)"))
     lines.append(f"{'memory':<34}   VmRSS {mem.get('VmRSS')} MB, VmHWM (peak) {mem.get('VmHWM')} MB")
     load = r.get("loadavg")
     lines.append(f"{'load average (1/5/15 min)':<34}   " + (" ".join(f"{v:.2f}" for v in load) if load else "-")
