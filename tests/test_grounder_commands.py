@@ -185,9 +185,8 @@ def test_a_teach_that_cannot_be_written_teaches_nothing(embedded_int8, scene, tm
 def test_touching_objects_of_one_description_are_counted_apart(grounder, kind, color, gap, seed):
     """Two objects of one description side by side form one region of the map; a command splits it into two
     instances on the frame's pixels, while a plain query keeps the region whole (its path and speed)."""
-    from _scenes import row_scene
-
     from vlmedge.runtime.grounding.grounder import Grounder
+    from vlmedge.scenes.layouts import row_scene
 
     frame, objects = row_scene(seed, kind, color, 2, gap)
     phrase, count, left = f"the {color} {kind}", f"how many {color} {kind}s", f"the leftmost {color} {kind}"

@@ -11,10 +11,10 @@ test suite.
 import cv2
 import numpy as np
 import pytest
-from _scenes import row_scene
 
 from vlmedge.errors import ConfigError, InputError
 from vlmedge.runtime.grounding.instances import InstanceMask, SplitConfig, split_instances
+from vlmedge.scenes.layouts import row_scene
 
 FRAME = (480, 640)
 CROP = (0, 0, 640, 480)  # the demo bundle preprocesses full-frame
