@@ -330,12 +330,15 @@ def _format_line(frame_id: int, result, stats: _Stats) -> str:
     parts = []
     for q in result.queries:
         best = result.best(q)
+        command = result.command(q) if result.commands else None
+        count = f" count={command.count}" if command is not None and command.count is not None else ""
         if best.found:
             extra = len(result.targets_for(q)) - 1
             parts.append(f"{q!r}: {best.score:.2f} bbox={list(best.bbox)} id={best.track_id}"
-                         + (f" (+{extra} more)" if extra else ""))
+                         + (f" (+{extra} more)" if extra else "") + count)
         else:
-            parts.append(f"{q!r}: not found ({best.score:.2f})")
+            reason = f": {best.reason}" if best.reason and best.reason != "not found" else ""
+            parts.append(f"{q!r}: not found ({best.score:.2f}){reason}{count}")
     lat = f"{stats.latency_ms:.0f} ms" if stats.latency_ms is not None else "-"
     return f"frame {frame_id}: " + " | ".join(parts or ["no queries"]) + f"  [{stats.fps:.1f} FPS, {lat}]"
 

@@ -196,3 +196,12 @@ def test_touching_objects_of_one_description_are_counted_apart(grounder, kind, c
     assert _inside(min(objects, key=lambda o: o.bbox[0]), res.best(left).peak)
     off = Grounder(grounder.encoders, smoothing=False, split_instances=False)
     assert off.ground(frame, [count]).count(count) == 1
+
+
+def test_the_headless_line_shows_counts_and_reasons(grounder, scene):
+    from vlmedge.runtime.app import _format_line, _Stats
+
+    res = grounder.ground(scene.frame, ["how many bottles", "the bottle left of the red ball"])
+    line = _format_line(7, res, _Stats())
+    assert "'how many bottles'" in line and "count=2" in line
+    assert "not found" in line and "ball" in line.split("'the bottle left of the red ball'")[1]
