@@ -288,3 +288,29 @@ def test_parse_prints_the_tree_and_points_at_a_misplaced_word(capsys):
     assert main(["parse", "the cup lefft of the plate"]) == 1
     err = capsys.readouterr().err
     assert "lefft" in err and "left of" in err and "^" in err
+
+
+def test_options_without_a_command_go_to_run_and_a_mistyped_command_gets_a_suggestion(capsys):
+    from vlmedge.cli.main import _route
+
+    parser = build_parser()
+    for argv in (["--query", "the red cup"], ["--source", "0"], ["--headless"], ["-v", "--headless"], []):
+        args = parser.parse_args(_route(parser, argv))
+        assert args.command == "run"
+    assert parser.parse_args(_route(parser, ["--query", "a cup"])).queries == ["a cup"]
+    assert parser.parse_args(_route(parser, ["parse", "the cup"])).command == "parse"
+    with pytest.raises(SystemExit):
+        _route(parser, ["rnu"])
+    assert "did you mean 'run'" in capsys.readouterr().err
+
+
+def test_export_commands_without_the_export_extra_say_what_to_install():
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "from vlmedge.cli import main\n"
+            "sys.exit(main(['export', 'openai/clip-vit-base-patch16', '--out', '/nonexistent/b']))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert 'pip install "vlmedge[export]"' in proc.stderr and "Traceback" not in proc.stderr

@@ -40,12 +40,41 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+GLOBAL_OPTIONS = ("-h", "--help", "--version", "-v", "-vv", "-vvv", "--verbose")
+# What each command needs beyond the base install, named when it is missing.
+EXTRA_MODULES = {"torch": "export", "onnx": "export", "safetensors": "export", "huggingface_hub": "export"}
+
+
+def _route(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
+    """``vlmedge`` = ``vlmedge run``, also with options and no command (``vlmedge --query "the cup"``); a
+    mistyped command gets a did-you-mean like a mistyped option."""
+    from vlmedge.errors import did_you_mean
+
+    commands = _commands(parser)
+    for i, word in enumerate(argv):
+        if word in GLOBAL_OPTIONS:
+            continue
+        if word.startswith("-"):
+            return [*argv[:i], "run", *argv[i:]]
+        if word not in commands:
+            parser.error(f"unknown command {word!r}" + did_you_mean(word, commands)
+                         + f"; commands: {', '.join(commands)}")
+        return argv
+    return argv if any(w in ("-h", "--help", "--version") for w in argv) else [*argv, "run"]
+
+
+def _commands(parser: argparse.ArgumentParser) -> list[str]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return list(action.choices)
+    return []
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
-    if not argv:
-        argv = ["run"]  # the default job: synthetic source, embedded model, "the red cup"
-    args = parser.parse_args(argv)
+    # The default job (no command): synthetic source, embedded model, "the red cup".
+    args = parser.parse_args(_route(parser, list(argv)))
     logging.basicConfig(level=(logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose + 1, 2)],
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not getattr(args, "func", None):
@@ -55,6 +84,14 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except VlmEdgeError as e:
         print(f"vlmedge {args.command}: error: {e}", file=sys.stderr)
+        return 1
+    except ModuleNotFoundError as e:
+        root = (e.name or "").split(".")[0]
+        if root not in EXTRA_MODULES:
+            raise
+        print(f"vlmedge {args.command}: error: this command needs the {EXTRA_MODULES[root]} extra (missing module "
+              f"{root!r}): pip install \"vlmedge[{EXTRA_MODULES[root]}]\" (install the CPU build of torch first "
+              "on a machine without an NVIDIA GPU, see the README)", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
