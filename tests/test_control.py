@@ -384,3 +384,22 @@ def test_vlmedge_send_teach_and_forget_cli(scene_grounder, capsys):
         finally:
             for name in grounder.taught.names():
                 grounder.forget(name)
+
+
+def test_a_client_with_missing_key_files_fails_at_once_and_closes(tmp_path):
+    """A CURVE key that cannot be read is an error naming the file, and closing the client does not hang
+    (an unclosed socket made Context.term() wait forever)."""
+    import threading
+
+    from vlmedge.errors import VlmEdgeError
+    from vlmedge.runtime.messaging.control import ControlClient
+    from vlmedge.runtime.messaging.sockets import CurveClientKeys
+
+    client = ControlClient("tcp://127.0.0.1:5999", timeout_ms=200,
+                           curve=CurveClientKeys(tmp_path / "client.key_secret", tmp_path / "server.key"))
+    with pytest.raises(VlmEdgeError, match="client.key_secret"):
+        client.request({"op": "ping"})
+    closer = threading.Thread(target=client.close, daemon=True)
+    closer.start()
+    closer.join(timeout=5)
+    assert not closer.is_alive(), "ControlClient.close() hung"

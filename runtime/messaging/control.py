@@ -381,10 +381,14 @@ class ControlClient:
     def _socket(self) -> zmq.Socket:
         if self._sock is None:
             s = self._ctx.socket(zmq.REQ)
-            s.setsockopt(zmq.LINGER, 0)
-            if self.curve is not None:
-                setup_curve_client(s, self.curve)
-            s.connect(self.address)
+            try:
+                s.setsockopt(zmq.LINGER, 0)
+                if self.curve is not None:
+                    setup_curve_client(s, self.curve)
+                s.connect(self.address)
+            except BaseException:  # an unclosed socket would make close() (Context.term) wait forever
+                s.close(linger=0)
+                raise
             self._sock = s
         return self._sock
 
