@@ -403,3 +403,25 @@ def test_a_client_with_missing_key_files_fails_at_once_and_closes(tmp_path):
     closer.start()
     closer.join(timeout=5)
     assert not closer.is_alive(), "ControlClient.close() hung"
+
+
+@pytest.mark.parametrize("host, loopback", [("127.0.0.1", True), ("127.1", True), ("LOCALHOST", True),
+                                            ("localhost", True), ("[::1]", True), ("[::ffff:127.0.0.1]", True),
+                                            ("127.0.0.53", True), ("0.0.0.0", False), ("10.0.0.5", False),
+                                            ("[::]", False), ("eth0", False), ("robot.local", False)])
+def test_loopback_in_every_spelling(host, loopback):
+    from vlmedge.runtime.messaging.sockets import is_loopback_host
+
+    assert is_loopback_host(host) is loopback
+
+
+def test_the_network_warning_names_a_flag_that_exists(caplog):
+    import logging
+
+    from vlmedge.runtime.messaging.sockets import check_address
+
+    with caplog.at_level(logging.WARNING):
+        check_address("tcp://0.0.0.0:5555", purpose="publisher")
+        check_address("tcp://127.1:5555", purpose="publisher")
+    (record,) = caplog.records  # the loopback shorthand gives no warning
+    assert "--curve-keys" in record.getMessage() and "--curve-*" not in record.getMessage()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import re
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,13 +25,20 @@ _TCP = re.compile(r"^tcp://(?P<host>\[[^\]]+\]|[^:/\[\]]+):(?P<port>\*|\d+)$")
 
 
 def is_loopback_host(host: str) -> bool:
-    host = host.strip("[]")
+    """Whether a bind host is loopback in any spelling: ``localhost`` (any case), ``127.0.0.1``, ``127.1``
+    (the shorthand inet_aton reads), ``::1``, ``::ffff:127.0.0.1`` (IPv4-mapped)."""
+    host = host.strip("[]").lower()
     if host == "localhost":
         return True
     try:
-        return ipaddress.ip_address(host).is_loopback
+        ip = ipaddress.ip_address(host)
     except ValueError:
-        return False  # an interface name or a hostname: may be reachable from the network
+        try:  # shorthand IPv4 forms that the resolver accepts
+            ip = ipaddress.ip_address(socket.inet_aton(host))
+        except (OSError, ValueError):
+            return False  # an interface name or a hostname: may be reachable from the network
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return ip.is_loopback or (mapped is not None and mapped.is_loopback)
 
 
 def check_address(address: str, *, purpose: str = "socket", bind: bool = True) -> str:
@@ -51,8 +59,8 @@ def check_address(address: str, *, purpose: str = "socket", bind: bool = True) -
         if port != "*" and not 0 <= int(port) <= 65535:
             raise ConfigError(f"{purpose} address {address!r}: port {port} is outside 0..65535")
         if bind and not is_loopback_host(m["host"]):
-            log.warning("%s binds %s: it is reachable from the network; use CURVE keys (--curve-*) "
-                        "or a firewall if the network is not trusted", purpose, address)
+            log.warning("%s binds %s: it is reachable from the network; use CURVE keys (--curve-keys DIR, "
+                        "from `vlmedge keys DIR`) or a firewall if the network is not trusted", purpose, address)
     return address
 
 
