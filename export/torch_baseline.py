@@ -8,13 +8,7 @@ import json
 import sys
 import time
 
-import numpy as np
-
-
-def _stats_ms(samples: list[float]) -> dict:
-    a = np.asarray(samples, dtype=np.float64)
-    return {"mean_ms": float(a.mean()), "p50_ms": float(np.percentile(a, 50)), "p99_ms": float(np.percentile(a, 99)),
-            "n": int(a.size)}
+from vlmedge.timing import stats_ms
 
 
 def time_encoder(spec: dict) -> dict:
@@ -33,7 +27,7 @@ def time_encoder(spec: dict) -> dict:
             t = time.perf_counter()
             model.encode_image(x)
             times.append((time.perf_counter() - t) * 1e3)
-    return {**_stats_ms(times), "torch": torch.__version__, "threads": torch.get_num_threads()}
+    return {**stats_ms(times), "torch": torch.__version__, "threads": torch.get_num_threads()}
 
 
 if __name__ == "__main__":

@@ -53,6 +53,7 @@ import numpy as np
 
 from vlmedge.errors import ConfigError, check_choice
 from vlmedge.scenes.video import CAMERA_FORMATS, write_synthetic_video_subprocess
+from vlmedge.timing import stats_ms
 
 log = logging.getLogger(__name__)
 
@@ -64,12 +65,6 @@ GOAL_MEMORY_MB = 350.0  # peak resident memory (VmHWM), so the runtime fits besi
 GOAL_COMMAND_MS = 1.0  # a 3-relation command may add this much to matching its noun phrases (issue: a millisecond)
 SWITCH_QUERY = "a blue ball"
 SEGMENTS = 5  # pipeline runs, each between two timings of the bare encoder
-
-
-def _stats_ms(samples: list[float]) -> dict:
-    a = np.asarray(samples, dtype=np.float64)
-    return {"mean_ms": round(float(a.mean()), 3), "p50_ms": round(float(np.percentile(a, 50)), 3),
-            "p99_ms": round(float(np.percentile(a, 99)), 3), "n": int(a.size)}
 
 
 def memory_mb() -> dict:
@@ -116,7 +111,7 @@ def time_encoder(encoders, pixels: np.ndarray, frames: int, warmup: int = 5) -> 
 
 
 def bench_encoder(encoders, pixels: np.ndarray, frames: int, warmup: int = 5) -> dict:
-    return _stats_ms(time_encoder(encoders, pixels, frames, warmup))
+    return stats_ms(time_encoder(encoders, pixels, frames, warmup))
 
 
 def _free_port() -> int:
@@ -226,8 +221,8 @@ def pipeline_report(meters: list[_PipelineMeter]) -> dict:
     latencies = [x for m in meters for x in m.latencies]
     waits = [x for m in meters for x in m.waits]
     encode_ms = [x for m in meters for x in m.encode_ms]
-    lat = _stats_ms(latencies) if latencies else {}
-    wait = _stats_ms(waits) if waits else {}
+    lat = stats_ms(latencies) if latencies else {}
+    wait = stats_ms(waits) if waits else {}
     # share of the wall time the encoder ran (load-independent efficiency); each run's first frame opens its span
     busy = round(sum(sum(m.encode_ms[1:]) for m in meters) / 1000.0 / wall, 4) if wall > 0 else None
     return {"frames": len(latencies), "fps": round(fps, 3), "encoder_busy_fraction": busy,
@@ -381,7 +376,7 @@ def _bench_with_source(grounder, bundle, source: str, frames: int, queries, pref
     report["pipeline"] = {**info, **pipeline_report(meters), "segments": segments}
     report["query_switch"] = probe.result
     enc_times = [t for slot in bare for t in slot]
-    report["encoder"] = {**_stats_ms(enc_times), "fps": round(1000.0 / float(np.mean(enc_times)), 3)}
+    report["encoder"] = {**stats_ms(enc_times), "fps": round(1000.0 / float(np.mean(enc_times)), 3)}
     log.info("encoder: %s", report["encoder"])
     if not live:  # the same file played at its frame rate, like a camera (reported, not checked)
         release_free_heap()
@@ -439,9 +434,9 @@ def bench_preprocess(frame: np.ndarray, spec, n: int) -> dict:
         if _native.resample_rows is not None:
             with _native.numpy_only():
                 numpy_times.append(once())
-    report = {**_stats_ms(times), "frame": list(frame.shape[:2]), "kernels": _native.backend()}
+    report = {**stats_ms(times), "frame": list(frame.shape[:2]), "kernels": _native.backend()}
     if numpy_times:
-        report["numpy"] = _stats_ms(numpy_times)
+        report["numpy"] = stats_ms(numpy_times)
         report["speedup"] = round(report["numpy"]["mean_ms"] / report["mean_ms"], 2)
         report["identical"] = same
     return report
@@ -474,7 +469,7 @@ def bench_commands(grounder, command: str = COMMAND_PROBE, rounds: int = 200) ->
             t = time.perf_counter()
             g.match(encoded, queries)
             times[key].append((time.perf_counter() - t) * 1e3)
-    cmd, inst, plain = (_stats_ms(times[k]) for k in ("command", "instances", "plain"))
+    cmd, inst, plain = (stats_ms(times[k]) for k in ("command", "instances", "plain"))
     return {"command": command, "noun_phrases": phrases, "relations": 3, "rounds": rounds, "match_command": cmd,
             "match_noun_phrases": inst, "match_plain_phrases": plain,
             "added_p50_ms": round(cmd["p50_ms"] - plain["p50_ms"], 4),

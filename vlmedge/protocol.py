@@ -275,17 +275,28 @@ def anchor_to_dict(a: Any) -> dict:
     return out
 
 
-def command_to_dict(c: Any) -> dict:
+def command_to_dict(c: Any, converted: Mapping[int, dict] | None = None) -> dict:
     """One command's entry of the v2 block. Accepts a ``runtime...results.CommandResult`` (or anything with a
     ``to_dict()`` of the same keys) or a mapping with the keys command, parsed (a dict or a parsed Command),
-    found, count, reason, targets (found ones only), anchors."""
-    d = c.to_dict() if hasattr(c, "to_dict") and not isinstance(c, Mapping) else dict(c)
+    found, count, reason, targets (found ones only), anchors. ``converted``: ``id(target) -> target_to_dict``
+    of targets already converted for the same message (a command's targets are also the v1 targets)."""
+    if hasattr(c, "targets") and hasattr(c, "parsed") and not isinstance(c, Mapping):
+        d = {"command": c.command, "parsed": c.parsed, "found": c.found, "count": c.count, "reason": c.reason,
+             "anchors": c.anchors, "targets": [t for t in c.targets if t.found]}
+    else:
+        d = c.to_dict() if hasattr(c, "to_dict") and not isinstance(c, Mapping) else dict(c)
     parsed = d.get("parsed")
-    if hasattr(parsed, "to_dict") and not isinstance(parsed, Mapping):
-        parsed = parsed.to_dict()
-    out = _plain_json({"command": d.get("command"), "parsed": parsed, "found": d.get("found"),
-                       "count": d.get("count"), "reason": d.get("reason")})
-    out["targets"] = [target_to_dict(t) for t in d.get("targets") or ()]
+    if hasattr(parsed, "wire"):  # a parsed Command: its wire form is made once
+        parsed = parsed.wire
+    elif hasattr(parsed, "to_dict") and not isinstance(parsed, Mapping):
+        parsed = _plain_json(parsed.to_dict())
+    else:
+        parsed = _plain_json(parsed)
+    out = _plain_json({"command": d.get("command"), "found": d.get("found"), "count": d.get("count"),
+                       "reason": d.get("reason")})
+    out = {"command": out["command"], "parsed": parsed, **{k: out[k] for k in ("found", "count", "reason")}}
+    known = converted or {}
+    out["targets"] = [known.get(id(t)) or target_to_dict(t) for t in d.get("targets") or ()]
     out["anchors"] = [anchor_to_dict(a) for a in d.get("anchors") or ()]
     return out
 
@@ -418,9 +429,12 @@ def build_targets(*, seq: int, frame_id: int, t_capture_ns: int, width: int, hei
         msg["t_capture_mono_ns"] = int(t_capture_mono_ns)
     msg.update({"t_publish_ns": int(time.time_ns() if t_publish_ns is None else t_publish_ns),
                 "frame_size": [int(width), int(height)], "model": str(model),
-                "queries": [str(q) for q in queries], "targets": [target_to_dict(t) for t in targets]})
-    if commands is not None:
-        msg["v2"] = {"commands": [command_to_dict(c) for c in commands]}
+                "queries": [str(q) for q in queries]})
+    targets = list(targets)
+    msg["targets"] = [target_to_dict(t) for t in targets]
+    if commands is not None:  # each target converted once: the commands' targets are v1 targets too
+        converted = {id(t): d for t, d in zip(targets, msg["targets"]) if not isinstance(t, Mapping)}
+        msg["v2"] = {"commands": [command_to_dict(c, converted) for c in commands]}
     validate_targets(msg, "targets message being built")
     return b"targets " + dumps(msg)
 

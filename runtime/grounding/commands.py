@@ -20,24 +20,19 @@ MAX_PARSED = 1024  # parsed commands kept; a control socket can send any number 
 
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Plan:
-    """The commands of one ``match`` call, parsed, and the noun-phrase texts that must be grounded for them."""
+    """The commands of one ``match`` call, parsed, and the noun-phrase texts that must be grounded for them.
+    Made once per distinct set of queries (``CommandParser.plan`` keeps it): a frame only looks it up."""
 
     commands: tuple[Command, ...]
     phrases: tuple[str, ...]  # texts to ground, each once, in first-use order
     variants: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # phrase -> texts whose maps it takes
-
-    def phrases_of(self, command: Command) -> tuple[str, ...]:
-        return (command.text,) if _plain(command) else tuple(n.text for n in command.noun_phrases())
-
-
-def _plain(command: Command) -> bool:
-    return command.is_plain
+    by_command: tuple[tuple[str, ...], ...] = ()  # per command, the phrases it grounds (subject first)
 
 
 def _phrase_nodes(command: Command) -> tuple[NounPhrase, ...]:
-    if _plain(command):  # grounded by its own text, as typed
+    if command.is_plain:  # grounded by its own text, as typed
         return (replace(command.root, text=command.text),)
     return command.noun_phrases()
 
@@ -56,6 +51,7 @@ class CommandParser:
 
     def __init__(self, limit: int = MAX_PARSED):
         self._cache: OrderedDict[tuple[str, frozenset], Command] = OrderedDict()
+        self._plans: OrderedDict[tuple, Plan] = OrderedDict()
         self._limit = int(limit)
 
     def parse(self, text: str, taught: Collection[str] = ()) -> Command:
@@ -77,13 +73,26 @@ class CommandParser:
         A noun phrase without a colour is then also grounded as each coloured variant ("the cup" as "the red
         cup", "the blue cup", ...) and its map is the largest of them: a model that only ever read coloured
         captions finds a cup of any colour that way."""
+        key = (tuple(texts), frozenset(taught), tuple(colours))
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = self._plan(key[0], key[1], key[2])
+            self._plans[key] = plan
+            if len(self._plans) > self._limit:
+                self._plans.popitem(last=False)
+        return plan
+
+    def _plan(self, texts: tuple[str, ...], taught: frozenset, colours: tuple[str, ...]) -> Plan:
         commands = tuple(self.parse(t, taught) for t in texts)
         phrases: dict[str, tuple[str, ...]] = {}
+        by_command = []
         for c in commands:
-            for node in _phrase_nodes(c):
+            nodes = _phrase_nodes(c)
+            by_command.append(tuple(n.text for n in nodes))
+            for node in nodes:
                 if node.text not in phrases:
                     phrases[node.text] = _variants(node, colours)
-        return Plan(commands, tuple(phrases), phrases)
+        return Plan(commands, tuple(phrases), phrases, tuple(by_command))
 
 
 def _instance(t: Target) -> Instance | None:
@@ -118,15 +127,14 @@ def _not_found(command: str, best_score: float, reason: str | None) -> Target:
 def resolve_command(command: Command, phrase_targets: Mapping[str, Sequence[Target]],
                     frame_size: tuple[int, int], min_area: float = 0.0, min_score: float = 0.0) -> CommandResult:
     """One command's result from the targets of its noun phrases (``min_area``: see ``instances_by_phrase``)."""
-    if _plain(command):
-        targets = tuple(replace(t, query=command.text) for t in phrase_targets[command.text])
+    if command.is_plain:  # its phrase is its own text: the regions are its targets as they are
+        targets = tuple(phrase_targets[command.text])
         found = targets[0].found
         return CommandResult(command.text, command, found, targets, (), None, None if found else "not found")
     res: Resolution = resolve(command, instances_by_phrase(phrase_targets, min_area, min_score), frame_size)
-    head_scores = [t.score for n in command.noun_phrases() for t in phrase_targets.get(n.text, ())]
-    best_score = max(head_scores, default=0.0)
     if res.found and res.targets:
         targets = tuple(_as_target(i, command.text, res.anchors) for i in res.targets)
-    else:
+    else:  # the best score any of its phrases reached, as a plain query's not-found target carries
+        best_score = max((t.score for ts in phrase_targets.values() for t in ts), default=0.0)
         targets = (_not_found(command.text, best_score, res.reason),)
     return CommandResult(command.text, command, bool(res.found), targets, res.anchors, res.count, res.reason)

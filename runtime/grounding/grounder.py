@@ -35,8 +35,9 @@ from pathlib import Path
 import numpy as np
 
 from vlmedge.errors import ConfigError, InputError
+from vlmedge.language import Select
 from vlmedge.runtime.grounding.classify import zero_shot
-from vlmedge.runtime.grounding.commands import CommandParser, resolve_command
+from vlmedge.runtime.grounding.commands import CommandParser, Plan, resolve_command
 from vlmedge.runtime.grounding.regions import find_regions
 from vlmedge.runtime.grounding.results import Classification, CommandResult, GroundingResult
 from vlmedge.runtime.grounding.taught import TaughtObjects, exemplar_from
@@ -74,8 +75,6 @@ def _counts_instances(command) -> bool:
     touching objects of one description must come out one by one. Relations and negations keep whole regions:
     on held-out layouts the splitter's rare false cuts cost them more than touching subjects gain (see the
     README's command benchmark); a plain noun phrase keeps its regions whole, and its speed."""
-    from vlmedge.language import Select
-
     return command.kind in ("plural", "count") or isinstance(command.root, Select)
 
 
@@ -189,6 +188,7 @@ class Grounder:
         self._load_vocabulary()
         self._bg_embeds = self.text_embeddings(self.background_prompts) if self.background_prompts else None
         self._parser = CommandParser()
+        self._last_plan: tuple | None = None  # (plan, its texts, embeddings and rows): see _plan_texts
         self.taught = TaughtObjects(self.manifest.model_id, self.manifest.embed_dim, path=taught)
 
     # ------------------------------------------------------------------ text
@@ -222,6 +222,7 @@ class Grounder:
                              f"got shape {np.shape(embed)}")
         check_query(text, "text", error=InputError)
         self._text_cache[text] = l2_normalize(e)
+        self._last_plan = None  # the embeddings kept for the current queries may include this text
 
     @property
     def cached_queries(self) -> tuple[str, ...]:
@@ -275,13 +276,14 @@ class Grounder:
         t0 = time.perf_counter()
         plan = self._parser.plan(queries, self.taught.names(), self.expand_colours)
         phrases = {p: i for i, p in enumerate(plan.phrases)}  # phrase -> row of its map
-        maps, scores = self._phrase_maps(encoded.patches, [plan.variants.get(p, (p,)) for p in plan.phrases])
+        maps, scores = self._phrase_maps(encoded.patches, plan)
         split = self.split_instances and encoded.frame is not None and np.ndim(encoded.frame) == 3
+        patch_area = _patch_area(encoded)
         regions: dict[tuple[str, float, bool], list] = {}  # (phrase, threshold, split into instances) -> targets
         commands = []
-        for c in plan.commands:
-            key_of = {p: (p, per_query.get(c.text, self.threshold), split and _counts_instances(c))
-                      for p in plan.phrases_of(c)}
+        for c, own in zip(plan.commands, plan.by_command):
+            counts = _counts_instances(c)
+            key_of = {p: (p, per_query.get(c.text, self.threshold), split and counts) for p in own}
             for key in key_of.values():
                 if key not in regions:
                     k = phrases[key[0]]
@@ -290,10 +292,9 @@ class Grounder:
                         frame_size=encoded.frame_size, crop_box=encoded.crop_box, score_map=scores[k],
                         frame_bgr=encoded.frame if key[2] else None)
             commands.append(resolve_command(c, {p: regions[key] for p, key in key_of.items()}, encoded.frame_size,
-                                            _patch_area(encoded),
-                                            self.count_min_score if _counts_instances(c) else 0.0))
+                                            patch_area, self.count_min_score if counts else 0.0))
         commands = self._tracked(commands)
-        head = [phrases[plan.phrases_of(c)[0]] for c in plan.commands]
+        head = [phrases[own[0]] for own in plan.by_command]
         patch_maps = maps[head] if head else np.zeros((0, *encoded.patches.shape[:2]), dtype=np.float32)
         ground_ms = (time.perf_counter() - t0) * 1e3
         # Complete before the result is built: a result is never changed after construction.
@@ -303,15 +304,27 @@ class Grounder:
                                patch_maps=patch_maps, frame_size=encoded.frame_size, crop_box=encoded.crop_box,
                                timings=timings, image_embed=encoded.image_embed, commands=tuple(commands))
 
-    def _phrase_maps(self, patches: np.ndarray, groups: list[tuple[str, ...]]) -> tuple[np.ndarray, np.ndarray]:
+    def _plan_texts(self, plan: Plan) -> tuple[list[str], np.ndarray, list[list[int]] | None]:
+        """The texts a plan grounds, their embeddings and, per phrase, its rows among them (None: one text per
+        phrase). Made once per plan and kept until the queries change or a teach/forget."""
+        if self._last_plan is not None and self._last_plan[0] is plan:
+            return self._last_plan[1]
+        groups = [plan.variants.get(p, (p,)) for p in plan.phrases]
+        texts = list(dict.fromkeys(t for g in groups for t in g))
+        index = {t: i for i, t in enumerate(texts)}
+        rows = None if len(texts) == len(groups) else [[index[t] for t in g] for g in groups]
+        made = (texts, self.phrase_embeddings(texts), rows)
+        self._last_plan = (plan, made)
+        return made
+
+    def _phrase_maps(self, patches: np.ndarray, plan: Plan) -> tuple[np.ndarray, np.ndarray]:
         """Per phrase: the detection map (probability, thresholded into regions) and the score map (the same
         probability at the calibration temperature), both [P, h, w]. A phrase grounded through several texts
         (its coloured variants) takes the largest of their maps."""
-        if not groups:
+        if not plan.phrases:
             empty = np.zeros((0, *patches.shape[:2]), dtype=np.float32)
             return empty, empty
-        texts = list(dict.fromkeys(t for g in groups for t in g))
-        embeds = self.phrase_embeddings(texts)
+        texts, embeds, rows = self._plan_texts(plan)
         q_sims = patch_similarity(patches, embeds)
         b_sims = patch_similarity(patches, self._bg_embeds) if self._bg_embeds is not None else None
         if self.competition:
@@ -325,10 +338,8 @@ class Grounder:
                 against = against if b_sims is None else np.concatenate([b_sims, against])
                 maps[i] = probs_against(q_sims[i:i + 1], against, self.logit_scale)[0]
                 scores[i] = probs_against(q_sims[i:i + 1], against, self.logit_scale * self.score_temperature)[0]
-        if len(texts) == len(groups):  # no phrase has variants: the maps are already per phrase
+        if rows is None:  # no phrase has variants: the maps are already per phrase
             return maps, scores
-        index = {t: i for i, t in enumerate(texts)}
-        rows = [[index[t] for t in g] for g in groups]
         return (np.stack([maps[r].max(axis=0) for r in rows]), np.stack([scores[r].max(axis=0) for r in rows]))
 
     def phrase_embeddings(self, phrases: Sequence[str]) -> np.ndarray:

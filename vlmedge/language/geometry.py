@@ -14,6 +14,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from vlmedge.geometry import iou  # noqa: F401  (one IoU for the tracker, the evaluation and relations)
+
 Box = Sequence[float]
 Point = Sequence[float]
 
@@ -34,17 +36,6 @@ def width(b: Box) -> float:
 
 def height(b: Box) -> float:
     return b[3] - b[1]
-
-
-def iou(a: Box, b: Box) -> float:
-    """Intersection over union of two boxes."""
-    ix = min(a[2], b[2]) - max(a[0], b[0])
-    iy = min(a[3], b[3]) - max(a[1], b[1])
-    if ix <= 0 or iy <= 0:
-        return 0.0
-    inter = ix * iy
-    union = width(a) * height(a) + width(b) * height(b) - inter
-    return inter / union if union > 0 else 0.0
 
 
 def gap(a: Box, b: Box) -> float:

@@ -7,6 +7,7 @@ wrapper the rest of vlmedge holds on to.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from .vocabulary import RELATION_WORDS
@@ -189,9 +190,16 @@ class Command:
         return self.root.describe()
 
     def to_dict(self) -> dict:
-        """JSON-ready form for the wire protocol and ``vlmedge parse --json``."""
+        """JSON-ready form for the wire protocol and ``vlmedge parse --json`` (a fresh copy each call)."""
         return {"text": self.text, "kind": self.kind, "describe": self.describe(), "tree": self.root.to_dict(),
                 "noun_phrases": [p.text for p in self.noun_phrases()]}
+
+    # A command is parsed once and published with every frame: its wire form is built once. cached_property
+    # writes to the instance __dict__ directly, so it works on this frozen dataclass. Read-only: not a copy.
+    @functools.cached_property
+    def wire(self) -> dict:
+        """``to_dict()`` made once per parsed command, shared: for serializing, not for changing."""
+        return self.to_dict()
 
     def tree_text(self) -> str:
         """The tree drawn one node per line, children indented under their parent."""
