@@ -27,7 +27,10 @@ import os
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
 
+from vlmedge.errors import ConfigError
+from vlmedge.runtime.io import sources
 from vlmedge.runtime.io.capture import Capture
 from vlmedge.runtime.io.frames import FINAL_STATES, Frame, FrameStream
 from vlmedge.runtime.io.reader import OnDemandReader
@@ -65,12 +68,52 @@ def feed_kind(source: FrameSource, prefetch: bool) -> FeedKind:
     return FeedKind.ON_DEMAND if reads_on_demand(source) else FeedKind.NEXT_FRAME
 
 
-def open_feed(source: FrameSource, grounder, prefetch: bool) -> FrameFeed:
-    """The feed for ``source`` (unstarted): its reader (``feed.frames``) and its preprocessing thread."""
+def check_source_options(cfg) -> dict[str, Any]:
+    """The source fields of a RunConfig, checked (ConfigError naming the field) and normalized."""
+    checks = {"loop": sources.check_loop, "input_size": sources._check_size, "input_rate": sources._check_fps,
+              "input_flip": sources.check_flip, "input_codec": sources.check_codec,
+              "rtsp_latency_ms": lambda v: None if v is None else sources.check_latency(v)}
+    out = {}
+    for name, check in checks.items():
+        try:
+            out[name] = check(getattr(cfg, name))
+        except ConfigError as e:
+            raise ConfigError(f"RunConfig.{name}: {e}") from None
+    for name in ("stall_timeout_s", "open_timeout_s", "behind_s"):
+        value = getattr(cfg, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 3600:
+            raise ConfigError(f"RunConfig.{name} must be a number of seconds in (0, 3600], got {value!r}")
+    try:
+        b0, b1 = (float(b) for b in cfg.reconnect_backoff_s)
+    except (TypeError, ValueError):
+        raise ConfigError(f"RunConfig.reconnect_backoff_s must be (first_s, max_s), got "
+                          f"{cfg.reconnect_backoff_s!r}") from None
+    if not 0 < b0 <= b1 <= 3600:
+        raise ConfigError(f"RunConfig.reconnect_backoff_s must satisfy 0 < first <= max <= 3600 s, got "
+                          f"{cfg.reconnect_backoff_s!r}")
+    out["reconnect_backoff_s"] = (b0, b1)
+    m = cfg.max_reconnects
+    if m is not None and (isinstance(m, bool) or not isinstance(m, int) or m < 1):
+        raise ConfigError(f"RunConfig.max_reconnects must be a positive int or None (never give up), got {m!r}")
+    if not isinstance(cfg.fail_fast, bool):
+        raise ConfigError(f"RunConfig.fail_fast must be True or False, got {cfg.fail_fast!r}")
+    return out
+
+
+def capture_options(cfg) -> dict[str, Any]:
+    """``Capture`` keyword arguments from a RunConfig (stall, reconnect, open and staleness settings)."""
+    return {"stall_timeout": cfg.stall_timeout_s, "backoff": tuple(cfg.reconnect_backoff_s),
+            "max_attempts": cfg.max_reconnects, "open_timeout": cfg.open_timeout_s, "fail_fast": cfg.fail_fast,
+            "behind_s": cfg.behind_s}
+
+
+def open_feed(source: FrameSource, grounder, prefetch: bool, capture: dict[str, Any] | None = None) -> FrameFeed:
+    """The feed for ``source`` (unstarted): its reader (``feed.frames``) and its preprocessing thread.
+    ``capture``: keyword arguments for a live source's ``Capture`` (see ``capture_options``)."""
     kind = feed_kind(source, prefetch)
     if kind is FeedKind.ON_DEMAND:
         return OnDemandFeed(OnDemandReader(source, process=grounder.prepare))
-    frames = OnDemandReader(source) if reads_on_demand(source) else Capture(source)
+    frames = OnDemandReader(source) if reads_on_demand(source) else Capture(source, **(capture or {}))
     if kind is FeedKind.PREFETCH:
         return PrefetchFeed(frames, grounder)
     return NextFrameFeed(frames, grounder)
@@ -91,8 +134,9 @@ class FrameFeed:
         """No frame will come any more (end of file, failed source, stopped)."""
         return self.frames.state in FINAL_STATES
 
-    def start(self) -> FrameFeed:
-        self.frames.start()
+    def start(self, abort: threading.Event | None = None) -> FrameFeed:
+        """Start the reader (a live one opens its source in its thread; ``abort`` cuts a fail-fast open short)."""
+        self.frames.start(abort)
         return self
 
     def next(self, after_id: int) -> tuple[Frame, object] | None:
@@ -136,8 +180,8 @@ class PrefetchFeed(FrameFeed):
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="vlmedge-preprocess", daemon=True)
 
-    def start(self) -> PrefetchFeed:
-        super().start()
+    def start(self, abort: threading.Event | None = None) -> PrefetchFeed:
+        super().start(abort)
         self._thread.start()
         log.info("preprocessing runs in its own thread (prefetch)")
         return self
@@ -249,5 +293,5 @@ class OnDemandFeed(FrameFeed):
     # pause(): nothing to forget, a file's next frame stays next (the file pauses with the loop)
 
 
-__all__ = ["FeedKind", "FrameFeed", "NextFrameFeed", "OnDemandFeed", "PrefetchFeed", "feed_kind", "open_feed",
-           "reads_on_demand", "want_prefetch"]
+__all__ = ["FeedKind", "FrameFeed", "NextFrameFeed", "OnDemandFeed", "PrefetchFeed", "capture_options",
+           "check_source_options", "feed_kind", "open_feed", "reads_on_demand", "want_prefetch"]

@@ -198,7 +198,11 @@ def test_start_failures_and_giving_up():
     cam = Camera()
     cam.open_ok = False
     with pytest.raises(SourceError, match="unplugged"):
-        Capture(FakeSource(cam)).start()
+        Capture(FakeSource(cam), fail_fast=True).start()
+    cap = Capture(FakeSource(cam), backoff=(0.01, 0.02), max_attempts=2).start()  # retried, then given up
+    wait_for(lambda: cap.state == "failed", what="failed state")
+    assert cam.opens == 1 + 3 and "gave up after 2 attempts" in cap.last_error and "unplugged" in cap.last_error
+    cap.stop()
     cam2 = Camera()
     cap = Capture(FakeSource(cam2), stall_timeout=0.5, backoff=(0.01, 0.02), max_attempts=3).start()
     try:
@@ -206,7 +210,7 @@ def test_start_failures_and_giving_up():
         cam2.open_ok = False
         cam2.mode = "raise"
         wait_for(lambda: cap.state == "failed", what="failed state")
-        assert cap.reconnect_attempts == 3 and "unplugged" in cap.last_error
+        assert cap.reconnect_attempts == 3 and "unplugged" in cap.last_error and "gave up" in cap.last_error
         assert cap.latest(after_id=10**9, timeout=5) is None  # does not wait once failed
     finally:
         cap.stop()
@@ -334,9 +338,13 @@ def test_file_read_error_fails(tmp_path):
     d.mkdir()
     cv2.imwrite(str(d / "a.png"), np.zeros((8, 8, 3), np.uint8))
     (d / "b.png").write_bytes(b"garbage")
-    with Capture(open_source(str(d))) as cap:
+    with Capture(open_source(str(d))) as cap:  # one bad image among good ones is skipped and counted
+        wait_for(lambda: cap.state == "ended", what="ended")
+        assert cap.grabbed == 1 and cap.stats()["skipped"] == 1
+    (d / "a.png").write_bytes(b"")
+    with Capture(open_source(str(d))) as cap:  # none can be decoded
         wait_for(lambda: cap.state == "failed", what="failed")
-        assert "cannot decode image" in cap.last_error
+        assert "none of its 2 images can be decoded" in cap.last_error
 
 
 def test_checksum():
@@ -359,11 +367,13 @@ def test_on_demand_read_error_fails(tmp_path):
     d.mkdir()
     cv2.imwrite(str(d / "a.png"), np.zeros((8, 8, 3), np.uint8))
     (d / "b.png").write_bytes(b"garbage")
-    with OnDemandReader(open_source(str(d))) as reader:
-        assert reader.latest(timeout=3).id == 0
-        assert reader.latest(after_id=0, timeout=3) is None
-        assert reader.state == "failed" and "cannot decode image" in reader.last_error
-        assert reader.stats()["source_state"] == "failed"
+    with pytest.raises(SourceError, match="cannot decode image .*b.png.*7 bytes"):  # a lone bad image: at start
+        OnDemandReader(open_source(str(d / "b.png"))).start()
+    (d / "a.png").write_bytes(b"garbage")
+    with OnDemandReader(open_source(str(d))) as reader:  # a folder of bad images: fails at the first read
+        assert reader.latest(timeout=3) is None
+        assert reader.state == "failed" and "none of its 2 images can be decoded" in reader.last_error
+        assert reader.stats()["source_state"] == "failed" and reader.stats()["skipped"] == 2
 
 
 def test_on_demand_stop_is_prompt_even_when_read_hangs():
@@ -379,3 +389,100 @@ def test_on_demand_stop_is_prompt_even_when_read_hangs():
     cam.unblock.set()  # the daemon thread's read returns, and it closes its source itself
     wait_for(lambda: cam.closes > closes, what="the reader to close its source")
     assert reader.grabbed == 0  # the late frame is not handed over after stop
+
+
+def test_a_camera_that_comes_up_late_is_waited_for():
+    """#14 item 3: a camera not up when the run starts was an exit with rc 1. Now start() returns at once
+    and the reader opens it with the same backoff as after a loss."""
+    cam = Camera()
+    cam.open_ok = False
+    t0 = time.monotonic()
+    cap = Capture(FakeSource(cam), backoff=(0.02, 0.08)).start()
+    try:
+        assert time.monotonic() - t0 < 0.5 and cap.state in ("starting", "reconnecting")
+        wait_for(lambda: cap.reconnect_attempts >= 4, what="start-up retries")
+        assert cap.state == "reconnecting" and "open failed: fake camera unplugged" in cap.last_error
+        assert list(cap.reconnect_delays)[:4] == pytest.approx([0.02, 0.04, 0.08, 0.08])
+        assert cap.latest(timeout=0.05) is None and cap.stats()["source_error"] == cap.last_error
+        cam.open_ok = True  # the camera has booted
+        assert cap.latest(timeout=3) is not None
+        wait_for(lambda: cap.state == "running", what="running")
+        assert cap.stats()["source_error"] is None
+    finally:
+        cap.stop()
+
+
+class SlowOpen(FakeSource):
+    """open() hangs (a camera whose RTSP server accepts and never answers) until ``cam.unblock``."""
+
+    def open(self):
+        self.cam.opens += 1
+        self.cam.unblock.wait(30)
+
+    def clone(self):
+        return SlowOpen(self.cam, self.is_live)
+
+
+def test_open_is_watched_and_fail_fast_bounds_it():
+    """#14 item 8: an open() that hangs is abandoned after open_timeout and retried; with fail_fast it is an
+    error after open_timeout, and an abort (SIGTERM) returns at once."""
+    cam = Camera()
+    cap = Capture(SlowOpen(cam), open_timeout=0.3, backoff=(0.02, 0.05)).start()
+    try:
+        wait_for(lambda: cam.opens >= 2, what="a second open after the first hung")
+        assert "no answer from open() within 0.3 s" in cap.last_error
+    finally:
+        t0 = time.monotonic()
+        cap.stop()
+        assert time.monotonic() - t0 < 1.5 and cap.state == "stopped"
+    t0 = time.monotonic()
+    with pytest.raises(SourceError, match=r"cannot open fake://cam: no answer from open\(\) within 0.3 s"):
+        Capture(SlowOpen(cam), open_timeout=0.3, fail_fast=True).start()
+    assert time.monotonic() - t0 < 2.0
+    abort = threading.Event()
+    threading.Timer(0.2, abort.set).start()
+    t0 = time.monotonic()
+    cap = Capture(SlowOpen(cam), open_timeout=30, fail_fast=True).start(abort)
+    assert time.monotonic() - t0 < 2.0
+    cap.stop()
+    assert cap.state == "stopped"
+    closes = cam.closes
+    cam.unblock.set()
+    wait_for(lambda: cam.closes > closes, what="the abandoned open to close its source")
+
+
+class Timestamped(FakeSource):
+    """A camera at 30 fps whose frames carry stream timestamps; read() takes ``decode_s`` (a decoder that
+    cannot keep up when it is over 1/30 s: frames queue and the one handed out is older and older)."""
+
+    def __init__(self, cam, decode_s):
+        super().__init__(cam)
+        self.decode_s = decode_s
+        self.n = 0
+
+    def open(self):
+        super().open()
+        self.n = 0
+        self.t0 = time.monotonic()
+
+    def read(self):
+        time.sleep(self.decode_s)
+        if self.decode_s < 1 / 30:  # keeps up: waits for the camera's next frame
+            self.n = int((time.monotonic() - self.t0) * 30) + 1
+            time.sleep(max(0.0, self.t0 + self.n / 30 - time.monotonic()))
+        else:  # the next queued frame
+            self.n += 1
+        self.last_stream_s = 1000.0 + self.n / 30  # the camera's clock: frame n was taken at n/30
+        return self.cam.frame()
+
+
+def test_staleness_is_measured_from_stream_timestamps():
+    """#14 item 2: a decoder slower than the camera made the data seconds stale while status said running."""
+    with Capture(Timestamped(Camera(), decode_s=0.01), behind_s=0.5) as cap:
+        wait_for(lambda: cap.grabbed > 30, what="frames")
+        time.sleep(0.5)
+        assert cap.lag_s is not None and cap.lag_s < 0.3 and not cap.behind
+    with Capture(Timestamped(Camera(), decode_s=0.06), behind_s=0.5) as cap:  # 16 of the camera's 30 fps
+        wait_for(lambda: cap.behind, timeout=15, what="behind")
+        stats = cap.stats()
+        assert stats["behind"] is True and stats["camera_lag_ms"] > 500 and stats["source_state"] == "running"

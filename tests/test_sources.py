@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 import time
 
 import cv2
 import numpy as np
 import pytest
+from _stream_servers import MjpegCamera
 
 from vlmedge.errors import BackendUnavailable, ConfigError, SourceError
 from vlmedge.runtime.io import sources
+from vlmedge.runtime.io.capture import Capture
 from vlmedge.runtime.io.sources import (
+    FLIPS,
     ImageSource,
     OpenCVSource,
     SyntheticSource,
@@ -152,9 +157,6 @@ def test_image_and_directory(tmp_path):
     empty.mkdir()
     with pytest.raises(SourceError, match="holds no images"):
         open_source(str(empty))
-    (d / "broken.png").write_bytes(b"not a png")
-    with pytest.raises(SourceError, match="cannot decode image .*broken.png"):
-        _read_all(open_source(str(d)))
 
 
 def test_missing_file_names_the_path(tmp_path):
@@ -201,3 +203,129 @@ def test_clone_is_an_unopened_copy(video):
     c = s.clone()
     assert c is not s and c.open_args == s.open_args and c.loop and c.size == (24, 32)
     assert len(_read_all(c, limit=3)) == 3
+
+
+def test_undecodable_images_are_skipped_in_a_folder_and_an_error_alone(tmp_path):
+    """#14 item 10: one bad image in a folder ended the run (exit 0, images after it never read); a zero-byte or
+    random-bytes .jpg ran 0 frames with exit 0. Now: skipped with a warning and counted; an image alone, or a
+    folder where none decodes, is an error naming the file and what is wrong with it."""
+    d = tmp_path / "frames"
+    d.mkdir()
+    cv2.imwrite(str(d / "1.png"), _frame(1))
+    (d / "2.jpg").write_bytes(b"")
+    (d / "3.jpg").write_bytes(np.random.default_rng(0).integers(0, 256, 500, dtype=np.uint8).tobytes())
+    cv2.imwrite(str(d / "4.png"), _frame(4))
+    s = open_source(str(d), loop=1)
+    reds = [int(f[..., 2].mean()) for f in _read_all(s)]
+    assert reds == [20, 80, 20, 80] and s.skipped == 2  # bad ones skipped once, not again when looping
+    with pytest.raises(SourceError, match=r"cannot decode image '.*2\.jpg': empty file \(0 bytes\)"):
+        open_source(str(d / "2.jpg")).open()
+    with pytest.raises(SourceError, match=r"cannot decode image '.*3\.jpg': not an image OpenCV can decode \(500 "):
+        open_source(str(d / "3.jpg")).open()
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    shutil.copy(d / "2.jpg", bad / "a.jpg")
+    shutil.copy(d / "3.jpg", bad / "b.jpg")
+    with pytest.raises(SourceError, match="none of its 2 images can be decoded"):
+        _read_all(open_source(str(bad), loop=True))
+
+
+def _ffmpeg(*args: str) -> None:
+    if shutil.which("ffmpeg") is None:
+        pytest.skip("ffmpeg missing (apt install ffmpeg)")
+    subprocess.run(["ffmpeg", "-y", "-loglevel", "error", *args], check=True, timeout=120)
+
+
+def test_a_truncated_video_is_an_error_not_an_end(tmp_path):
+    """#14 item 10: a video cut short (109 of 150 frames) ended like a complete one."""
+    full = tmp_path / "full.mp4"
+    _ffmpeg("-f", "lavfi", "-i", "testsrc=size=160x120:rate=30", "-frames:v", "150", "-c:v", "mjpeg", "-q:v", "5",
+            "-movflags", "+faststart", str(full))
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(full.read_bytes()[:int(full.stat().st_size * 0.6)])
+    assert len(_read_all(open_source(str(full)), limit=1000)) == 150
+    with pytest.raises(SourceError, match=r"cut\.mp4: the video ends after \d+ of 150 frames \(truncated"):
+        _read_all(open_source(str(cut)), limit=1000)
+
+
+def test_variable_frame_rate_file_is_paced_by_its_timestamps(tmp_path):
+    """#14 item 4: 10 frames at 30 fps, then 6 frames 0.2 s apart; paced at a flat average rate before."""
+    vfr = tmp_path / "vfr.mkv"
+    _ffmpeg("-f", "lavfi", "-i", "testsrc=size=64x48:rate=30", "-vf",
+            "setpts='if(lt(N,10),N/30,10/30+(N-10)*0.2)/TB'", "-frames:v", "16", "-fps_mode", "passthrough",
+            "-c:v", "mjpeg", str(vfr))
+    s = open_source(str(vfr), realtime=True)
+    s.open()
+    stamps, t = [], []
+    try:
+        while s.read() is not None:
+            t.append(time.monotonic())
+            stamps.append(s.last_stream_s)
+    finally:
+        s.close()
+    assert len(t) == 16
+    assert stamps[11] - stamps[10] == pytest.approx(0.2, abs=0.01)  # the file's own timing
+    fast, slow = np.diff(t[:10]), np.diff(t[10:])
+    assert np.median(fast) < 0.1, fast  # 33 ms apart (generous: a loaded machine)
+    assert np.all(slow > 0.15), slow  # 200 ms apart: the gaps are kept, not flattened to the average
+    assert t[-1] - t[0] > 0.9  # 9/30 + 6 * 0.2 = 1.5 s
+
+
+def test_loop_n_times_flip_and_rate_and_size_pipelines(video, tmp_path):
+    """#14 item 11 (jetson-utils videoSource parity): --loop N, --input-flip, rtp://, --input-codec, RTSP
+    latency; item 2: --input-size/--input-rate written into the GStreamer pipeline of a network stream."""
+    assert len(_read_all(open_source(str(video), loop=2), limit=100)) == 24  # 8 frames, rewound twice
+    assert len(_read_all(open_source(str(video), loop=0), limit=100)) == 8
+    assert len(_read_all(open_source(str(video), loop=-1), limit=30)) == 30
+    with pytest.raises(ConfigError, match="loop must be"):
+        open_source(str(video), loop=-2)
+    plain = _read_all(open_source(str(video)), limit=1)[0]
+    flipped = {f: _read_all(open_source(str(video), flip=f), limit=1)[0] for f in FLIPS}
+    np.testing.assert_array_equal(flipped["horizontal"], plain[:, ::-1])
+    np.testing.assert_array_equal(flipped["vertical"], plain[::-1])
+    np.testing.assert_array_equal(flipped["rotate-180"], plain[::-1, ::-1])
+    np.testing.assert_array_equal(flipped["clockwise"], np.rot90(plain, -1))
+    np.testing.assert_array_equal(flipped["counterclockwise"], np.rot90(plain, 1))
+    np.testing.assert_array_equal(flipped["upper-left-diagonal"], plain.transpose(1, 0, 2))
+    np.testing.assert_array_equal(flipped["upper-right-diagonal"], np.rot90(plain, 2).transpose(1, 0, 2))
+    np.testing.assert_array_equal(flipped["none"], plain)
+    with pytest.raises(ConfigError, match="did you mean 'horizontal'"):
+        open_source(str(video), flip="horizontl")
+    pipe = sources.rtsp_pipeline("rtsp://cam/x", 50, size=(240, 320), fps=10, codec="h265")
+    assert pipe.startswith("rtspsrc location=rtsp://cam/x latency=50 tcp-timeout=5000000 ! rtph265depay")
+    assert "max-rate=10" in pipe and "width=320, height=240" in pipe
+    assert pipe.endswith("format=BGR ! appsink drop=true max-buffers=1 sync=false")
+    rtp = sources.rtp_pipeline("0.0.0.0", 5000, "mjpeg", 20)
+    assert 'udpsrc address=0.0.0.0 port=5000 caps="application/x-rtp, media=video' in rtp
+    assert "encoding-name=JPEG" in rtp and "rtpjitterbuffer latency=20 ! rtpjpegdepay" in rtp
+    with pytest.raises(ConfigError, match="expected rtp://@:PORT"):
+        open_source("rtp://@:99999")
+    with pytest.raises(ConfigError, match="codec='h264' applies to rtp:// and rtsp://"):
+        open_source(str(video), codec="h264")
+    with pytest.raises(ConfigError, match="did you mean 'h265'"):
+        open_source("rtp://@:5000", codec="h256")
+    with pytest.raises(ConfigError, match="latency_ms must be"):
+        open_source("rtsp://cam/x", latency_ms=-1)
+    if gstreamer_available():
+        s = open_source("rtsp://cam/x", latency_ms=2000, size="320x240", fps=5)
+        assert "latency=2000" in s.open_args[0] and "max-rate=5" in s.open_args[0]
+    else:
+        with pytest.raises(BackendUnavailable, match="RTP source"):
+            open_source("rtp://@:5000")
+
+
+def test_mjpeg_over_http_rate_is_measured():
+    """#14 item 9: MJPEG over HTTP carries no rate; FFmpeg says 25 fps for a camera at 12."""
+    with MjpegCamera(fps=12) as cam:
+        s = open_source(cam.url)
+        s.open()
+        try:
+            assert s.fps_measured and s.nominal_fps == pytest.approx(12, rel=0.15), s.nominal_fps
+            assert "measured" in s.describe() and not s.timestamps
+            assert s.read().shape == (120, 160, 3) and s.last_stream_s is None  # no made-up timestamps
+        finally:
+            s.close()
+    with MjpegCamera(fps=25) as cam, Capture(open_source(cam.url, fps=8)) as cap:  # --input-rate through FFmpeg
+        assert cap.latest(timeout=15) is not None
+        time.sleep(2.5)
+        assert 5 < cap.fps < 9.5 and cap.source.nominal_fps == pytest.approx(8), cap.fps

@@ -5,7 +5,16 @@ A watchdog notices a camera that stops delivering NEW frames: ``read()`` returni
 buffer; detected by a checksum over a pixel subsample, live sources only), or ``read()`` blocking
 for longer than ``stall_timeout`` (the stuck read is abandoned and a fresh ``source.clone()`` takes
 over). It then reconnects with exponential backoff, for as long as it takes, without restarting
-the process. A finite file ends with state "ended" (unless the source loops). To read a file one
+the process. The source is opened the same way: in the reader thread, under the watchdog (an ``open()``
+that hangs past ``open_timeout`` is abandoned like a hung read), retried with the same backoff when the
+camera is not up yet (PoE cameras often boot after the computer); ``fail_fast`` opens it in ``start()``
+instead and raises. A finite file ends with state "ended" (unless the source loops).
+
+Staleness: when the source gives stream timestamps (``FrameSource.last_stream_s``), ``lag_s`` is how much
+later than the camera's own clock a frame was grabbed, beyond the least delay seen since the source was
+opened: it grows when decoding cannot keep up and frames queue in front of the decoder. ``behind`` is
+True when it exceeds ``behind_s`` (or, without timestamps, when the capture rate stays under 3/4 of the
+source's nominal rate). To read a file one
 frame at a time, when the consumer is ready for it, use ``reader.OnDemandReader``.
 
     with Capture(open_source("/dev/video0")) as cap:
@@ -33,7 +42,9 @@ from vlmedge.runtime.io.sources import FrameSource
 log = logging.getLogger(__name__)
 
 NONE_TOLERANCE = 3  # consecutive failed reads of a live source before it counts as stalled
-MAX_ABANDONED_READS = 2  # hung read() threads tolerated before the watchdog stops replacing sources
+MAX_ABANDONED_READS = 2  # hung read()/open() threads tolerated before the watchdog stops replacing sources
+DEFAULT_BACKOFF = (0.25, 2.0)  # first and longest wait between reconnect attempts, seconds
+RATE_WARMUP_S = 3.0  # the capture rate is compared with the nominal one only after this long running
 
 
 class Capture(FrameStream):
@@ -42,12 +53,17 @@ class Capture(FrameStream):
     stall_timeout: seconds without a new frame (or inside one read()) before the source counts as
     stalled and is reconnected. backoff: (first, max) delay in seconds between reconnect attempts,
     doubling after every failed attempt, reset by a new frame. max_attempts: consecutive failed
-    reconnects before giving up with state "failed" (None: never). detect_repeats: treat identical
-    consecutive frames as no frame (default: for live sources).
+    (re)connects before giving up with state "failed" (None: never). detect_repeats: treat identical
+    consecutive frames as no frame (default: for live sources). open_timeout: seconds one ``open()``
+    may take before it is abandoned (and retried). fail_fast: ``start()`` opens the source itself and
+    raises SourceError when it cannot (no retry at start-up). behind_s: ``lag_s`` above this is
+    ``behind``.
     """
 
-    def __init__(self, source: FrameSource, *, stall_timeout: float = 2.0, backoff: tuple[float, float] = (0.5, 8.0),
-                 max_attempts: int | None = None, detect_repeats: bool | None = None):
+    def __init__(self, source: FrameSource, *, stall_timeout: float = 2.0,
+                 backoff: tuple[float, float] = DEFAULT_BACKOFF, max_attempts: int | None = None,
+                 detect_repeats: bool | None = None, open_timeout: float = 10.0, fail_fast: bool = False,
+                 behind_s: float = 1.0):
         super().__init__(source, "Capture")
         if not stall_timeout > 0:
             raise ConfigError(f"stall_timeout must be > 0 seconds, got {stall_timeout!r}")
@@ -59,6 +75,12 @@ class Capture(FrameStream):
             raise ConfigError(f"backoff must satisfy 0 < first <= max, got {backoff!r}")
         if max_attempts is not None and (not isinstance(max_attempts, int) or max_attempts < 1):
             raise ConfigError(f"max_attempts must be a positive int or None, got {max_attempts!r}")
+        for name, value in (("open_timeout", open_timeout), ("behind_s", behind_s)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise ConfigError(f"{name} must be > 0 seconds, got {value!r}")
+        self.open_timeout = float(open_timeout)
+        self.fail_fast = bool(fail_fast)
+        self.behind_s = float(behind_s)
         self.stall_timeout = float(stall_timeout)
         self.backoff = (b0, b1)
         self.max_attempts = max_attempts
@@ -70,15 +92,76 @@ class Capture(FrameStream):
         self.reconnect_delays: deque[float] = deque(maxlen=64)  # backoff delays used, oldest first
         self._failures = 0  # consecutive, sets the backoff
         self._gen = 0  # bumped when the watchdog replaces a hung reader
-        self._read_started: tuple[int, float] | None = None
+        self._read_started: tuple[int, float, str] | None = None  # (generation, since, "read" or "open")
         self._last_new = time.monotonic()
+        self._running_since = time.monotonic()
+        self._offset_min: float | None = None  # least (grab time - stream time) since the source was opened
+        self._last_stream_s: float | None = None
+        self.lag_s: float | None = None  # camera-to-grab staleness of the newest frame (None: no timestamps)
         self._abandoned: list[threading.Thread] = []
         self._watchdog: threading.Thread | None = None
 
+    @property
+    def behind(self) -> bool:
+        """The frames handed out are older than the camera's present by more than ``behind_s`` (or, without
+        stream timestamps, the capture rate has stayed under 3/4 of the nominal rate)."""
+        if self._state != CaptureState.RUNNING or not self.source.is_live:
+            return False
+        lag = self.lag_s
+        if lag is not None:
+            return lag > self.behind_s
+        nominal = self.source.nominal_fps
+        return bool(nominal and time.monotonic() - self._running_since > RATE_WARMUP_S and self.fps < 0.75 * nominal)
+
+    def start(self, abort: threading.Event | None = None):
+        """Start the reader thread, which opens a live source (retrying with backoff while it cannot). A file,
+        or any source with ``fail_fast``: opened here first, raising SourceError when it cannot be opened within
+        ``open_timeout`` (returns at once, not started, when ``abort`` is set meanwhile)."""
+        if self._started:
+            raise ConfigError(f"{type(self).__name__} already started")
+        self._started = True
+        now = self.fail_fast or not self.source.is_live  # a file that cannot be opened is an error, not a wait
+        if now and not self._open_now(abort):
+            return self
+        self._begin(opened=now)
+        log.info("capturing from %s", self.source.describe())
+        return self
+
     # ---------------------------------------------------------------------------------- internals
-    def _begin(self) -> None:
+    def _open_now(self, abort: threading.Event | None) -> bool:
+        """open() in a helper thread, waited for up to open_timeout: True when open, False when aborted."""
+        src, done, errors = self.source, threading.Event(), []
+        abandoned = threading.Event()
+
+        def target():
+            try:
+                src.open()
+            except BaseException as e:
+                errors.append(e)
+            finally:
+                done.set()
+                if abandoned.is_set():
+                    src.close()
+        threading.Thread(target=target, name="vlmedge-capture-open", daemon=True).start()
+        deadline = time.monotonic() + self.open_timeout
+        while not done.wait(0.05):
+            if (abort is not None and abort.is_set()) or time.monotonic() > deadline:
+                abandoned.set()
+                if abort is not None and abort.is_set():
+                    self._stop.set()
+                    return False
+                self.last_error = f"no answer from open() within {self.open_timeout:.1f} s"
+                self._set_state(CaptureState.FAILED, self.last_error)
+                raise SourceError(f"cannot open {src.describe()}: {self.last_error}")
+        if errors:
+            self.last_error = str(errors[0])
+            self._set_state(CaptureState.FAILED, self.last_error)
+            raise errors[0]
+        return True
+
+    def _begin(self, opened: bool = True) -> None:
         self._last_new = time.monotonic()
-        self._spawn_reader(self.source, opened=True)
+        self._spawn_reader(self.source, opened=opened)
         self._watchdog = threading.Thread(target=self._watch, name="vlmedge-capture-watchdog", daemon=True)
         self._watchdog.start()
 
@@ -113,29 +196,42 @@ class Capture(FrameStream):
         src.close()
 
     def _reopen(self, gen: int, src: FrameSource) -> bool | None:
-        """Wait out the backoff and reopen ``src``: True when open, False to try again, None to give up."""
+        """Open ``src`` (after the backoff when the last attempt failed): True when open, False to try again,
+        None to give up."""
         if self.max_attempts is not None and self._failures > self.max_attempts:
-            self._set_state(CaptureState.FAILED, f"gave up after {self.max_attempts} reconnect attempts: "
-                                                 f"{self.last_error}")
+            self.last_error = f"gave up after {self.max_attempts} attempts: {self.last_error}"
+            self._set_state(CaptureState.FAILED, self.last_error)
             return None
-        delay = self._next_delay()
-        self._set_state(CaptureState.RECONNECTING, f"attempt {self.reconnect_attempts + 1} in {delay:.2f} s")
-        if self._stop.wait(delay) or not self._current(gen):
-            return None
-        self.reconnect_attempts += 1
+        retry = self._failures > 0
+        if retry:
+            delay = self._next_delay()
+            self._set_state(CaptureState.RECONNECTING, f"attempt {self.reconnect_attempts + 1} in {delay:.2f} s")
+            if self._stop.wait(delay) or not self._current(gen):
+                return None
+            self.reconnect_attempts += 1
+        self._read_started = (gen, time.monotonic(), "open")
         try:
             src.open()
         except Exception as e:  # SourceError, or a driver error
-            self._fail(f"reopen failed: {e}")
-            log.warning("capture: cannot reopen %s: %s", src.describe(), e)
+            if not self._current(gen):
+                return None
+            self._fail(f"{'reopen' if retry else 'open'} failed: {e}")
+            log.warning("capture: cannot open %s: %s", src.describe(), e)
             return False
-        self.reconnects += 1
-        log.info("capture: reopened %s", src.describe())
+        finally:
+            if self._read_started is not None and self._read_started[0] == gen:
+                self._read_started = None
+        if not self._current(gen):
+            return None  # abandoned by the watchdog while open() hung; the reader's exit closes src
+        self._offset_min = self._last_stream_s = None  # a new connection: a new stream clock
+        if retry:
+            self.reconnects += 1
+            log.info("capture: reopened %s", src.describe())
         return True
 
     def _read(self, gen: int, src: FrameSource):
         """One read() under the watchdog's eye: (image or None, error text or None)."""
-        self._read_started = (gen, time.monotonic())
+        self._read_started = (gen, time.monotonic(), "read")
         try:
             return src.read(), None
         except Exception as e:
@@ -180,7 +276,9 @@ class Capture(FrameStream):
                             opened = False
                         continue
                     last_sum = s
-                self._publish(image, (time.monotonic_ns(), time.time_ns()))
+                stamp = time.monotonic_ns(), time.time_ns()
+                self._track_lag(src.last_stream_s, stamp[0] / 1e9)
+                self._publish(image, stamp)
         except Exception as e:  # a bug, not a camera fault: fail loudly instead of leaving "running" forever
             log.exception("capture: reader thread crashed")
             if gen == self._gen:
@@ -193,27 +291,52 @@ class Capture(FrameStream):
                 else:
                     self._reader_exit_locked(src)
 
+    def _track_lag(self, stream_s: float | None, grabbed_s: float) -> None:
+        if stream_s is None:
+            self.lag_s = None
+            return
+        if self._last_stream_s is not None and stream_s < self._last_stream_s:
+            self._offset_min = None  # the stream clock went back (a restarted stream): measure afresh
+        self._last_stream_s = stream_s
+        offset = grabbed_s - stream_s
+        if self._offset_min is None or offset < self._offset_min:
+            self._offset_min = offset
+        self.lag_s = offset - self._offset_min
+
+    def _set_state(self, state: CaptureState, why: str = "") -> None:
+        if state == CaptureState.RUNNING and self._state != CaptureState.RUNNING:
+            self._running_since = time.monotonic()
+        super()._set_state(state, why)
+
+    def stats(self) -> dict:
+        lag = self.lag_s
+        return {**super().stats(), "camera_lag_ms": None if lag is None else round(lag * 1000, 1),
+                "behind": self.behind}
+
     def _watch(self) -> None:
-        period = min(0.1, self.stall_timeout / 4)
+        period = min(0.1, self.stall_timeout / 4, self.open_timeout / 4)
         while not self._stop.wait(period):
             started = self._read_started
             if started is None or started[0] != self._gen:
                 continue
             hung = time.monotonic() - started[1]
-            if hung <= self.stall_timeout:
+            limit = self.open_timeout if started[2] == "open" else self.stall_timeout
+            if hung <= limit:
                 continue
+            what = "open()" if started[2] == "open" else "read()"
             self._abandoned = [t for t in self._abandoned if t.is_alive()]
             if len(self._abandoned) >= MAX_ABANDONED_READS:
-                self._set_state(CaptureState.STALLED, f"read() blocked for {hung:.1f} s; too many hung reads "
+                self._set_state(CaptureState.STALLED, f"{what} blocked for {hung:.1f} s; too many hung calls "
                                                       "to replace")
                 continue
             try:
                 fresh = self.source.clone()
             except NotImplementedError:
-                self._set_state(CaptureState.STALLED, f"read() blocked for {hung:.1f} s and the source cannot "
+                self._set_state(CaptureState.STALLED, f"{what} blocked for {hung:.1f} s and the source cannot "
                                                       "be cloned")
                 continue
-            why = f"read() blocked for {hung:.1f} s"
+            why = (f"no answer from open() within {self.open_timeout:.1f} s" if started[2] == "open"
+                   else f"read() blocked for {hung:.1f} s")
             self._fail(why)
             self._set_state(CaptureState.STALLED, why + "; replacing the source")
             with self._close_lock:

@@ -117,14 +117,18 @@ class FrameStream:
         return None if f is None else f.age_s
 
     def stats(self) -> dict:
-        """Counters for status messages."""
+        """Counters for status messages (``Capture`` adds ``camera_lag_ms`` and ``behind``)."""
         age = self.frame_age_s
+        nominal = self.source.nominal_fps
         return {"source": self.source.describe(), "source_state": self._state.value,
-                "capture_fps": round(self.fps, 3), "grabbed": self.grabbed, "dropped": self.dropped,
-                "reconnects": self.reconnects, "frame_age_ms": None if age is None else round(age * 1000, 1)}
+                "capture_fps": round(self.fps, 3), "nominal_fps": None if nominal is None else round(nominal, 3),
+                "grabbed": self.grabbed, "dropped": self.dropped, "skipped": self.source.skipped,
+                "reconnects": self.reconnects, "frame_age_ms": None if age is None else round(age * 1000, 1),
+                "source_error": self.last_error, "camera_lag_ms": None, "behind": False}
 
-    def start(self):
-        """Open the source (raising SourceError if it cannot be opened now) and start the threads."""
+    def start(self, abort: threading.Event | None = None):
+        """Open the source (raising SourceError if it cannot be opened now) and start the threads.
+        (``abort`` is for readers whose open can be waited on, see ``Capture.start``.)"""
         if self._started:
             raise ConfigError(f"{type(self).__name__} already started")
         self.source.open()

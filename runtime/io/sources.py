@@ -7,7 +7,8 @@ Forms (the conventions Jetson users know):
 ``/dev/video0``, ``v4l2:///dev/video0``   V4L2 device
 ``csi://0``                        Jetson CSI camera via GStreamer ``nvarguscamerasrc``
                                    (``?width=1280&height=720&fps=30&flip=0``)
-``rtsp://...``, ``http(s)://...``  network stream (GStreamer when OpenCV has it, else FFMPEG)
+``rtsp://...``, ``http(s)://...``  network stream (RTSP: GStreamer when OpenCV has it, else FFMPEG)
+``rtp://@:5000``, ``rtp://IP:PORT``  RTP over UDP (GStreamer; ``codec=`` says what it carries)
 ``file://clip.mp4``, ``clip.mp4``  video file
 ``cup.jpg``, ``frames/``           an image, or a directory of images (sorted by name)
 ``... ! appsink``                  a raw GStreamer pipeline (contains ``!``)
@@ -18,6 +19,14 @@ Forms (the conventions Jetson users know):
 
 Sizes are ``(height, width)`` like ``frame.shape[:2]``. ``open_source`` only parses and checks;
 ``open()`` acquires the device (the Capture thread does that, and reopens after failures).
+
+A GStreamer capture is never ``set()``: OpenCV's GStreamer backend restarts the pipeline on any property
+change and ``rtspsrc`` does not survive that. Latency, buffering, size, rate and flips of network streams
+are written into the pipeline instead (``rtspsrc latency=``, ``appsink drop=true max-buffers=1``).
+
+Each ``read()`` leaves the frame's stream timestamp in ``last_stream_s`` (seconds, None when the source has
+none): ``Capture`` measures how far behind the camera it is from them, and files are paced by them (a
+variable-frame-rate file plays at its own timing).
 """
 
 from __future__ import annotations
@@ -36,15 +45,24 @@ import numpy as np
 
 from vlmedge.errors import BackendUnavailable, ConfigError, SourceError, did_you_mean
 from vlmedge.spec import hw_pair
-from vlmedge.validation import check_positive
+from vlmedge.validation import check_camera_index, check_frame_size, check_path_name, check_positive, check_seed
 
 log = logging.getLogger(__name__)
 
-SCHEMES = ("v4l2", "csi", "rtsp", "rtsps", "http", "https", "file", "synthetic")
+SCHEMES = ("v4l2", "csi", "rtsp", "rtsps", "rtp", "http", "https", "file", "synthetic")
 SYNTHETIC_SCENES = ("tabletop",)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".pnm")
 OPEN_TIMEOUT_MS = 5000  # network streams: give up opening / reading after this long
 READ_TIMEOUT_MS = 5000
+RTSP_LATENCY_MS = 200  # rtspsrc jitter buffer (jetson-utils' default is 2000; lower = fresher frames)
+RATE_PROBE_S = (0.6, 1.5)  # a stream with no frame rate of its own is measured for this long (min, max)
+
+# --input-flip: jetson-utils' names -> how the frame is turned (cv2 on the CPU; nvvidconv flip-method for CSI)
+FLIPS = ("none", "counterclockwise", "rotate-180", "clockwise", "horizontal", "upper-right-diagonal", "vertical",
+         "upper-left-diagonal")  # in nvvidconv flip-method order (0..7)
+# --input-codec for rtp:// (and an explicit RTSP depayloader): RTP encoding name, depayloader (+ parser)
+CODECS = {"h264": ("H264", "rtph264depay ! h264parse"), "h265": ("H265", "rtph265depay ! h265parse"),
+          "vp8": ("VP8", "rtpvp8depay"), "vp9": ("VP9", "rtpvp9depay"), "mjpeg": ("JPEG", "rtpjpegdepay")}
 
 _GST_HINT = ("this OpenCV ({ver}, from {where}) was built without GStreamer. On a Jetson use the JetPack "
              "OpenCV: `sudo apt install python3-opencv` and `pip uninstall opencv-python` so the pip wheel "
@@ -88,25 +106,74 @@ def _check_size(size: Any) -> tuple[int, int] | None:
     if size is None:
         return None
     if isinstance(size, str):
-        return parse_size(size)
-    return hw_pair("size (height, width) or 'WIDTHxHEIGHT'", size)
+        return check_frame_size(parse_size(size), f"size {size!r}")
+    return check_frame_size(hw_pair("size (height, width) or 'WIDTHxHEIGHT'", size), "size")  # #14: no 149 GiB frames
 
 
 def _check_fps(fps: Any) -> float | None:
     return None if fps is None else check_positive(fps, "fps", upper=1000.0)
 
 
+def check_flip(flip: Any) -> str | None:
+    """``--input-flip`` name (jetson-utils' names) or None."""
+    if flip is None or flip == "none":
+        return None
+    if flip not in FLIPS:
+        raise ConfigError(f"flip {flip!r} must be one of {list(FLIPS)}" + did_you_mean(str(flip), FLIPS))
+    return flip
+
+
+def check_codec(codec: Any) -> str | None:
+    if codec is None:
+        return None
+    if not isinstance(codec, str) or codec.lower() not in CODECS:
+        raise ConfigError(f"codec {codec!r} must be one of {list(CODECS)}" + did_you_mean(str(codec), CODECS))
+    return codec.lower()
+
+
+def check_loop(loop: Any) -> int:
+    """``loop`` -> how many times a file rewinds at its end: -1 forever (True), 0 never (False), N times."""
+    if loop is True:
+        return -1
+    if loop is False or loop is None:
+        return 0
+    if isinstance(loop, int) and loop >= -1:
+        return loop
+    raise ConfigError(f"loop must be True (forever), False, -1 (forever), 0 or a number of rewinds N >= 1, "
+                      f"got {loop!r}")
+
+
+def check_latency(latency_ms: Any) -> int:
+    if latency_ms is None:
+        return RTSP_LATENCY_MS
+    if isinstance(latency_ms, bool) or not isinstance(latency_ms, int) or not 0 <= latency_ms <= 60_000:
+        raise ConfigError(f"latency_ms must be an int in [0, 60000] milliseconds, got {latency_ms!r}")
+    return latency_ms
+
+
 class _Pacer:
-    """Sleeps so that successive ``wait()`` calls are 1/fps apart (never catches up a backlog)."""
+    """Sleeps so that successive ``wait()`` calls are 1/fps apart (never catches up a backlog), or, given
+    the frames' stream timestamps, as far apart as those (a variable-frame-rate file keeps its timing)."""
 
     def __init__(self, fps: float | None):
         self.period = 1.0 / fps if fps else 0.0
         self.next_t: float | None = None
+        self._anchor: tuple[float, float] | None = None  # (monotonic, stream time) of a frame on schedule
 
-    def wait(self) -> None:
+    def wait(self, stream_s: float | None = None) -> None:
         if not self.period:
             return
         now = time.monotonic()
+        if stream_s is not None:
+            a = self._anchor
+            due = None if a is None or stream_s < a[1] else a[0] + (stream_s - a[1])
+            if due is None or now - due > max(0.25, 2 * self.period):  # first frame, rewound, or far behind
+                self._anchor = (now, stream_s)
+            elif due > now:
+                time.sleep(due - now)
+            self.next_t = None
+            return
+        self._anchor = None
         if self.next_t is None or now - self.next_t > self.period:
             self.next_t = now
         elif self.next_t > now:
@@ -128,12 +195,30 @@ def _to_bgr(frame: np.ndarray) -> np.ndarray:
     return frame
 
 
+def _flip(frame: np.ndarray, flip: str | None) -> np.ndarray:
+    if flip is None:
+        return frame
+    cv2 = _cv2()
+    if flip == "horizontal":
+        return cv2.flip(frame, 1)
+    if flip == "vertical":
+        return cv2.flip(frame, 0)
+    if flip == "upper-left-diagonal":
+        return cv2.transpose(frame)
+    if flip == "upper-right-diagonal":
+        return cv2.flip(cv2.transpose(frame), -1)
+    return cv2.rotate(frame, {"clockwise": cv2.ROTATE_90_CLOCKWISE, "rotate-180": cv2.ROTATE_180,
+                              "counterclockwise": cv2.ROTATE_90_COUNTERCLOCKWISE}[flip])
+
+
 class FrameSource:
     """Base class. ``read()`` returns a BGR uint8 [H, W, 3] frame, or None at end of stream / failure."""
 
     spec: str = ""
     is_live: bool = False  # a camera or network stream (may stall; never ends on its own)
-    nominal_fps: float | None = None  # what the device/file says, or what was asked for
+    nominal_fps: float | None = None  # what the device/file says, or what was asked for, or measured
+    last_stream_s: float | None = None  # stream timestamp of the last frame read (seconds), None: unknown
+    skipped = 0  # frames that could not be decoded and were skipped (image folders)
 
     def open(self) -> None:
         """Acquire the device/file. Raises SourceError when it cannot be opened."""
@@ -167,12 +252,14 @@ class OpenCVSource(FrameSource):
     """A cv2.VideoCapture: cameras, network streams, GStreamer pipelines and video files.
 
     ``open_args`` is exactly what ``open()`` passes to ``cv2.VideoCapture`` (inspectable without
-    connecting). ``realtime`` paces a file at its fps; ``loop`` rewinds it at the end.
+    connecting). ``realtime`` paces a file by its timestamps (or at ``fps`` when one was asked for);
+    ``loop`` rewinds it at the end: -1 forever, 0 never, N times. ``fps`` on a network stream is the
+    most frames per second it delivers (``--input-rate``); ``flip`` turns every frame (``--input-flip``).
     """
 
     def __init__(self, spec: str, target: int | str, api: int, *, kind: str, is_live: bool,
                  params: tuple[int, ...] = (), size: tuple[int, int] | None = None, fps: float | None = None,
-                 loop: bool = False, realtime: bool = False):
+                 loop: bool | int = False, realtime: bool = False, flip: str | None = None):
         self.spec = spec
         self.kind = kind
         self.is_live = is_live
@@ -180,19 +267,31 @@ class OpenCVSource(FrameSource):
         self.size = size
         self.requested_fps = fps
         self.nominal_fps = fps
-        self.loop = loop
+        self.loop = check_loop(loop)
         self.realtime = realtime
+        self.flip = check_flip(flip)
         self.frame_count: int | None = None
+        self.fps_measured = False  # nominal_fps was measured at open (the stream does not say its rate)
+        self._measured_fps: float | None = None
+        self.timestamps = True  # the backend's frame timestamps are the stream's (False: made up from a guess)
+        self.last_stream_s: float | None = None
         self._cap = None
         self._pacer = _Pacer(None)
         self._read_since_rewind = 0
+        self._rewinds = 0
+        self._pending: np.ndarray | None = None  # a frame read while measuring the rate, handed out first
+        self._last_out = 0.0  # monotonic time of the last delivered frame (input-rate limit)
         self._size_logged = False
+
+    @property
+    def gstreamer(self) -> bool:
+        return self.open_args[1] == _cv2().CAP_GSTREAMER
 
     def clone(self) -> OpenCVSource:
         target, api, *rest = self.open_args
         return OpenCVSource(self.spec, target, api, kind=self.kind, is_live=self.is_live,
                             params=tuple(rest[0]) if rest else (), size=self.size, fps=self.requested_fps,
-                            loop=self.loop, realtime=self.realtime)
+                            loop=self.loop, realtime=self.realtime, flip=self.flip)
 
     def open(self) -> None:
         cv2 = _cv2()
@@ -210,9 +309,13 @@ class OpenCVSource(FrameSource):
                               "`ls /dev/video*` and that you are in the 'video' group)",
                     "v4l2": " (in use by another process? are you in the 'video' group?)",
                     "rtsp": f" (wrong URL or credentials, or unreachable within {OPEN_TIMEOUT_MS} ms)",
+                    "http": f" (wrong URL, or unreachable within {OPEN_TIMEOUT_MS} ms)",
+                    "rtp": " (nothing arriving on that port? is --input-codec right?)",
                     "file": " (not a video OpenCV/FFMPEG can decode?)"}.get(self.kind, "")
             raise SourceError(f"cannot open {self.kind} source {self.spec!r}{hint}")
-        if self.is_live:
+        # Never set() a GStreamer capture: the backend restarts the pipeline on any property change and
+        # rtspsrc does not survive it (no frame, then SIGABRT). Its buffering is in the pipeline text.
+        if self.is_live and not self.gstreamer:
             cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)  # keep the driver queue short: we want the newest frame
             if self.size and self.kind in ("camera", "v4l2"):
                 cap.set(cv2.CAP_PROP_FRAME_WIDTH, self.size[1])
@@ -227,29 +330,104 @@ class OpenCVSource(FrameSource):
             self.frame_count = n if n > 0 else None
         self._cap = cap
         self._pacer = _Pacer((self.nominal_fps or 30.0) if self.realtime and not self.is_live else None)
-        self._read_since_rewind = 0
+        self._read_since_rewind = self._rewinds = 0
+        self._pending, self.last_stream_s, self._last_out = None, None, 0.0
+        if self.kind == "http" and int(cap.get(cv2.CAP_PROP_FOURCC) or 0).to_bytes(4, "little") == b"MJPG":
+            # MJPEG over HTTP carries no rate and no timestamps (FFmpeg guesses 25 fps and makes them up from
+            # that): measured at the first open; a reconnect keeps that rate and delivers at once
+            self.timestamps = False
+            if self.fps_measured:
+                self.nominal_fps = self._measured_fps
+            else:
+                self._measure_rate()
+
+    def _measure_rate(self) -> None:
+        """Read for RATE_PROBE_S and take the median frame interval (a burst at connect counts little); the
+        newest frame is kept for the first read()."""
+        stamps: list[float] = []
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < RATE_PROBE_S[1]:
+            ok, frame = self._cap.read()
+            if not ok or frame is None:
+                break
+            stamps.append(time.monotonic())
+            self._pending = frame
+            if time.monotonic() - t0 >= RATE_PROBE_S[0] and len(stamps) >= 8:
+                break
+        gaps = np.diff(stamps)
+        if len(gaps) < 4 or float(np.median(gaps)) <= 0:
+            log.warning("%s: the stream does not say its frame rate and too few frames came to measure it",
+                        self.spec)
+            self.nominal_fps = self.requested_fps
+            return
+        measured = 1.0 / float(np.median(gaps))
+        self.nominal_fps = self._measured_fps = min(measured, self.requested_fps) if self.requested_fps else measured
+        self.fps_measured = True
+        log.info("%s: measured %.1f fps (the stream does not say its rate)", self.spec, measured)
+
+    def _grab(self) -> tuple[bool, np.ndarray | None]:
+        """The next frame; a network stream with an --input-rate delivers at most that many per second (the
+        frames between are decoded but not converted)."""
+        cap = self._cap
+        if self._pending is not None:
+            frame, self._pending = self._pending, None
+            return True, frame
+        if not (self.is_live and self.requested_fps and self.kind in ("rtsp", "http")) or self.gstreamer:
+            return cap.read()
+        gap = 0.95 / self.requested_fps
+        while True:
+            if not cap.grab():
+                return False, None
+            if time.monotonic() - self._last_out >= gap:
+                return cap.retrieve()
+
+    def _ended_early(self) -> str | None:
+        """Why a file that stopped delivering did not reach its end (truncated or damaged), or None."""
+        n, fps = self.frame_count, self.nominal_fps
+        if not n or self._read_since_rewind >= n - 1:
+            return None
+        if self.last_stream_s is not None and fps and self.last_stream_s + max(0.5, 3 / fps) >= n / fps:
+            return None  # the frame count was an estimate; the timestamps reached the end
+        return (f"{self.spec}: the video ends after {self._read_since_rewind} of {n} frames (truncated, or "
+                "damaged where reading stopped)")
 
     def read(self) -> np.ndarray | None:
         if self._cap is None:
             return None
-        ok, frame = self._cap.read()
-        if (not ok or frame is None) and self.loop and not self.is_live and self._read_since_rewind > 0:
-            self._cap.set(_cv2().CAP_PROP_POS_FRAMES, 0)
-            ok, frame = self._cap.read()
-            if not ok:  # some containers cannot seek: reopen
-                self.open()
-                ok, frame = self._cap.read()
-            self._read_since_rewind = 0
+        ok, frame = self._grab()
+        if (not ok or frame is None) and not self.is_live:
+            early = self._ended_early()
+            if early and not (self.loop and self._read_since_rewind > 0):
+                raise SourceError(early)
+            if early:
+                log.warning("%s; rewinding", early)
+            if (self.loop == -1 or self._rewinds < self.loop) and self._read_since_rewind > 0:
+                ok, frame = self._rewind()
         if not ok or frame is None:
             return None
         self._read_since_rewind += 1
-        self._pacer.wait()
-        frame = _to_bgr(frame)
+        self._last_out = time.monotonic()
+        pos = self._cap.get(_cv2().CAP_PROP_POS_MSEC) if self.timestamps else -1.0
+        self.last_stream_s = pos / 1000.0 if pos is not None and np.isfinite(pos) and pos >= 0 else None
+        if not self.is_live:
+            self._pacer.wait(self.last_stream_s if self.requested_fps is None else None)
+        frame = _flip(_to_bgr(frame), self.flip)
         if self.size is not None and frame.shape[:2] != self.size and not self._size_logged:
             log.info("%s delivers %dx%d; resizing to %dx%d", self.spec, frame.shape[1], frame.shape[0],
                      self.size[1], self.size[0])
             self._size_logged = True
         return _resize(frame, self.size)
+
+    def _rewind(self) -> tuple[bool, np.ndarray | None]:
+        """Back to the first frame, and read it."""
+        rewinds = self._rewinds + 1
+        self._cap.set(_cv2().CAP_PROP_POS_FRAMES, 0)
+        ok, frame = self._cap.read()
+        if not ok:  # some containers cannot seek: reopen
+            self.open()
+            ok, frame = self._cap.read()
+        self._rewinds, self._read_since_rewind = rewinds, 0
+        return ok, frame
 
     def close(self) -> None:
         if self._cap is not None:
@@ -261,60 +439,104 @@ class OpenCVSource(FrameSource):
         if self.frame_count:
             extra.append(f"{self.frame_count} frames")
         if self.nominal_fps:
-            extra.append(f"{self.nominal_fps:g} fps")
+            extra.append(f"{self.nominal_fps:.3g} fps" + (" measured" if self.fps_measured else ""))
         if self.loop:
-            extra.append("loop")
+            extra.append("loop" if self.loop == -1 else f"loop {self.loop}x")
+        if self.flip:
+            extra.append(f"flip {self.flip}")
         return f"{self.kind} {self.spec}" + (f" ({', '.join(extra)})" if extra else "")
 
 
-class ImageSource(FrameSource):
-    """One image or a directory of images, read in name order; ``loop`` cycles forever."""
+def _undecodable(path: Path) -> str:
+    """Why cv2.imread returned nothing for ``path``, in words."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except OSError as e:
+        return f"cannot read it ({e.strerror})"
+    if size == 0:
+        return "empty file (0 bytes)"
+    return f"not an image OpenCV can decode ({size} bytes starting {head!r})"
 
-    def __init__(self, spec: str, paths: list[Path], *, loop: bool = False, size: tuple[int, int] | None = None,
-                 fps: float | None = None, realtime: bool = False):
+
+class ImageSource(FrameSource):
+    """One image or a directory of images, read in name order; ``loop`` cycles (-1 forever, N times).
+
+    An image in a folder that cannot be decoded is skipped with a warning and counted in ``skipped`` (a
+    folder is a set of independent pictures: one damaged file does not spoil the others); a single image
+    that cannot be decoded, or a folder where none can, is a SourceError."""
+
+    def __init__(self, spec: str, paths: list[Path], *, loop: bool | int = False,
+                 size: tuple[int, int] | None = None, fps: float | None = None, realtime: bool = False,
+                 flip: str | None = None):
         if not paths:
             raise SourceError(f"source {spec!r}: no images (looked for {', '.join(IMAGE_EXTENSIONS)})")
         self.spec = spec
         self.paths = list(paths)
-        self.loop = loop
+        self.loop = check_loop(loop)
         self.size = size
         self.requested_fps = fps
         self.nominal_fps = fps
         self.realtime = realtime
+        self.flip = check_flip(flip)
+        self.skipped = 0
         self._i = 0
+        self._rewinds = 0
+        self._decoded_any = False
+        self._bad: set[int] = set()
         self._cache: dict[int, np.ndarray] = {}
         self._pacer = _Pacer(None)
 
     def clone(self) -> ImageSource:
         return ImageSource(self.spec, self.paths, loop=self.loop, size=self.size, fps=self.requested_fps,
-                           realtime=self.realtime)
+                           realtime=self.realtime, flip=self.flip)
 
     def open(self) -> None:
-        self._i = 0
+        self._i = self._rewinds = 0
         self._pacer = _Pacer((self.nominal_fps or 30.0) if self.realtime else None)
+        if len(self.paths) == 1 and self._load(0) is None:
+            raise SourceError(f"cannot decode image {str(self.paths[0])!r}: {_undecodable(self.paths[0])}")
+
+    def _load(self, i: int) -> np.ndarray | None:
+        if i in self._cache:
+            return self._cache[i]
+        frame = _cv2().imread(str(self.paths[i]), _cv2().IMREAD_COLOR)
+        if frame is None:
+            return None
+        frame = _resize(_flip(frame, self.flip), self.size)
+        if len(self.paths) <= 64:  # a small set is looped from memory
+            self._cache[i] = frame
+        return frame
 
     def read(self) -> np.ndarray | None:
-        if self._i >= len(self.paths):
-            if not self.loop:
-                return None
-            self._i = 0
-        i = self._i
-        self._i += 1
-        if i in self._cache:
-            frame = self._cache[i]
-        else:
-            frame = _cv2().imread(str(self.paths[i]), _cv2().IMREAD_COLOR)
-            if frame is None:
-                raise SourceError(f"cannot decode image {str(self.paths[i])!r}")
-            frame = _resize(frame, self.size)
-            if len(self.paths) <= 64:  # a small set is looped from memory
-                self._cache[i] = frame
+        while True:
+            if self._i >= len(self.paths):
+                if not self._decoded_any:
+                    raise SourceError(f"source {self.spec!r}: none of its {len(self.paths)} images can be "
+                                      f"decoded (first: {str(self.paths[0])!r}: {_undecodable(self.paths[0])})")
+                if not (self.loop == -1 or self._rewinds < self.loop):
+                    return None
+                self._i = 0
+                self._rewinds += 1
+            i = self._i
+            self._i += 1
+            if i in self._bad:
+                continue
+            frame = self._load(i)
+            if frame is not None:
+                break
+            self._bad.add(i)
+            self.skipped += 1
+            log.warning("skipping image %s: %s (%d skipped so far)", self.paths[i], _undecodable(self.paths[i]),
+                        self.skipped)
+        self._decoded_any = True
         self._pacer.wait()
         return frame.copy()
 
     def describe(self) -> str:
         what = f"image {self.paths[0]}" if len(self.paths) == 1 else f"{len(self.paths)} images in {self.spec}"
-        return what + (" (loop)" if self.loop else "")
+        return what + ("" if not self.loop else " (loop)" if self.loop == -1 else f" (loop {self.loop}x)")
 
 
 class _PlaceholderScene:
@@ -336,13 +558,16 @@ class _PlaceholderScene:
         return np.clip(img.astype(np.int16) + noise, 0, 255).astype(np.uint8), None
 
 
-DEFAULT_FEATURED: tuple[tuple[str, str], ...] = (("red", "cup"),)  # the default demo grounds "the red cup"
+# Every object the README, docs and examples name, left to right (the default query "the red cup", "the blue
+# ball", "the bottle left of the purple bottle", "how many bottles"); tests/test_docs_commands.py checks them.
+DEFAULT_FEATURED: tuple[tuple[str, str], ...] = (("red", "cup"), ("green", "bottle"), ("blue", "ball"),
+                                                 ("purple", "bottle"))
 
 
 class SyntheticSource(FrameSource):
     """Seeded synthetic scenes (``vlmedge.scenes.render.TabletopStream``). ``last_scene`` holds the
     ground truth of the last frame. Paced at ``fps`` only with ``realtime=True``. ``featured``:
-    ``(colour, kind)`` pairs always in view (default: the red cup)."""
+    ``(colour, kind)`` pairs always in view (default: ``DEFAULT_FEATURED``)."""
 
     def __init__(self, spec: str, scene: str = "tabletop", *, seed: int = 0, size: tuple[int, int] = (480, 640),
                  fps: float = 30.0, realtime: bool = False,
@@ -414,10 +639,31 @@ def csi_pipeline(sensor_id: int = 0, *, width: int = 1280, height: int = 720, fp
             "videoconvert ! video/x-raw, format=BGR ! appsink drop=true max-buffers=1 sync=false")
 
 
-def rtsp_pipeline(url: str, latency_ms: int = 200) -> str:
-    """GStreamer pipeline for a network stream (decodebin picks the hardware decoder on Jetson)."""
-    return (f"rtspsrc location={url} latency={latency_ms} ! decodebin ! videoconvert ! "
-            "video/x-raw, format=BGR ! appsink drop=true max-buffers=1 sync=false")
+def _gst_tail(size: tuple[int, int] | None = None, fps: float | None = None) -> str:
+    """Decoded video -> BGR appsink that keeps only the newest frame; size and rate reduced before the colour
+    conversion (decode-side reduction: --input-size, --input-rate)."""
+    rate = f"videorate drop-only=true max-rate={max(1, int(round(fps)))} ! " if fps else ""
+    scale = f"videoscale ! video/x-raw, width={size[1]}, height={size[0]} ! " if size else ""
+    return f"{rate}{scale}videoconvert ! video/x-raw, format=BGR ! appsink drop=true max-buffers=1 sync=false"
+
+
+def rtsp_pipeline(url: str, latency_ms: int = RTSP_LATENCY_MS, *, size: tuple[int, int] | None = None,
+                  fps: float | None = None, codec: str | None = None) -> str:
+    """GStreamer pipeline for an RTSP stream (decodebin picks the hardware decoder on Jetson). rtspsrc's TCP
+    timeout (20 s by default) is cut to OPEN_TIMEOUT_MS; ``codec`` names the depayloader instead of letting
+    decodebin find it."""
+    depay = f"{CODECS[codec][1]} ! " if codec else ""
+    return (f"rtspsrc location={url} latency={latency_ms} tcp-timeout={OPEN_TIMEOUT_MS * 1000} ! {depay}"
+            f"decodebin ! {_gst_tail(size, fps)}")
+
+
+def rtp_pipeline(host: str, port: int, codec: str = "h264", latency_ms: int = RTSP_LATENCY_MS, *,
+                 size: tuple[int, int] | None = None, fps: float | None = None) -> str:
+    """GStreamer pipeline for RTP over UDP on ``host:port`` (``0.0.0.0`` for ``rtp://@:PORT``)."""
+    name, depay = CODECS[codec]
+    caps = f"application/x-rtp, media=video, clock-rate=90000, encoding-name={name}"
+    return (f'udpsrc address={host} port={port} caps="{caps}" ! rtpjitterbuffer latency={latency_ms} ! {depay} ! '
+            f"decodebin ! {_gst_tail(size, fps)}")
 
 
 def _query_params(spec: str, query: str, allowed: dict[str, type]) -> dict[str, Any]:
@@ -443,8 +689,8 @@ def _natural_key(p: Path):
     return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", p.name)]
 
 
-def _path_source(spec: str, path_text: str, *, loop: bool, size, fps, realtime: bool) -> FrameSource:
-    path = Path(path_text).expanduser()
+def _path_source(spec: str, path_text: str, *, loop, size, fps, realtime: bool, flip) -> FrameSource:
+    path = Path(check_path_name(path_text, f"source {spec[:60]!r}")).expanduser()
     if not path.exists():
         near = ""
         if path.parent.is_dir():
@@ -458,21 +704,25 @@ def _path_source(spec: str, path_text: str, *, loop: bool, size, fps, realtime: 
         if not images:
             raise SourceError(f"source {spec!r}: directory {str(path)!r} holds no images "
                               f"({', '.join(IMAGE_EXTENSIONS)})")
-        return ImageSource(spec, images, loop=loop, size=size, fps=fps, realtime=realtime)
+        return ImageSource(spec, images, loop=loop, size=size, fps=fps, realtime=realtime, flip=flip)
     if path.suffix.lower() in IMAGE_EXTENSIONS:
-        return ImageSource(spec, [path], loop=loop, size=size, fps=fps, realtime=realtime)
+        return ImageSource(spec, [path], loop=loop, size=size, fps=fps, realtime=realtime, flip=flip)
     return OpenCVSource(spec, str(path), _cv2().CAP_ANY, kind="file", is_live=False, size=size, fps=fps,
-                        loop=loop, realtime=realtime)
+                        loop=loop, realtime=realtime, flip=flip)
 
 
-def open_source(spec: str, *, loop: bool = False, size: tuple[int, int] | str | None = None,
-                fps: float | None = None, realtime: bool = False) -> FrameSource:
+def open_source(spec: str, *, loop: bool | int = False, size: tuple[int, int] | str | None = None,
+                fps: float | None = None, realtime: bool = False, flip: str | None = None,
+                codec: str | None = None, latency_ms: int | None = None) -> FrameSource:
     """Parse one ``--source`` string into an unopened FrameSource (see the module docstring).
 
-    size: (height, width) or 'WIDTHxHEIGHT' wanted from the source (cameras are asked for it,
-    everything is resized to it). fps: camera frame rate to request / pacing rate of files.
-    loop: rewind files and image folders at the end. realtime: pace files and synthetic scenes at
-    their fps (default: as fast as they decode, for benchmarks).
+    size: (height, width) or 'WIDTHxHEIGHT' wanted from the source (cameras are asked for it, GStreamer
+    network streams scale before the colour conversion, everything else is resized to it). fps: camera frame
+    rate to request / pacing rate of files / the most frames per second a network stream delivers.
+    loop: rewind files and image folders at the end (True or -1: forever, N: N times). realtime: pace files
+    and synthetic scenes like a camera (by their timestamps; default: as fast as they decode, for
+    benchmarks). flip: one of FLIPS (jetson-utils' --input-flip). codec: what an rtp:// stream carries (one of
+    CODECS; default h264), or the RTSP depayloader. latency_ms: the RTSP/RTP jitter buffer (GStreamer).
     Raises ConfigError (malformed spec), SourceError (missing file), BackendUnavailable (GStreamer).
     """
     if not isinstance(spec, str) or not spec.strip():
@@ -480,28 +730,38 @@ def open_source(spec: str, *, loop: bool = False, size: tuple[int, int] | str | 
     spec = spec.strip()
     size = _check_size(size)
     fps = _check_fps(fps)
+    loop = check_loop(loop)
+    flip = check_flip(flip)
+    codec = check_codec(codec)
+    latency = check_latency(latency_ms)
     cv2 = _cv2()
+    live = {"size": size, "fps": fps, "flip": flip}
+    scheme = spec.split("://", 1)[0].lower() if "://" in spec else ""
+    if codec and scheme not in ("rtp", "rtsp", "rtsps"):
+        raise ConfigError(f"source {spec!r}: codec={codec!r} applies to rtp:// and rtsp:// sources only "
+                          "(others say what they carry)")
     if "!" in spec:  # a raw GStreamer pipeline
         _require_gstreamer("a GStreamer pipeline source")
-        return OpenCVSource(spec, spec, cv2.CAP_GSTREAMER, kind="gstreamer", is_live=True, size=size, fps=fps)
+        return OpenCVSource(spec, spec, cv2.CAP_GSTREAMER, kind="gstreamer", is_live=True, **live)
     if spec.isdigit():
-        return OpenCVSource(spec, int(spec), _camera_api(), kind="camera", is_live=True, size=size, fps=fps)
+        return OpenCVSource(spec, check_camera_index(spec, f"source {spec[:30]!r}"), _camera_api(), kind="camera",
+                            is_live=True, **live)
     if "://" not in spec:
         if re.fullmatch(r"/dev/video\d+", spec):
-            return OpenCVSource(spec, spec, cv2.CAP_V4L2, kind="v4l2", is_live=True, size=size, fps=fps)
-        return _path_source(spec, spec, loop=loop, size=size, fps=fps, realtime=realtime)
+            return OpenCVSource(spec, spec, cv2.CAP_V4L2, kind="v4l2", is_live=True, **live)
+        return _path_source(spec, spec, loop=loop, size=size, fps=fps, realtime=realtime, flip=flip)
 
     scheme, rest = spec.split("://", 1)
     scheme = scheme.lower()
     if scheme not in SCHEMES:
         raise ConfigError(f"source {spec!r}: unknown scheme {scheme + '://'!r}; expected one of "
                           f"{', '.join(s + '://' for s in SCHEMES)}, a camera index, or a path"
-                          + did_you_mean(scheme, SCHEMES))
+                          + did_you_mean(scheme, [c for c in SCHEMES if sorted(c) == sorted(scheme)] or SCHEMES))
     if scheme == "v4l2":
         dev = rest if rest.startswith("/") else "/" + rest
         if not re.fullmatch(r"/dev/video\d+", dev):
             raise ConfigError(f"source {spec!r}: expected v4l2:///dev/videoN")
-        return OpenCVSource(spec, dev, cv2.CAP_V4L2, kind="v4l2", is_live=True, size=size, fps=fps)
+        return OpenCVSource(spec, dev, cv2.CAP_V4L2, kind="v4l2", is_live=True, **live)
     if scheme == "csi":
         sensor, _, query = rest.partition("?")
         if not sensor.isdigit():
@@ -509,22 +769,32 @@ def open_source(spec: str, *, loop: bool = False, size: tuple[int, int] | str | 
         params = _query_params(spec, query, {"width": int, "height": int, "fps": float, "flip": int})
         _require_gstreamer(f"CSI camera {spec}")
         cam_fps = params.get("fps", fps or 30.0)
+        method = params.get("flip", FLIPS.index(flip) if flip else 0)
         pipe = csi_pipeline(int(sensor), width=params.get("width", 1280), height=params.get("height", 720),
-                            fps=cam_fps, flip=params.get("flip", 0), out_size=size)
+                            fps=cam_fps, flip=method, out_size=size)
         return OpenCVSource(spec, pipe, cv2.CAP_GSTREAMER, kind="csi", is_live=True, fps=cam_fps)
+    if scheme == "rtp":
+        m = re.fullmatch(r"(@|[\w.-]*):(\d+)/?", rest)
+        if not m or not 0 < int(m[2]) < 65536:
+            raise ConfigError(f"source {spec!r}: expected rtp://@:PORT (any interface) or rtp://IP:PORT "
+                              "(a local or multicast address)")
+        _require_gstreamer(f"RTP source {spec}")
+        host = "0.0.0.0" if m[1] in ("@", "") else m[1]
+        pipe = rtp_pipeline(host, int(m[2]), codec or "h264", latency, size=size, fps=fps)
+        return OpenCVSource(spec, pipe, cv2.CAP_GSTREAMER, kind="rtp", is_live=True, fps=fps, flip=flip)
     if scheme in ("rtsp", "rtsps", "http", "https"):
         if not rest or rest.startswith("/"):
             raise ConfigError(f"source {spec!r}: expected {scheme}://HOST[:PORT]/PATH")
         if scheme.startswith("rtsp") and gstreamer_available():
-            return OpenCVSource(spec, rtsp_pipeline(spec), cv2.CAP_GSTREAMER, kind="rtsp", is_live=True,
-                                size=size, fps=fps)
+            pipe = rtsp_pipeline(spec, latency, size=size, fps=fps, codec=codec)
+            return OpenCVSource(spec, pipe, cv2.CAP_GSTREAMER, kind="rtsp", is_live=True, fps=fps, flip=flip)
         params = (cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, OPEN_TIMEOUT_MS, cv2.CAP_PROP_READ_TIMEOUT_MSEC, READ_TIMEOUT_MS)
         return OpenCVSource(spec, spec, cv2.CAP_FFMPEG, kind="rtsp" if scheme.startswith("rtsp") else "http",
-                            is_live=True, params=params, size=size, fps=fps)
+                            is_live=True, params=params, **live)
     if scheme == "file":
         if not rest:
             raise ConfigError(f"source {spec!r}: expected file://PATH")
-        return _path_source(spec, rest, loop=loop, size=size, fps=fps, realtime=realtime)
+        return _path_source(spec, rest, loop=loop, size=size, fps=fps, realtime=realtime, flip=flip)
     # synthetic
     name, _, query = rest.partition("?")
     if name not in SYNTHETIC_SCENES:
@@ -535,7 +805,8 @@ def open_source(spec: str, *, loop: bool = False, size: tuple[int, int] | str | 
     syn_size = _check_size((params.get("height", h), params.get("width", w)))
     syn_fps = _check_fps(params.get("fps", fps or 30.0))
     featured = _parse_featured(spec, params["featured"]) if "featured" in params else DEFAULT_FEATURED
-    return SyntheticSource(spec, name, seed=params.get("seed", 0), size=syn_size, fps=syn_fps, realtime=realtime,
+    seed = check_seed(params.get("seed", 0), f"source {spec!r}: seed")
+    return SyntheticSource(spec, name, seed=seed, size=syn_size, fps=syn_fps, realtime=realtime,
                            featured=featured)
 
 
