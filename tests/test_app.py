@@ -547,3 +547,205 @@ def test_a_failing_close_neither_hides_the_loops_error_nor_keeps_the_rest_open(b
     while cap.read()[0]:
         n += 1
     assert n == 2  # on_result runs before drawing: the third frame failed before it was recorded
+
+
+# ------------------------------------------------------------------------- #14: status, floods (items 6, 7, 12)
+
+class BurstySource(FrameSource):
+    """A live camera that delivers frames in bursts: two frames 20 ms apart, then nothing for 0.6 s. The
+    moving average of 1/dt over-reports such a stream several times over."""
+
+    is_live = True
+    spec = "test://bursty"
+
+    def __init__(self):
+        self.rng = np.random.default_rng(1)
+        self.n = 0
+
+    def open(self):
+        pass
+
+    def read(self):
+        time.sleep(0.02 if self.n % 2 else 0.6)
+        self.n += 1
+        return self.rng.integers(0, 255, (120, 160, 3), dtype=np.uint8)
+
+    def clone(self):
+        return self
+
+
+def test_status_fps_is_frames_per_wall_second_over_its_window(bundle):
+    pub, ctl = addresses()
+    sub = Subscriber(pub)
+    stop = threading.Event()
+    cfg = RunConfig(source=BurstySource(), bundle=bundle, display=False, publish=pub, control=None,
+                    status_interval_s=0.5, print_interval_s=None)
+    t, out = start_run(cfg, stop_event=stop)
+    try:
+        published, status = [], []
+        deadline = time.monotonic() + 60
+        while len([m for m in status if m["frames"] >= 8]) < 6 and time.monotonic() < deadline:
+            topic, msg = sub.recv()
+            assert topic is not None, f"no message from the app: {out}"
+            (published.append(msg["t_publish_ns"]) if topic == "targets" else status.append(msg))
+        checked = 0
+        for m in status:
+            window = m.get("fps_window_s")
+            assert window is not None and window > 0, m
+            if m["uptime_s"] < window + 0.5 or m["frames"] < 8:
+                continue  # the first window: fewer seconds behind it
+            # what a subscriber counts: targets messages published within the window before this status
+            counted = sum(1 for p in published if m["t_publish_ns"] - window * 1e9 < p <= m["t_publish_ns"])
+            assert abs(m["fps"] * window - counted) <= 2.5, (m["fps"], counted, window)
+            checked += 1
+        assert checked >= 3
+    finally:
+        stop.set()
+        t.join(10)
+        sub.close()
+
+
+def _wait_first_status(sub, joined, out, timeout=30.0):
+    """The subscriber is joined once it has read a status; then the run may begin (``on_ready`` waits)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        topic, msg = sub.recv(timeout=1.0)
+        if topic == "status":
+            joined.set()
+            return msg
+        assert "error" not in out, out
+    raise AssertionError(f"no status heartbeat within {timeout} s: {out}")
+
+
+def test_ended_reaches_the_subscriber_in_every_run(bundle, tmp_path):
+    video = write_synthetic_video(tmp_path / "short.avi", 8, 30.0, size=(120, 160), camera_format="mjpg", seed=2)
+    got = []
+    for _ in range(10):
+        pub, _ = addresses()
+        sub = Subscriber(pub, topics=(b"status ",))
+        joined = threading.Event()
+        cfg = RunConfig(source=f"file://{video}", bundle=bundle, display=False, publish=pub, control=None,
+                        realtime=False, status_interval_s=5.0, print_interval_s=None)
+        t, out = start_run(cfg, on_ready=lambda _endpoints, joined=joined: joined.wait(30))
+        try:
+            _wait_first_status(sub, joined, out)
+            last = None
+            while True:  # every status until the publisher is gone
+                topic, msg = sub.recv(timeout=3.0)
+                if topic is None:
+                    break
+                last = msg
+                if msg["source_state"] in ("ended", "failed", "stopped") and "stop_reason" in msg:
+                    break
+            t.join(30)
+            assert "error" not in out, out
+            got.append(last)
+        finally:
+            sub.close()
+    states = [(m or {}).get("source_state") for m in got]
+    assert states == ["ended"] * 10, states
+    assert all(m["stop_reason"] == "source_end" and m["frames"] == 8 for m in got)
+
+
+def test_a_state_change_is_published_at_once(bundle, video):
+    pub, ctl = addresses()
+    sub = Subscriber(pub, topics=(b"status ",))
+    stop = threading.Event()
+    joined = threading.Event()
+    # heartbeats 60 s apart: any status after the first one is there because something changed
+    cfg = RunConfig(source=StallingSource(good_frames=4), bundle=bundle, display=False, publish=pub, control=ctl,
+                    status_interval_s=60.0, print_interval_s=None)
+    t, out = start_run(cfg, stop_event=stop, on_ready=lambda _e: joined.wait(30))
+    try:
+        seen = [_wait_first_status(sub, joined, out)]  # a subscriber that joins gets a status at once
+        deadline = time.monotonic() + 30
+        down = ("stalled", "reconnecting")  # the capture gives up on the source and reopens it
+        while not any(m["source_state"] in down for m in seen) and time.monotonic() < deadline:
+            topic, msg = sub.recv(timeout=1.0)
+            if topic == "status":
+                seen.append(msg)
+        states = [m["source_state"] for m in seen]
+        assert any(st in down for st in states), states
+        with ControlClient(ctl, timeout_ms=10000) as client:
+            assert client.request({"op": "pause"})["paused"] is True
+            t_reply = time.monotonic()
+            while True:
+                topic, msg = sub.recv(timeout=1.0)
+                assert time.monotonic() - t_reply < 10, "no status within 10 s of the pause"
+                if topic == "status" and msg["paused"]:
+                    break
+        stop.set()
+        final = None
+        while True:
+            topic, msg = sub.recv(timeout=3.0)
+            if topic is None:
+                break
+            final = msg
+        assert final is not None and final["stop_reason"] == "stop_event" and final["source_state"] == "stopped"
+        t.join(10)
+        assert not t.is_alive() and "error" not in out
+    finally:
+        stop.set()
+        sub.close()
+
+
+FLOOD = r"""
+import sys, time, zmq
+ctx = zmq.Context()
+s = ctx.socket(zmq.DEALER)
+s.setsockopt(zmq.LINGER, 0)
+s.setsockopt(zmq.SNDHWM, 100000)
+s.connect(sys.argv[1])
+end = time.monotonic() + float(sys.argv[2])
+sent = replies = 0
+while time.monotonic() < end:
+    for _ in range(200):
+        try:
+            s.send_multipart([b"", b'{"op": "status"}'], zmq.NOBLOCK)
+            sent += 1
+        except zmq.Again:
+            break
+    while s.poll(0):
+        s.recv_multipart()
+        replies += 1
+    time.sleep(0.001)
+print(sent, replies, flush=True)
+s.close(0)
+ctx.term()
+"""
+
+
+def _targets_rate(sub, seconds):
+    n, end = 0, time.monotonic() + seconds
+    while time.monotonic() < end:
+        topic, _ = sub.recv(timeout=max(0.01, end - time.monotonic()))
+        n += topic == "targets"
+    return n / seconds
+
+
+@pytest.mark.slow
+def test_a_flood_of_control_requests_does_not_stall_publishing(bundle, video):
+    pub, ctl = addresses()
+    sub = Subscriber(pub, topics=(b"targets ",))
+    stop = threading.Event()
+    cfg = RunConfig(source=f"file://{video}", bundle=bundle, display=False, publish=pub, control=ctl, loop=True,
+                    realtime=True, print_interval_s=None)
+    t, out = start_run(cfg, stop_event=stop)
+    try:
+        assert sub.recv(timeout=30)[0] == "targets", out
+        baseline = _targets_rate(sub, 3.0)
+        assert baseline > 5, baseline  # a 30 fps file on the tiny model
+        flood = subprocess.Popen([sys.executable, "-c", FLOOD, ctl, "6"], stdout=subprocess.PIPE, text=True)
+        try:
+            time.sleep(1.0)  # the queue fills
+            flooded = _targets_rate(sub, 4.0)
+            with ControlClient(ctl, timeout_ms=10000) as client:  # a normal client is still served
+                assert client.request({"op": "ping"})["ok"]
+        finally:
+            sent, replies = map(int, flood.communicate(timeout=60)[0].split())
+        assert sent > 10_000, sent  # it was a flood
+        assert flooded >= 0.5 * baseline, (baseline, flooded, sent, replies)
+    finally:
+        stop.set()
+        t.join(15)
+        sub.close()

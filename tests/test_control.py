@@ -425,3 +425,78 @@ def test_the_network_warning_names_a_flag_that_exists(caplog):
         check_address("tcp://127.1:5555", purpose="publisher")
     (record,) = caplog.records  # the loopback shorthand gives no warning
     assert "--curve-keys" in record.getMessage() and "--curve-*" not in record.getMessage()
+
+
+@pytest.mark.skipif(not zmq.has("curve"), reason="libzmq built without CURVE")
+def test_a_revoked_client_is_refused_within_seconds(tmp_path):
+    """#14 item 17: deleting a client's public key revokes it while the server runs, live connection included."""
+    from pathlib import Path
+
+    keys = create_keys(tmp_path / "k", clients=("operator", "tablet"))
+    state = ControlState(queries=["a cup"])
+    server = CurveServerKeys(keys["server_secret"], keys["clients_dir"])
+    with ControlServer(ADDR, state.handle, curve=server) as srv:
+        srv.start()
+        operator = ControlClient(srv.endpoint, timeout_ms=3000,
+                                 curve=CurveClientKeys(keys["operator_secret"], keys["server_public"]))
+        tablet = ControlClient(srv.endpoint, timeout_ms=500,
+                               curve=CurveClientKeys(keys["tablet_secret"], keys["server_public"]))
+        try:
+            tablet.timeout_ms = 5000
+            assert tablet.request({"op": "set_threshold", "value": 0.3})["ok"]  # connected and allowed
+            tablet.timeout_ms = 500
+            (Path(keys["clients_dir"]) / "tablet.key").unlink()
+            t_revoked = time.monotonic()
+            while True:  # its requests are answered until the server notices, then never again
+                try:
+                    tablet.request({"op": "set_threshold", "value": 0.4})
+                except ControlTimeout:
+                    break
+                assert time.monotonic() - t_revoked < 30, "the revoked client was still served after 30 s"
+            assert time.monotonic() - t_revoked < 5.0
+            for _ in range(3):
+                with pytest.raises(ControlTimeout):
+                    tablet.request({"op": "set_threshold", "value": 0.9})
+            assert state.snapshot().threshold != 0.9
+            deadline = time.monotonic() + 15
+            while True:  # the operator reconnects and is served (a request in flight at the revocation is lost)
+                try:
+                    assert operator.request({"op": "set_threshold", "value": 0.6})["ok"]
+                    break
+                except ControlTimeout:
+                    assert time.monotonic() < deadline
+            assert state.snapshot().threshold == 0.6
+        finally:
+            operator.close()
+            tablet.close()
+
+
+def test_serve_pending_serves_a_bounded_number():
+    """#14 item 12: the run loop serves at most N requests a frame, the rest wait in the socket."""
+    state = ControlState(queries=["the red cup"])
+    sent = 0
+    with ControlServer(ADDR, state.handle) as srv, zmq.Context() as ctx:
+        dealer = ctx.socket(zmq.DEALER)
+        dealer.setsockopt(zmq.LINGER, 0)
+        dealer.connect(srv.endpoint)
+        for _ in range(50):
+            dealer.send_multipart([b"", b'{"op": "ping"}'])
+            sent += 1
+        time.sleep(0.5)
+        assert srv.serve_pending(8) == 8
+        assert srv.serve_pending(8) == 8
+        total = 16
+        while total < sent:
+            n = srv.serve_pending(8)
+            assert n <= 8
+            total += n
+            if n == 0:
+                time.sleep(0.05)
+        replies = 0
+        while dealer.poll(1000):
+            dealer.recv_multipart()
+            replies += 1
+            if replies == sent:
+                break
+        assert replies == sent
+        dealer.close(0)

@@ -444,3 +444,83 @@ def test_robot_control_loop_reads_commands(ctx, grounded):
     v1 = {k: v for k, v in msg.items() if k != "v2"}
     assert robot.steer(v1, now_ns=now, query=COMMANDS[0], gain=1.0).turn == pytest.approx(cmd.turn)
     assert robot.steer(v1, now_ns=now, query=COMMANDS[2]).reason == "target not found"
+
+
+@pytest.mark.skipif(not zmq.has("curve"), reason="libzmq built without CURVE")
+def test_a_revoked_subscriber_gets_nothing_within_seconds(ctx, tmp_path):
+    """#14 item 17: deleting a client's public key revokes it while the server runs."""
+    keys = create_keys(tmp_path / "keys", clients=("robot", "laptop"))
+    server = CurveServerKeys(keys["server_secret"], keys["clients_dir"])
+    stop = threading.Event()
+    with Publisher(ADDR, curve=server) as pub:
+        subs = {}
+        for name in ("robot", "laptop"):
+            s = ctx.socket(zmq.SUB)
+            s.setsockopt(zmq.LINGER, 0)
+            setup_curve_client(s, CurveClientKeys(keys[f"{name}_secret"], keys["server_public"]))
+            s.setsockopt(zmq.SUBSCRIBE, b"targets ")
+            s.connect(pub.endpoint)
+            subs[name] = s
+
+        def publish():
+            i = 0
+            while not stop.is_set():
+                _targets(pub, i)
+                i += 1
+                time.sleep(0.02)
+
+        t = threading.Thread(target=publish, daemon=True)
+        t.start()
+        try:
+            for name, s in subs.items():
+                assert s.poll(10_000), f"{name} never received a message"
+            (Path(keys["clients_dir"]) / "laptop.key").unlink()
+            t_revoked = time.monotonic()
+            laptop, last = subs["laptop"], t_revoked
+            while time.monotonic() - last < 2.0:  # read until it has been silent for 2 s
+                if laptop.poll(100):
+                    laptop.recv()
+                    last = time.monotonic()
+                assert time.monotonic() - t_revoked < 30, "the revoked client kept receiving"
+            assert last - t_revoked < 5.0, f"the revoked client still received {last - t_revoked:.1f} s later"
+            assert not laptop.poll(1000)  # and it stays out
+            robot = subs["robot"]
+            while robot.poll(0):
+                robot.recv()
+            assert robot.poll(10_000), "the client still allowed must get messages again after the revocation"
+            topic, msg = protocol.parse_message(robot.recv())
+            assert topic == "targets"
+        finally:
+            stop.set()
+            t.join(5)
+            for s in subs.values():
+                s.close(0)
+
+
+def test_a_new_status_subscriber_gets_a_status_at_once(ctx):
+    """#14 item 7: a subscriber that joins does not wait for the next heartbeat to learn the state."""
+    with Publisher(ADDR) as pub:
+        pub.start_heartbeat(lambda: _status(source_state="reconnecting"), interval_s=60.0)
+        time.sleep(0.2)  # the heartbeat's first status went out to nobody
+        sub = _sub(ctx, pub.endpoint, topic=b"status ")
+        assert sub.poll(5000), "no status within 5 s of subscribing (the next heartbeat is 60 s away)"
+        topic, msg = protocol.parse_message(sub.recv())
+        assert topic == "status" and msg["source_state"] == "reconnecting"
+
+
+def test_the_final_status_is_flushed_before_close(ctx):
+    """#14 item 7: the last status is not dropped by LINGER 0 when the socket closes right after it."""
+    for _ in range(5):
+        pub = Publisher(ADDR)
+        sub = _sub(ctx, pub.endpoint, topic=b"status ")
+        _wait_joined(pub, sub)
+        for i in range(3):  # a few messages queued just before, as a run's last frames are
+            _targets(pub, i)
+        pub.publish_final(_status(source_state="ended", stop_reason="source_end"))
+        pub.close()
+        got = None
+        while got is None and sub.poll(5000):
+            msg = protocol.parse_message(sub.recv())[1]
+            got = msg if "stop_reason" in msg else None
+        assert got is not None and got["source_state"] == "ended" and got["stop_reason"] == "source_end"
+        sub.close(0)

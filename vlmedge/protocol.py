@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from vlmedge.errors import ProtocolError, did_you_mean
-from vlmedge.validation import QueryRules, check_queries, check_query, check_threshold
+from vlmedge.validation import MAX_QUERIES, MAX_QUERY_CHARS, QueryRules, check_queries, check_query, check_threshold
 
 PROTOCOL_VERSION = 2  # the protocol this module speaks: v1 plus the "v2" block of targets and the teach ops
 # The "v" every published message carries. v2 removes nothing and changes no meaning, and v1 parsers refuse any
@@ -39,10 +39,10 @@ TOPICS = ("targets", "heatmap", "status")
 DEFAULT_PUB_ADDRESS = "tcp://127.0.0.1:5555"
 DEFAULT_CONTROL_ADDRESS = "tcp://127.0.0.1:5556"
 MAX_CONTROL_MESSAGE_BYTES = 65536  # a request longer than this gets an error reply
-MAX_QUERIES = 16  # queries active at once
-MAX_QUERY_CHARS = 200  # CLIP's text context is 77 tokens; longer text would be truncated anyway
-# Queries that travel on the wire, or may be set over it later (RunConfig, ControlState): typed text,
-# normalized, within the limits above. Check them with validation.check_queries(..., rules=QUERY_RULES).
+# MAX_QUERIES (16, queries active at once) and MAX_QUERY_CHARS (200) come from vlmedge.validation: the Python API
+# has the same limits. Queries that travel on the wire, or may be set over it later (RunConfig, ControlState): typed
+# text, normalized, within those limits. Check them with validation.check_queries(..., rules=QUERY_RULES); a server
+# with other limits passes its own rules (QUERY_RULES.limited(...)) to parse_request.
 QUERY_RULES = QueryRules(normalize=True, max_count=MAX_QUERIES, max_chars=MAX_QUERY_CHARS)
 CAPTURE_STATES = ("starting", "running", "stalled", "reconnecting", "ended", "failed", "stopped")
 # name -> {version: file}; a v2 targets message is also a valid v1 targets message (the tests check both).
@@ -104,11 +104,30 @@ def _reject_constant(name: str):
     raise ValueError(f"{name} is not valid JSON")
 
 
-def loads(data: bytes | str, what: str = "message") -> Any:
-    """Parse strict JSON (no NaN/Infinity), raising ProtocolError naming ``what``."""
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict:
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _DuplicateKey(f"duplicate key {_short(key)} in a JSON object; each key may appear once")
+            seen.add(key)
+    return out
+
+
+def loads(data: bytes | str, what: str = "message", *, unique_keys: bool = False) -> Any:
+    """Parse strict JSON (no NaN/Infinity), raising ProtocolError naming ``what``. ``unique_keys``: refuse an
+    object with a key twice (JSON parsers disagree on which one wins, so a request that has one is refused)."""
     try:
         text = bytes(data).decode("utf-8") if not isinstance(data, str) else data
-        return json.loads(text, parse_constant=_reject_constant)
+        return json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_unique_keys if unique_keys
+                          else None)
+    except _DuplicateKey as e:
+        raise ProtocolError(f"{what}: {e}") from None
     except UnicodeDecodeError as e:
         raise ProtocolError(f"{what} is not UTF-8 text (byte {e.start}: {e.reason})") from None
     except (ValueError, RecursionError) as e:
@@ -463,13 +482,17 @@ def validate_status(d: Any, where: str = "status message") -> dict:
         _num(d, k, where, optional=True, lo=0)
     _num(d, "frame_age_ms", where, optional=True, nullable=True, lo=0)
     _num(d, "threshold", where, optional=True, lo=0, hi=1)
+    _num(d, "fps_window_s", where, optional=True, lo=0)
+    _str(d, "stop_reason", where, optional=True)
+    _str(d, "error", where, optional=True)
     return d
 
 
 def build_status(*, seq: int, source_state: str, fps: float, latency_ms: float | None, dropped: int,
                  queries: Sequence[str], paused: bool, t_publish_ns: int | None = None, **extra: Any) -> bytes:
     """``b"status " + JSON``. Recommended extras: source, model, grabbed, reconnects, frames,
-    capture_fps, uptime_s, frame_age_ms, threshold (see docs/PROTOCOL.md)."""
+    capture_fps, uptime_s, frame_age_ms, threshold, fps_window_s; the last status of a run adds stop_reason
+    (and error) (see docs/PROTOCOL.md)."""
     msg = {"v": MESSAGE_VERSION, "type": "status", "seq": int(seq),
            "t_publish_ns": int(time.time_ns() if t_publish_ns is None else t_publish_ns),
            "source_state": source_state, "fps": round(float(fps), 3),
@@ -564,11 +587,11 @@ def parse_message(data: bytes) -> tuple[str, dict]:
 
 # ----------------------------------------------------------------------------------------- control
 
-def _check_field(kind: str, value: Any, where: str) -> Any:
+def _check_field(kind: str, value: Any, where: str, rules: QueryRules) -> Any:
     if kind == "queries":
-        return list(check_queries(value, where, error=ProtocolError, rules=QUERY_RULES))
+        return list(check_queries(value, where, error=ProtocolError, rules=rules))
     if kind == "query":
-        return check_query(value, where, error=ProtocolError, rules=QUERY_RULES)
+        return check_query(value, where, error=ProtocolError, rules=rules)
     if kind == "unit":
         return check_threshold(value, where, error=ProtocolError)
     if kind == "box":
@@ -588,8 +611,9 @@ def _request_box(value: Any, where: str) -> list:
     return list(value)
 
 
-def validate_request(req: Any) -> dict:
-    """Validate a decoded control request; return a normalized copy (queries stripped)."""
+def validate_request(req: Any, *, rules: QueryRules = QUERY_RULES) -> dict:
+    """Validate a decoded control request; return a normalized copy (queries stripped). ``rules``: the query
+    limits of the server (its character rule is everyone's)."""
     if not isinstance(req, dict):
         raise ProtocolError(f"request must be a JSON object like {{\"op\": \"ping\"}}, got {type(req).__name__}")
     if "v" in req and (req["v"] not in REQUEST_VERSIONS or not _is_int(req["v"])):
@@ -613,15 +637,15 @@ def validate_request(req: Any) -> dict:
             if required:
                 raise ProtocolError(f"op {op!r}: missing field {name!r}")
             continue
-        out[name] = _check_field(kind, req[name], f"op {op!r}: field {name!r}")
+        out[name] = _check_field(kind, req[name], f"op {op!r}: field {name!r}", rules)
     return out
 
 
-def parse_request(data: bytes, *, max_bytes: int = MAX_CONTROL_MESSAGE_BYTES) -> dict:
-    """Decode + validate one control request (raw bytes from the socket)."""
+def parse_request(data: bytes, *, max_bytes: int = MAX_CONTROL_MESSAGE_BYTES, rules: QueryRules = QUERY_RULES) -> dict:
+    """Decode + validate one control request (raw bytes from the socket); a key given twice is refused."""
     if len(data) > max_bytes:
         raise ProtocolError(f"request is {len(data)} bytes; the limit is {max_bytes}")
-    return validate_request(loads(data, "request"))
+    return validate_request(loads(data, "request", unique_keys=True), rules=rules)
 
 
 def encode_request(req: Mapping) -> bytes:

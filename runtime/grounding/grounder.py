@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -43,7 +44,16 @@ from vlmedge.runtime.grounding.results import Classification, CommandResult, Gro
 from vlmedge.runtime.grounding.taught import TaughtObjects, exemplar_from
 from vlmedge.runtime.grounding.tracking import Tracker
 from vlmedge.similarity import contrastive_maps, l2_normalize, patch_similarity, probs_against
-from vlmedge.validation import check_positive, check_queries, check_query, check_threshold
+from vlmedge.validation import (
+    API_RULES,
+    MAX_QUERIES,
+    MAX_QUERY_CHARS,
+    QueryRules,
+    check_positive,
+    check_queries,
+    check_query,
+    check_threshold,
+)
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +61,9 @@ log = logging.getLogger(__name__)
 # the demo model's validation scenes (seeds 900_000+, never trained on nor evaluated) by
 # benchmarks/calibrate_scores.py; its results file in benchmarks/results/ holds the fit, AUROC and saturation.
 DEFAULT_SCORE_TEMPERATURE = 0.4
+# Text embeddings kept for texts outside the bundle's vocabulary (least recently used dropped first): a control
+# client may send any number of distinct commands over a run, each entry costs about 4 * embed_dim bytes.
+DEFAULT_TEXT_CACHE_SIZE = 1024
 
 
 def check_frame(frame_bgr) -> np.ndarray:
@@ -63,10 +76,33 @@ def check_frame(frame_bgr) -> np.ndarray:
     return frame_bgr
 
 
-def _checked(queries, thresholds) -> tuple[tuple[str, ...], dict[str, float]]:
-    """Validated queries and per-query threshold overrides."""
-    queries = check_queries(queries, error=InputError)
-    return queries, {q: check_threshold(v, f"thresholds[{q!r}]") for q, v in (thresholds or {}).items()}
+def _checked(queries, thresholds, rules: QueryRules) -> tuple[tuple[str, ...], dict[str, float]]:
+    """Validated queries and per-query threshold overrides: a mapping query -> threshold (a subset of the
+    queries) or a sequence with one threshold per query, in order."""
+    queries = check_queries(queries, error=InputError, rules=rules)
+    if thresholds is None:
+        return queries, {}
+    if isinstance(thresholds, Mapping):
+        unknown = [q for q in thresholds if q not in queries]
+        if unknown:
+            raise InputError(f"thresholds: {_short(unknown[0])} is not one of the queries {list(queries)}")
+        items = list(thresholds.items())
+    else:
+        seq = list(thresholds) if isinstance(thresholds, (Sequence, np.ndarray)) and not isinstance(
+            thresholds, (str, bytes)) else None
+        if seq is None:
+            raise InputError(f"thresholds must be a mapping query -> threshold or a list with one threshold per "
+                             f"query, got {type(thresholds).__name__}")
+        if len(seq) != len(queries):
+            raise InputError(f"thresholds has {len(seq)} entries but there are {len(queries)} queries; give one "
+                             "per query, in order, or a mapping query -> threshold")
+        items = list(zip(queries, seq))
+    return queries, {q: check_threshold(v, f"thresholds[{q!r}]") for q, v in items}
+
+
+def _short(value) -> str:
+    r = repr(value)
+    return r if len(r) <= 60 else r[:57] + "..."
 
 
 def _counts_instances(command) -> bool:
@@ -85,7 +121,7 @@ def _patch_area(encoded) -> float:
     return (x1 - x0) * (y1 - y0) / float(h * w)
 
 
-def _open_encoders(bundle, providers, spinning: bool = True):
+def _open_encoders(bundle, providers, spinning: bool = False):
     from vlmedge.runtime.grounding.encoders import BundleEncoders
 
     if isinstance(bundle, BundleEncoders):
@@ -131,7 +167,8 @@ class Grounder:
         min_area_patches: smallest region in patches (default: manifest ``grounding``).
         smoothing: track targets across calls (stable ids, EMA on boxes; a ``Tracker`` to tune it);
             False = each call independent.
-        spinning: ONNX Runtime workers spin-wait during a run (``BundleEncoders``); False: they sleep.
+        spinning: ONNX Runtime workers spin-wait during a run (``BundleEncoders``). Off by default: under
+            CPU contention spinning slowed the encoder 2.6x vs 1.4x (benchmarks/contention.py).
         competition: score all noun phrases in one softmax (they compete for patches) instead of each
             against the background prompts alone.
         score_temperature: calibration temperature of target scores (default: manifest
@@ -146,14 +183,25 @@ class Grounder:
             manifest ``grounding.count_min_score``, else none).
         taught: a JSON file of taught objects, loaded when it exists and rewritten on every
             ``teach``/``forget`` (so a restart keeps them); None keeps them in memory only.
+        text_cache_size: text embeddings kept for texts outside the bundle's vocabulary, least recently
+            used dropped first (the vocabulary, the background prompts and registered embeddings are
+            always kept).
+        max_queries, max_query_chars: the most queries in one call and the longest query; the control
+            socket of ``vlmedge run`` has the same limits (default 16 and 200).
     """
 
     def __init__(self, bundle, *, providers: Sequence[str] | None = None, threshold: float | None = None,
                  background_prompts: Sequence[str] | None = None, min_area_patches: int | None = None,
-                 smoothing: bool | Tracker = True, spinning: bool = True, competition: bool = False,
+                 smoothing: bool | Tracker = True, spinning: bool = False, competition: bool = False,
                  score_temperature: float | None = None, taught: str | Path | None = None,
                  expand_colours: Sequence[str] | None = None, split_instances: bool = True,
-                 count_min_score: float | None = None):
+                 count_min_score: float | None = None, text_cache_size: int = DEFAULT_TEXT_CACHE_SIZE,
+                 max_queries: int = MAX_QUERIES, max_query_chars: int = MAX_QUERY_CHARS):
+        if not isinstance(text_cache_size, int) or isinstance(text_cache_size, bool) or text_cache_size < 1:
+            raise ConfigError(f"text_cache_size must be a positive int, got {text_cache_size!r}")
+        self.text_cache_size = text_cache_size
+        self.query_rules = API_RULES.limited(max_count=max_queries, max_chars=max_query_chars, where="Grounder",
+                                             hint=" (Grounder(max_queries=..., max_query_chars=...) sets it)")
         self.encoders = _open_encoders(bundle, providers, spinning)
         self.manifest = self.encoders.manifest
         g = self.manifest.grounding
@@ -184,9 +232,13 @@ class Grounder:
         colours = getattr(g, "expand_colours", ()) if expand_colours is None else expand_colours
         self.expand_colours = check_queries(tuple(colours), "expand_colours", error=ConfigError)
         self.text_encoder_calls = 0  # number of text-encoder runs (each handles a batch of new texts)
-        self._text_cache: dict[str, np.ndarray] = {}
+        self._pinned: dict[str, np.ndarray] = {}  # vocabulary, background prompts, registered: never dropped
+        self._text_cache: OrderedDict[str, np.ndarray] = OrderedDict()  # the rest, least recently used first
         self._load_vocabulary()
         self._bg_embeds = self.text_embeddings(self.background_prompts) if self.background_prompts else None
+        for t, e in zip(self.background_prompts, () if self._bg_embeds is None else self._bg_embeds):
+            self._pinned[t] = e
+            self._text_cache.pop(t, None)
         self._parser = CommandParser()
         self._last_plan: tuple | None = None  # (plan, its texts, embeddings and rows): see _plan_texts
         self.taught = TaughtObjects(self.manifest.model_id, self.manifest.embed_dim, path=taught)
@@ -199,20 +251,34 @@ class Grounder:
             return
         queries, embeds = vocab
         for q, e in zip(queries, l2_normalize(embeds)):
-            self._text_cache[str(q)] = e
+            self._pinned[str(q)] = e
         log.info("using %d precomputed text embeddings from %s", len(queries), self.manifest.text_embeddings)
 
     def text_embeddings(self, texts: Sequence[str]) -> np.ndarray:
-        """L2-normalized embeddings [N, D]; texts not cached yet are encoded in one call."""
-        missing = [t for t in dict.fromkeys(texts) if t not in self._text_cache]
+        """L2-normalized embeddings [N, D]; texts not cached yet are encoded in one call. The cache keeps the
+        ``text_cache_size`` texts used last besides the pinned ones (vocabulary, background prompts)."""
+        if not len(texts):
+            return np.zeros((0, self.manifest.embed_dim), dtype=np.float32)
+        found: dict[str, np.ndarray] = {}
+        missing = []
+        for t in dict.fromkeys(texts):
+            e = self._pinned.get(t)
+            if e is None:
+                e = self._text_cache.get(t)
+                if e is not None:
+                    self._text_cache.move_to_end(t)
+            if e is None:
+                missing.append(t)
+            else:
+                found[t] = e
         if missing:
             emb = l2_normalize(np.asarray(self.encoders.encode_text(list(missing)), dtype=np.float32))
             self.text_encoder_calls += 1
             for t, e in zip(missing, emb):
-                self._text_cache[t] = e
-        if not texts:
-            return np.zeros((0, self.manifest.embed_dim), dtype=np.float32)
-        return np.stack([self._text_cache[t] for t in texts])
+                found[t] = self._text_cache[t] = e
+            while len(self._text_cache) > self.text_cache_size:
+                self._text_cache.popitem(last=False)
+        return np.stack([found[t] for t in texts])
 
     def register_embedding(self, text: str, embed: np.ndarray) -> None:
         """Use ``embed`` [D] for ``text`` from now on (e.g. an embedding of an exemplar image crop)."""
@@ -221,12 +287,14 @@ class Grounder:
             raise InputError(f"embedding for {text!r} must be a finite non-zero [{self.manifest.embed_dim}] vector, "
                              f"got shape {np.shape(embed)}")
         check_query(text, "text", error=InputError)
-        self._text_cache[text] = l2_normalize(e)
+        self._pinned[text] = l2_normalize(e)
+        self._text_cache.pop(text, None)
         self._last_plan = None  # the embeddings kept for the current queries may include this text
 
     @property
     def cached_queries(self) -> tuple[str, ...]:
-        return tuple(self._text_cache)
+        """Texts whose embeddings are kept: the pinned ones, then the cache, least recently used first."""
+        return (*self._pinned, *(t for t in self._text_cache if t not in self._pinned))
 
     def set_threshold(self, threshold: float) -> None:
         self.threshold = check_threshold(threshold, "threshold")
@@ -259,17 +327,18 @@ class Grounder:
               thresholds: Mapping[str, float] | None = None) -> GroundingResult:
         """Find every query in a frame from :meth:`encode`. See the module docstring for the method.
 
-        ``thresholds`` optionally overrides the threshold for some queries (e.g. from the control socket).
+        ``thresholds`` optionally overrides the threshold for some queries (e.g. from the control socket): a
+        mapping query -> threshold, or a sequence with one threshold per query.
         """
         if not isinstance(encoded, Encoded):
             raise InputError(f"encoded must come from Grounder.encode(), got {type(encoded).__name__}")
-        queries, per_query = _checked(queries, thresholds)
+        queries, per_query = _checked(queries, thresholds, self.query_rules)
         return self._match(encoded, queries, per_query)
 
     def ground(self, frame_bgr: np.ndarray, queries: Sequence[str], *,
                thresholds: Mapping[str, float] | None = None) -> GroundingResult:
         """``match(encode(prepare(frame_bgr)), queries, thresholds=...)`` in one call."""
-        queries, per_query = _checked(queries, thresholds)  # before the encoder runs for a bad request
+        queries, per_query = _checked(queries, thresholds, self.query_rules)  # before the encoder runs
         return self._match(self.encode(self.prepare(frame_bgr)), queries, per_query)
 
     def _match(self, encoded: Encoded, queries: tuple[str, ...], per_query: dict[str, float]) -> GroundingResult:

@@ -23,15 +23,18 @@ import zmq
 from vlmedge import protocol
 from vlmedge.errors import ConfigError, ProtocolError, VlmEdgeError, did_you_mean
 from vlmedge.runtime.messaging.sockets import (
+    ClientKeysWatch,
     CurveClientKeys,
     CurveServerKeys,
     bind,
     check_address,
+    rebind,
     setup_curve_client,
     setup_curve_server,
     shutdown,
+    watch_clients,
 )
-from vlmedge.validation import check_queries, check_threshold
+from vlmedge.validation import QueryRules, check_queries, check_threshold
 
 log = logging.getLogger(__name__)
 
@@ -125,13 +128,14 @@ class ControlState:
     status_fn: Callable[[], Mapping[str, Any]] | None = None
     thresholds: dict[str, float] = field(default_factory=dict)
     teacher: Teaching | None = None
+    query_rules: QueryRules = protocol.QUERY_RULES  # the server's limits (vlmedge run: the grounder's)
     _version: int = field(default=0, init=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     def __post_init__(self):
         # Queries given here may be listed, replaced and published over the wire: the wire's rules apply.
         self.queries = check_queries(self.queries, "ControlState.queries", error=ConfigError,
-                                     rules=protocol.QUERY_RULES)
+                                     rules=self.query_rules)
         self.threshold = check_threshold(self.threshold, "ControlState.threshold", error=ConfigError)
 
     def _taught(self) -> tuple[str, ...]:
@@ -177,9 +181,9 @@ class ControlState:
             elif op == "add_query":
                 q = req["query"]
                 if q not in self.queries:
-                    if len(self.queries) >= protocol.MAX_QUERIES:
-                        raise ProtocolError(f"add_query: already {len(self.queries)} queries; "
-                                            f"the limit is {protocol.MAX_QUERIES}")
+                    limit = self.query_rules.max_count
+                    if limit is not None and len(self.queries) >= limit:
+                        raise ProtocolError(f"add_query: already {len(self.queries)} queries; the limit is {limit}")
                     self._set(self.queries + (q,))
             elif op == "remove_query":
                 q = req["query"]
@@ -253,6 +257,26 @@ class ControlState:
 
 # -------------------------------------------------------------------------------------- the server
 
+def answer_request(data: bytes, handler: Handler, *, max_bytes: int = protocol.MAX_CONTROL_MESSAGE_BYTES,
+                   rules: QueryRules = protocol.QUERY_RULES) -> dict:
+    """One raw request -> its reply dict; never raises. The one way a request is answered: the control socket
+    and the browser view (``vlmedge.runtime.web``) both call it, so they validate and refuse alike."""
+    op = None
+    try:
+        req = protocol.parse_request(data, max_bytes=max_bytes, rules=rules)
+        op = req["op"]
+        result = handler(req)
+        reply = protocol.ok_reply(op, **dict(result or {}))
+    except VlmEdgeError as e:
+        reply = protocol.error_reply(str(e), op)
+    except Exception as e:  # a bug in the handler must not kill the control socket
+        log.exception("control handler failed on op %r", op)
+        reply = protocol.error_reply(f"internal error: {type(e).__name__}: {e}", op)
+    if not reply["ok"]:
+        log.info("control request refused: %s", reply["error"])
+    return reply
+
+
 class ControlServer:
     """REP socket answering control requests with ``handler(request) -> reply fields``.
 
@@ -262,12 +286,16 @@ class ControlServer:
 
     def __init__(self, address: str = protocol.DEFAULT_CONTROL_ADDRESS, handler: Handler | None = None, *,
                  curve: CurveServerKeys | None = None,
-                 max_message_bytes: int = protocol.MAX_CONTROL_MESSAGE_BYTES):
+                 max_message_bytes: int = protocol.MAX_CONTROL_MESSAGE_BYTES,
+                 query_rules: QueryRules = protocol.QUERY_RULES):
         if handler is None or not callable(handler):
             raise ConfigError("ControlServer needs a handler callable(request) -> dict, e.g. ControlState().handle")
         if not isinstance(max_message_bytes, int) or max_message_bytes < 64:
             raise ConfigError(f"max_message_bytes must be an int >= 64, got {max_message_bytes!r}")
+        if not isinstance(query_rules, QueryRules):
+            raise ConfigError(f"query_rules must be a QueryRules, got {type(query_rules).__name__}")
         self.handler = handler
+        self.query_rules = query_rules
         self.max_message_bytes = max_message_bytes
         self.served = 0
         self.errors = 0
@@ -276,6 +304,8 @@ class ControlServer:
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._sock = self._ctx.socket(zmq.REP)
+        self._watch: ClientKeysWatch | None = None
+        self._revoked = threading.Event()  # set by the key watch; the socket's own thread rebinds
         try:
             self._sock.setsockopt(zmq.LINGER, 0)
             self._sock.setsockopt(zmq.MAXMSGSIZE, 4 * max_message_bytes)
@@ -283,6 +313,8 @@ class ControlServer:
             if curve is not None:
                 self._auth = setup_curve_server(self._ctx, self._sock, curve)
             self.endpoint = bind(self._sock, address, "control server")
+            if curve is not None:
+                self._watch = watch_clients(self._auth, curve, self._revoked.set, "control server")
         except BaseException:
             self.close()
             raise
@@ -290,20 +322,9 @@ class ControlServer:
 
     def handle_bytes(self, data: bytes) -> dict:
         """Turn one raw request into its reply dict (never raises)."""
-        op = None
-        try:
-            req = protocol.parse_request(data, max_bytes=self.max_message_bytes)
-            op = req["op"]
-            result = self.handler(req)
-            reply = protocol.ok_reply(op, **dict(result or {}))
-        except VlmEdgeError as e:
-            reply = protocol.error_reply(str(e), op)
-        except Exception as e:  # a bug in the handler must not kill the control socket
-            log.exception("control handler failed on op %r", op)
-            reply = protocol.error_reply(f"internal error: {type(e).__name__}: {e}", op)
+        reply = answer_request(data, self.handler, max_bytes=self.max_message_bytes, rules=self.query_rules)
         if not reply["ok"]:
             self.errors += 1
-            log.info("control request refused: %s", reply["error"])
         return reply
 
     def poll_once(self, timeout_ms: int = 0) -> bool:
@@ -311,6 +332,8 @@ class ControlServer:
         Not to be mixed with ``start()`` (a socket belongs to one thread)."""
         if self._thread is not None and threading.current_thread() is not self._thread:
             raise ConfigError("this ControlServer serves from its own thread (start()); do not call poll_once")
+        if self._revoked.is_set():
+            self._drop_connections()
         if self._sock.poll(timeout_ms, zmq.POLLIN) == 0:
             return False
         data = self._sock.recv()
@@ -329,6 +352,23 @@ class ControlServer:
             log.warning("control reply not sent: %s", e)
         self.served += 1
         return True
+
+    def serve_pending(self, limit: int) -> int:
+        """Serve the requests already waiting, at most ``limit`` of them (no wait); returns how many. The run
+        loop calls it once per frame: a peer flooding the socket gets ``limit`` answers a frame, and the
+        frames keep their rate (its other requests wait in the socket's queue)."""
+        served = 0
+        while served < limit and self.poll_once(0):
+            served += 1
+        return served
+
+    def _drop_connections(self) -> None:
+        """A client key was revoked: close every connection (unbind, bind again; between two requests, in the
+        socket's own thread). Clients still allowed reconnect; the revoked one fails its handshake."""
+        self._revoked.clear()
+        rebind(self._sock, self.endpoint, "control server")
+        log.warning("control server: a CURVE client key was revoked; every client was disconnected to "
+                    "authenticate again")
 
     def start(self) -> ControlServer:
         """Serve from a daemon thread (the handler then runs in that thread)."""
@@ -353,6 +393,9 @@ class ControlServer:
         if self._thread is not None:
             self._thread.join(timeout=2.0)
             self._thread = None
+        if self._watch is not None:
+            self._watch.stop()
+            self._watch = None
         shutdown(self._ctx, self._sock, self._auth)
         self._auth = None
 

@@ -11,6 +11,9 @@ import ipaddress
 import logging
 import re
 import socket
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -160,13 +163,119 @@ def setup_curve_server(ctx: zmq.Context, sock: zmq.Socket, keys: CurveServerKeys
     return auth
 
 
-def shutdown(ctx: zmq.Context, sock: zmq.Socket, auth) -> None:
-    """Close ``sock`` without lingering, stop its CURVE authenticator (if any) and end ``ctx``."""
+def shutdown(ctx: zmq.Context, sock: zmq.Socket, auth, *, linger_ms: int = 0) -> None:
+    """Close ``sock`` (its pending messages dropped, or given ``linger_ms`` to leave), stop its CURVE
+    authenticator (if any) and end ``ctx``."""
     if not sock.closed:
-        sock.close(linger=0)
+        sock.close(linger=linger_ms)
     if auth is not None:
         auth.stop()
     ctx.term()
+
+
+REVOKE_POLL_S = 0.5  # how often a server re-reads its CURVE clients folder
+REBIND_TIMEOUT_S = 5.0
+
+
+def rebind(sock: zmq.Socket, endpoint: str, purpose: str) -> None:
+    """Close every connection of a bound socket: unbind ``endpoint`` and bind it again. libzmq releases the
+    port asynchronously, so the bind is retried until it succeeds (ConfigError after REBIND_TIMEOUT_S)."""
+    sock.unbind(endpoint)
+    deadline = time.monotonic() + REBIND_TIMEOUT_S
+    while True:
+        try:
+            sock.bind(endpoint)
+            return
+        except zmq.ZMQError as e:
+            if e.errno != zmq.EADDRINUSE or time.monotonic() > deadline:
+                raise ConfigError(f"{purpose}: cannot bind {endpoint!r} again after closing its connections: "
+                                  f"{e}") from None
+            time.sleep(0.005)
+
+
+def _client_keys(folder: Path) -> dict[bytes, bool]:
+    """The public keys of the ``*.key`` files in ``folder`` (as ``Authenticator.certs`` holds them); a file that
+    cannot be read is left out with a warning (a key being written is read on the next look)."""
+    import zmq.auth
+
+    keys: dict[bytes, bool] = {}
+    try:
+        files = sorted(folder.glob("*.key"))
+    except OSError as e:
+        log.warning("CURVE clients folder %s cannot be read (%s): no client is accepted", folder, e)
+        return keys
+    for f in files:
+        try:
+            public, _ = zmq.auth.load_certificate(f)
+        except (OSError, ValueError) as e:
+            log.warning("CURVE client key %s skipped: %s", f, e)
+            continue
+        keys[public] = True
+    return keys
+
+
+def _folder_signature(folder: Path) -> tuple:
+    try:
+        return tuple(sorted((p.name, st.st_mtime_ns, st.st_size, st.st_ino)
+                            for p in folder.glob("*.key") for st in (p.stat(),)))
+    except OSError:  # gone, or a file removed while listed: look again next time
+        return ("unreadable", time.monotonic())
+
+
+class ClientKeysWatch:
+    """Keeps a CURVE server's allowed clients equal to its clients folder, re-read every ``interval_s``:
+    a key added is accepted from its next connection on; a key removed (or replaced) is revoked at once:
+    the authenticator forgets it and ``on_revoke`` closes the connections already made (CURVE
+    authenticates a connection once, at its handshake), which the clients still allowed make again."""
+
+    def __init__(self, auth, folder: Path, on_revoke: Callable[[], None], what: str,
+                 interval_s: float = REVOKE_POLL_S):
+        self.auth, self.folder, self.on_revoke, self.what = auth, Path(folder), on_revoke, what
+        self.interval_s = float(interval_s)
+        self.revocations = 0
+        self._signature = _folder_signature(self.folder)
+        self._keys = _client_keys(self.folder)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"vlmedge-keys-{what}", daemon=True)
+        self._thread.start()
+
+    def check(self) -> bool:
+        """Re-read the folder if it changed; True when a key was revoked."""
+        signature = _folder_signature(self.folder)
+        if signature == self._signature:
+            return False
+        self._signature = signature
+        keys = _client_keys(self.folder)
+        self.auth.certs["*"] = keys  # what configure_curve(domain="*") sets; read by the authenticator thread
+        revoked = set(self._keys) - set(keys)
+        added = set(keys) - set(self._keys)
+        self._keys = keys
+        if added:
+            log.info("%s: %d CURVE client key(s) added", self.what, len(added))
+        if revoked:
+            self.revocations += 1
+            log.warning("%s: %d CURVE client key(s) revoked; closing their connections", self.what, len(revoked))
+            self.on_revoke()
+        return bool(revoked)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self.check()
+            except Exception:  # the watch must outlive a bug or an odd file system
+                log.exception("%s: checking the CURVE clients folder failed", self.what)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout=2.0)
+
+
+def watch_clients(auth, keys: CurveServerKeys, on_revoke: Callable[[], None], what: str) -> ClientKeysWatch | None:
+    """A ``ClientKeysWatch`` for a server with a clients folder (None without one: any client is accepted)."""
+    if keys.clients_dir is None or auth is None:
+        return None
+    return ClientKeysWatch(auth, keys.clients_dir, on_revoke, what)
 
 
 def setup_curve_client(sock: zmq.Socket, keys: CurveClientKeys) -> None:
