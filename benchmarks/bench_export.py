@@ -94,7 +94,8 @@ def export_variants(model, args: argparse.Namespace, work: Path) -> tuple[dict, 
     fp32 = export_bundle(model, work / "fp32", force=True)
     export_s["fp32"] = time.perf_counter() - t
     t = time.perf_counter()
-    int8 = export_bundle(model, work / "int8", precision="int8", calib_count=args.calib_count, force=True)
+    int8 = export_bundle(model, work / "int8", precision="int8", calib="synthetic", calib_count=args.calib_count,
+                         force=True)
     export_s["int8"] = time.perf_counter() - t
 
     # Plain quantize_dynamic of the same (unoptimized-for-quantization) fp32 graph, ORT's defaults

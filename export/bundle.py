@@ -29,7 +29,7 @@ import torch
 
 from vlmedge import __version__
 from vlmedge.errors import ArtifactError, ConfigError, check_choice
-from vlmedge.export import calibration, onnx_export, quantize
+from vlmedge.export import calibration, onnx_export, progress, quantize, tensorrt
 from vlmedge.export.loaders import LoadedClip, load_clip
 from vlmedge.export.onnx_export import IMAGE_INPUT, IMAGE_OUTPUTS, TEXT_INPUT, TEXT_OUTPUTS
 from vlmedge.manifest import (
@@ -43,7 +43,7 @@ from vlmedge.manifest import (
     file_entry,
     open_bundle,
 )
-from vlmedge.platforms import DEFAULT_PLATFORM, PLATFORMS, Int8Recipe, Platform, fp16_platforms
+from vlmedge.platforms import CALIBRATION_METHODS, DEFAULT_PLATFORM, PLATFORMS, Int8Recipe, Platform, fp16_platforms
 from vlmedge.spec import RESIZE_MODES, PreprocessSpec, hw_pair
 
 log = logging.getLogger(__name__)
@@ -52,6 +52,11 @@ IMAGE_FILE, TEXT_FILE, TOKENIZER_FILE, VOCAB_FILE = (
     "image_encoder.onnx", "text_encoder.onnx", "tokenizer.json", "text_embeddings.npz")
 DEFAULT_CALIB_COUNT = 32
 EVAL_FRAMES = 8
+ERROR_TABLE_FRAMES = 4  # calibration frames the per-layer int8 error table is measured on
+DEMO_MODEL_ID = "vlmedge-tabletop-demo"  # the embedded demo model: calibrated on its own synthetic world by default
+CALIB_HELP = ("pass --calib with a folder of images or a video of the robot's own camera frames (what it will "
+              "see: its scenes, lighting and objects; 32+ frames), or --calib synthetic to calibrate on vlmedge's "
+              "rendered tabletop scenes knowingly (fine for a smoke test, poor scales for a real camera)")
 # Queries the int8/fp16 report labels patches with (plus the grounding background prompts).
 REPORT_QUERIES = ("a red cup", "a blue ball", "a green block", "a yellow box", "a bottle", "a hand")
 # The steps whose durations extra.timings_s reports (docs/BUNDLE.md). The tokenizer, manifest and verify
@@ -96,8 +101,10 @@ class ExportOptions:
     dense: str = "naive"
     precision: str = "fp32"
     platform: str = DEFAULT_PLATFORM
-    calib: str = "synthetic"
+    calib: str | None = None  # an image folder, a video, "synthetic"; None: synthetic for the demo model only
     calib_count: int = DEFAULT_CALIB_COUNT
+    calib_method: str | None = None  # minmax, percentile, entropy; None: the platform recipe's (minmax)
+    smooth_quant: float | None = None  # SmoothQuant alpha (ONNX Runtime + Intel Neural Compressor); None: off
     vocab: tuple[str, ...] | None = None
     preprocess_mode: str | None = None
     grounding: GroundingDefaults = dataclasses.field(default_factory=GroundingDefaults)
@@ -115,9 +122,14 @@ class ExportOptions:
                               f"use --precision int8 (fastest) or fp32 for --platform {self.platform}")
         if not isinstance(self.calib_count, int) or isinstance(self.calib_count, bool) or self.calib_count <= 0:
             raise ConfigError(f"calib_count must be a positive int, got {self.calib_count!r}")
-        if self.precision == "int8" and str(self.calib) != "synthetic" and not Path(self.calib).exists():
+        if self.precision == "int8" and self.calib is not None and str(self.calib) != "synthetic" \
+                and not Path(self.calib).exists():
             raise ConfigError(f"calib {str(self.calib)!r} does not exist; give an image folder, a video file "
                               "or 'synthetic'")
+        if self.calib_method is not None:
+            check_choice("calibration method", self.calib_method, CALIBRATION_METHODS)
+        if self.smooth_quant is not None and self.precision == "int8":
+            quantize.check_smooth_quant(self.smooth_quant)
         if isinstance(self.grounding, dict):
             object.__setattr__(self, "grounding", GroundingDefaults.from_dict(self.grounding))
         elif not isinstance(self.grounding, GroundingDefaults):
@@ -191,6 +203,7 @@ class _Int8(_Result):
     recipe: Int8Recipe
     qdq: dict  # Q/DQ node counts of the QDQ graph (quantize.qdq_report)
     form: str  # "QDQ", or the ONNX Runtime CPU form it was fused into
+    layer_errors: list  # quantize.LayerError per quantized layer, worst first
 
     @property
     def files(self) -> tuple[Path, ...]:
@@ -228,7 +241,8 @@ def _step(name: str):
             t = time.perf_counter()
             log.info("%s ...", name)
             try:
-                result = fn(job, *args, **kwargs)
+                with progress.activity(name):
+                    result = fn(job, *args, **kwargs)
             except BaseException as e:
                 log.error("%s failed after %.2f s: %s", name, time.perf_counter() - t, str(e) or type(e).__name__)
                 raise
@@ -242,16 +256,21 @@ def _step(name: str):
 
 # ----------------------------------------------------------------------------- entry point
 def export_bundle(source, out: str | Path, *, image_size=None, dense: str = "naive", precision: str = "fp32",
-                  platform: str | None = None, calib: str | Path = "synthetic",
-                  calib_count: int = DEFAULT_CALIB_COUNT, vocab: str | Path | list[str] | None = None,
+                  platform: str | None = None, calib: str | Path | None = None,
+                  calib_count: int = DEFAULT_CALIB_COUNT, calib_method: str | None = None,
+                  smooth_quant: float | None = None, vocab: str | Path | list[str] | None = None,
                   preprocess_mode: str | None = None, grounding: GroundingDefaults | dict | None = None,
-                  force: bool = False, target: str | None = None) -> Manifest:
+                  force: bool = False, act: str | None = None, target: str | None = None) -> Manifest:
     """Export ``source`` into the bundle directory ``out`` for ``platform`` (default "cpu").
 
     ``source``: a checkpoint path or hub id, a :class:`~vlmedge.export.loaders.LoadedClip`, or a bare
     CLIP module (default tokenizer and preprocessing); a caller's model gets its dense head and image
     size back afterwards. ``vocab``: a file with one command per line (or a list of commands) whose
     text embeddings are stored in ``text_embeddings.npz``. ``target``: deprecated name of ``platform``.
+    int8: ``calib`` is an image folder or video of the robot's own frames, or "synthetic" (rendered
+    tabletop scenes); None is "synthetic" for the embedded demo model and refused for any other model.
+    ``calib_method``: minmax (default), percentile or entropy; ``smooth_quant``: SmoothQuant alpha.
+    ``act``: the MLP activation of a bare OpenAI/OpenCLIP state dict (see ``load_clip``).
     Returns the written manifest. Raises ConfigError for bad options before any work is done.
     """
     queries = None
@@ -260,7 +279,8 @@ def export_bundle(source, out: str | Path, *, image_size=None, dense: str = "nai
         if not queries or not all(isinstance(q, str) and q.strip() for q in queries):
             raise ConfigError(f"vocab must be a file or a non-empty list of non-empty strings, got {vocab!r}")
     opts = ExportOptions(image_size=image_size, dense=dense, precision=precision,
-                         platform=_platform_arg(platform, target), calib=str(calib), calib_count=calib_count,
+                         platform=_platform_arg(platform, target), calib=None if calib is None else str(calib),
+                         calib_count=calib_count, calib_method=calib_method, smooth_quant=smooth_quant,
                          vocab=queries, preprocess_mode=preprocess_mode,
                          grounding=grounding if grounding is not None else GroundingDefaults())
     out = Path(out)
@@ -268,8 +288,9 @@ def export_bundle(source, out: str | Path, *, image_size=None, dense: str = "nai
     with tempfile.TemporaryDirectory(prefix="vlmedge-export-") as work:
         job = _Job(opts, PLATFORMS[opts.platform], out.with_name(f".{out.name}.partial-{uuid.uuid4().hex[:8]}"),
                    Path(work))
-        loaded = _load(job, source)
+        loaded = _load(job, source, act)
         try:
+            job.opts = _settle_calibration(opts, loaded.clip)
             out.parent.mkdir(parents=True, exist_ok=True)
             job.tmp.mkdir()
             try:
@@ -281,8 +302,19 @@ def export_bundle(source, out: str | Path, *, image_size=None, dense: str = "nai
                 raise
         finally:
             loaded.restore()
-    log.info("bundle written: %s (%.1f s)", out, time.perf_counter() - job.t_start)
+    log.info("bundle written: %s", out)
     return manifest
+
+
+def _settle_calibration(opts: ExportOptions, clip: LoadedClip) -> ExportOptions:
+    """int8 without ``calib``: the demo model calibrates on its own synthetic world; any other model must be
+    told what its camera sees (refused with what to pass)."""
+    if opts.precision != "int8" or opts.calib is not None:
+        return opts
+    if clip.source.get("id") == DEMO_MODEL_ID:
+        log.info("calibration: the demo model's own synthetic tabletop scenes (its training world)")
+        return dataclasses.replace(opts, calib="synthetic")
+    raise ConfigError(f"int8 needs calibration frames for {clip.source.get('id') or 'this model'}: {CALIB_HELP}")
 
 
 def _build(job: _Job, clip: LoadedClip) -> Manifest:
@@ -343,9 +375,9 @@ def _replace_dir(tmp: Path, out: Path) -> None:
 
 # ----------------------------------------------------------------------------- load
 @_step("load")
-def _load(job: _Job, source) -> _Loaded:
+def _load(job: _Job, source, act: str | None = None) -> _Loaded:
     """The model configured for the export, with its tokenizer, the bundle's preprocessing and source entry."""
-    clip, restore = _configure(source, job.opts)
+    clip, restore = _configure(source, job.opts, act)
     try:
         return _Loaded(_ready(clip, job.opts, source), restore)
     except BaseException:
@@ -353,11 +385,13 @@ def _load(job: _Job, source) -> _Loaded:
         raise
 
 
-def _configure(source, opts: ExportOptions) -> tuple[LoadedClip, Callable[[], None]]:
+def _configure(source, opts: ExportOptions, act: str | None = None) -> tuple[LoadedClip, Callable[[], None]]:
     """``source`` as a LoadedClip with the export's dense head and image size, and a function restoring a
     caller's model."""
     if isinstance(source, (str, os.PathLike)):
-        return load_clip(source, dense=opts.dense, image_size=opts.image_size), lambda: None
+        return load_clip(source, dense=opts.dense, image_size=opts.image_size, act=act), lambda: None
+    if act is not None:
+        raise ConfigError("act= applies to a checkpoint path (an OpenAI/OpenCLIP state dict), not to a loaded model")
     clip = source if isinstance(source, LoadedClip) else LoadedClip(_check_model(source))
     model = clip.model.eval()
     prev_size, prev_head = tuple(model.image_size), model.dense_head
@@ -492,19 +526,51 @@ def _calibrate(job: _Job, pre: PreprocessSpec) -> _Calibration:
     return _Calibration(calib, frames, reader, pre)
 
 
+class _TickingReader(calibration.CalibrationDataReader):
+    """A calibration reader that advances a progress bar per frame handed to the quantizer."""
+
+    def __init__(self, reader, bar):
+        self.reader, self.bar = reader, bar
+
+    def get_next(self):
+        item = self.reader.get_next()
+        if item is not None and self.bar.n < (self.bar.total or 0):  # the error table re-reads a few frames
+            self.bar.update(1)
+        return item
+
+    def rewind(self) -> None:
+        self.reader.rewind()
+
+
 @_step("quantize")
 def _quantize(job: _Job, raw: _Graphs, fp32: _Fp32, calib: _Calibration) -> _Int8:
-    """Static int8 QDQ of the image encoder with the platform's recipe; the text encoder stays fp32."""
+    """Static int8 QDQ of the image encoder with the platform's recipe (and the export's calibration method),
+    its per-layer error table; the text encoder in int8 with dynamic activation scales."""
     recipe = job.platform.int8
+    if job.opts.calib_method is not None:
+        recipe = dataclasses.replace(recipe, calibrate_method=job.opts.calib_method)
     qdq_img, encoders = job.work / "image_int8_qdq.onnx", _Graphs(job.tmp / IMAGE_FILE, job.tmp / TEXT_FILE)
-    quantize.quantize_int8(raw.image, qdq_img, calib.reader, recipe)
-    shutil.copyfile(fp32.graphs.text, encoders.text)
+    calib.reader.rewind()
+    with progress.bar(total=len(calib.reader), desc=f"calibrating ({recipe.calibrate_method})", unit="frame") as bar:
+        errors = quantize.quantize_int8(raw.image, qdq_img, _TickingReader(calib.reader, bar), recipe,
+                                        smooth_quant=job.opts.smooth_quant,
+                                        error_frames=min(ERROR_TABLE_FRAMES, len(calib.reader)))
+    calib.reader.rewind()
     qdq = quantize.qdq_report(qdq_img)
-    log.info("int8 QDQ image encoder %s: %d QuantizeLinear, %d DequantizeLinear, quantized %s",
-             _mb(qdq_img), qdq["QuantizeLinear"], qdq["DequantizeLinear"], qdq["quantized"])
+    log.info("int8 QDQ image encoder %s: %d QuantizeLinear, %d DequantizeLinear, quantized %s; %s calibration",
+             _mb(qdq_img), qdq["QuantizeLinear"], qdq["DequantizeLinear"], qdq["quantized"], recipe.calibrate_method)
+    log.info("int8 error per layer on %d calibration frames (SQNR in dB, higher is better; worst first):\n%s",
+             min(ERROR_TABLE_FRAMES, len(calib.reader)), quantize.error_table(errors))
+    with progress.activity("text encoder to int8"):
+        quantize.quantize_text_dynamic(raw.text, encoders.text)  # the traced graph: standard ops, typed
+    log.info("int8 text encoder (dynamic activation scales, per-channel weights): %s -> %s",
+             _mb(fp32.graphs.text), _mb(encoders.text))
     form = "QDQ"
     if job.platform.ort_level == "extended":  # a platform that runs ONNX Runtime's CPU ops: save its fused form
         folded = quantize.fuse_for_cpu(qdq_img, encoders.image)
+        from vlmedge.export import optimize  # graph passes kept only when measured faster (none now), #17
+
+        optimize.optimize_file(encoders.image, encoders.image, optimize.DEFAULT_PASSES)
         diff = onnx_export.max_abs_diff_on(qdq_img, encoders.image, {IMAGE_INPUT: calib.reader.tensors[0]},
                                            optimized=True)  # vs the QDQ graph as ORT runs it
         if diff <= 1e-4:
@@ -514,15 +580,19 @@ def _quantize(job: _Job, raw: _Graphs, fp32: _Fp32, calib: _Calibration) -> _Int
             log.warning("ORT CPU fusion moved outputs by %.2e; keeping the QDQ graph", diff)
     if form == "QDQ":
         shutil.copyfile(qdq_img, encoders.image)
-    return _Int8(encoders, recipe, qdq, form)
+    return _Int8(encoders, recipe, qdq, form, errors)
 
 
 @_step("fp16")
 def _to_fp16(job: _Job, fp32: _Fp32) -> _Graphs:
-    """Both encoders in fp16 with float32 inputs and outputs."""
+    """Both encoders in fp16 with float32 inputs and outputs; the fp32 islands (LayerNorm whole, also when
+    decomposed, Softmax, the L2 normalizations) stay float32."""
+    import onnx
+
     encoders = _Graphs(job.tmp / IMAGE_FILE, job.tmp / TEXT_FILE)
-    quantize.convert_fp16(fp32.graphs.image, encoders.image)
-    quantize.convert_fp16(fp32.graphs.text, encoders.text)
+    for src, dst in ((fp32.graphs.image, encoders.image), (fp32.graphs.text, encoders.text)):
+        islands = tensorrt.fp32_islands(onnx.load(str(src), load_external_data=False).graph)
+        quantize.convert_fp16(src, dst, block_nodes=islands["nodes"])
     return encoders
 
 
@@ -530,15 +600,15 @@ def _eval_frames(opts: ExportOptions, calib: _Calibration | None) -> list[np.nda
     """Held-out frames for the report: fresh synthetic scenes, else the first calibration frames."""
     if calib is not None:
         return calibration.evaluation_frames(opts.calib, EVAL_FRAMES, calib.frames)
-    if opts.calib == "synthetic":
-        return calibration.evaluation_frames(opts.calib, EVAL_FRAMES, [])
+    if opts.calib is None or opts.calib == "synthetic":  # fp16 without frames: rendered scenes for the report
+        return calibration.evaluation_frames("synthetic", EVAL_FRAMES, [])
     return calibration.calibration_frames(opts.calib, EVAL_FRAMES)
 
 
 @_step("compare")
 def _compare(job: _Job, clip: LoadedClip, fp32: _Fp32, encoders: _Graphs, calib: _Calibration | None) -> dict:
     """The reduced-precision image encoder vs the fp32 one: embedding cosine and patch label agreement."""
-    from vlmedge.export.verify import agreement
+    from vlmedge.export.verify import agreement, cosine_rows
 
     opts = job.opts
     queries = list(opts.vocab or REPORT_QUERIES + tuple(opts.grounding.background_prompts))
@@ -547,9 +617,14 @@ def _compare(job: _Job, clip: LoadedClip, fp32: _Fp32, encoders: _Graphs, calib:
     static = not job.platform.dynamic_batch
     ref = _run_image(_ort_session(fp32.graphs.image), tensors, static)
     rep = agreement(ref, _run_image(_ort_session(encoders.image), tensors, static), text)
-    log.info("%s vs fp32 on %d frames: image cosine mean %.5f min %.5f, patch argmax agreement %.2f%%",
-             opts.precision, rep["frames"], rep["image_cosine_mean"], rep["image_cosine_min"],
-             100 * rep["patch_argmax_agreement"])
+    ids = np.asarray(clip.tokenizer.encode(queries), dtype=np.int64)
+    (got_text,) = _ort_session(encoders.text).run(None, {TEXT_INPUT: ids})
+    cos = cosine_rows(got_text, text)
+    rep.update(text_cosine_mean=float(cos.mean()), text_cosine_min=float(cos.min()))
+    log.info("%s vs fp32 on %d frames: image cosine mean %.5f min %.5f, patch argmax agreement %.2f%%; "
+             "text embeddings of %d queries: cosine mean %.5f min %.5f", opts.precision, rep["frames"],
+             rep["image_cosine_mean"], rep["image_cosine_min"], 100 * rep["patch_argmax_agreement"], len(queries),
+             rep["text_cosine_mean"], rep["text_cosine_min"])
     return rep
 
 
@@ -572,9 +647,8 @@ def _write_tokenizer(job: _Job, tokenizer) -> Path:
 
 
 def _encoder_precision(precision: str) -> dict[str, str]:
-    """Per encoder: int8 quantizes the image encoder only (the query embedding every patch is compared to
-    stays fp32), fp16 converts both."""
-    return {"image": precision, "text": "fp16" if precision == "fp16" else "fp32"}
+    """Per encoder: int8 and fp16 convert both (the int8 text encoder with dynamic activation scales)."""
+    return {"image": precision, "text": precision}
 
 
 @_step("manifest")
@@ -595,10 +669,13 @@ def _manifest(job: _Job, clip: LoadedClip, built: _Built) -> Manifest:
                "dense_head": opts.dense, "image_size": [h, w], "patch_grid": [gh, gw], "embed_dim": d,
                "opset": job.platform.opset, "preprocess": clip.preprocess.to_dict()}
     precision = _encoder_precision(opts.precision)
+    islands = _islands(job, tmp / IMAGE_FILE)
     for entry, role in ((img_entry, "image"), (txt_entry, "text")):
         _check_io(tmp / entry.file, entry)
-        onnx_export.set_metadata(tmp / entry.file, {"vlmedge.manifest": summary, "vlmedge.role": role,
-                                                    "vlmedge.precision": precision[role]})
+        props = {"vlmedge.manifest": summary, "vlmedge.role": role, "vlmedge.precision": precision[role]}
+        if role == "image" and islands is not None:
+            props[tensorrt.ISLANDS_KEY] = islands
+        onnx_export.set_metadata(tmp / entry.file, props)
     files = {name: file_entry(tmp / name) for name in sorted(p.name for p in tmp.iterdir())}
     log.info("artifacts: %s", ", ".join(f"{k} {v['bytes'] / 1e6:.2f} MB" for k, v in files.items()))
     manifest = Manifest(
@@ -607,14 +684,27 @@ def _manifest(job: _Job, clip: LoadedClip, built: _Built) -> Manifest:
         precision=opts.precision, platform=opts.platform, opset=job.platform.opset, preprocess=clip.preprocess,
         image_encoder=img_entry, text_encoder=txt_entry, tokenizer=built.tokenizer.name, context_length=ctx,
         text_embeddings=built.vocab.name if built.vocab else None, grounding=opts.grounding, files=files,
-        vlmedge_version=__version__, extra=_extra(job, built, files))
+        vlmedge_version=__version__, extra=_extra(job, built, files, islands))
     path = tmp / MANIFEST_NAME
     path.write_text(json.dumps(manifest.to_dict(), indent=2) + "\n", encoding="utf-8")
     open_bundle(tmp)  # round-trip: the file we wrote must read back and verify
     return manifest
 
 
-def _extra(job: _Job, built: _Built, files: dict) -> dict:
+def _islands(job: _Job, image: Path) -> dict | None:
+    """The fp32 islands of the image encoder for the platforms TensorRT builds (standard-op graphs); the
+    engine builder pins them (``tensorrt.fp32_islands``)."""
+    if job.platform.ort_level != "basic":
+        return None
+    import onnx
+
+    islands = tensorrt.fp32_islands(onnx.load(str(image), load_external_data=False).graph)
+    log.info("fp32 islands marked for TensorRT: %d nodes (LayerNorm, Softmax, L2 normalization)",
+             len(islands["nodes"]))
+    return islands
+
+
+def _extra(job: _Job, built: _Built, files: dict, islands: dict | None = None) -> dict:
     """The manifest's ``extra``: the export's report, assembled here and only here from the step records."""
     import onnx
     import onnxruntime
@@ -625,11 +715,17 @@ def _extra(job: _Job, built: _Built, files: dict) -> dict:
                    "optimization": built.fp32.levels, "fp32_parity_vs_torch": built.fp32.parity}
     if built.int8 is not None:
         extra["int8"] = {"recipe": built.int8.recipe.to_dict(), "qdq": built.int8.qdq, "form": built.int8.form,
-                         "text_encoder": "fp32 (not quantized)", "calibration": built.calibration.to_dict()}
+                         "bias": "float (not quantized)", "smooth_quant": job.opts.smooth_quant,
+                         "text_encoder": {"form": "dynamic", "weights": "int8 per-channel",
+                                          "op_types": list(quantize.TEXT_INT8_OPS)},
+                         "calibration": built.calibration.to_dict(),
+                         "layer_errors": [e.to_dict() for e in built.int8.layer_errors]}
     elif precision == "fp16":
         extra["fp16"] = {"block_ops": list(quantize.FP16_BLOCK_OPS), "keep_io_types": True}
     if built.report is not None:
         extra[f"{precision}_report"] = built.report
+    if islands is not None:
+        extra["fp32_islands"] = {"image": islands}
     extra["encoder_precision"] = _encoder_precision(precision)
     extra["sizes_bytes"] = {k: v["bytes"] for k, v in files.items()}
     extra["timings_s"] = {**{k: v for k, v in job.timings.items() if k in REPORTED_STEPS},
@@ -660,12 +756,13 @@ def _verify(job: _Job):
     return report
 
 
-def summarize(manifest: Manifest, out: str | Path) -> str:
-    """A short human summary of an export (the CLI prints it)."""
+def summarize(manifest: Manifest, out: str | Path, seconds: float | None = None) -> str:
+    """A short human summary of an export (the CLI prints it). ``seconds``: the command's duration, start to
+    end (the one the CLI reports); default the manifest's ``timings_s.total`` (up to writing the manifest)."""
     m = manifest
     h, w = m.image_size
     sizes = ", ".join(f"{k} {v['bytes'] / 1e6:.1f} MB" for k, v in m.files.items())
-    total = m.extra.get("timings_s", {}).get("total")
+    total = seconds if seconds is not None else m.extra.get("timings_s", {}).get("total")
     lines = [f"exported {m.model_id} -> {out}  [{m.precision}, platform {m.platform}, dense {m.dense_head}, "
              f"{h}x{w}, grid {m.patch_grid[0]}x{m.patch_grid[1]}, D={m.embed_dim}, opset {m.opset}]"
              + (f" in {total:.1f} s" if total is not None else ""),
@@ -678,5 +775,11 @@ def summarize(manifest: Manifest, out: str | Path) -> str:
         if rep:
             lines.append(f"  {prec} vs fp32 ({rep['frames']} frames, {rep['queries']} queries): image cosine mean "
                          f"{rep['image_cosine_mean']:.5f} min {rep['image_cosine_min']:.5f}, "
-                         f"patch argmax agreement {100 * rep['patch_argmax_agreement']:.1f}%")
+                         f"patch argmax agreement {100 * rep['patch_argmax_agreement']:.1f}%"
+                         + (f"; text cosine min {rep['text_cosine_min']:.5f}" if "text_cosine_min" in rep else ""))
+    errors = m.extra.get("int8", {}).get("layer_errors")
+    if errors:
+        worst = errors[0]
+        lines.append(f"  int8 worst layer: {worst['layer']} ({worst['cumulative_db']:.1f} dB SQNR vs fp32; table in "
+                     "the log and in manifest extra.int8.layer_errors)")
     return "\n".join(lines)

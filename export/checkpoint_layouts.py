@@ -59,8 +59,8 @@ def hf_spec(config: dict, where: str = "config.json") -> ClipSpec:
     if not any(k in config for k in ("vision_config", "vision_config_dict", "text_config", "text_config_dict")):
         raise ArtifactError(f"{where}: not a Hugging Face CLIPConfig (no vision_config/text_config; "
                             f"model_type {config.get('model_type')!r})")
-    v = {**_HF_VISION_DEFAULTS, **(config.get("vision_config") or config.get("vision_config_dict") or {})}
-    t = {**_HF_TEXT_DEFAULTS, **(config.get("text_config") or config.get("text_config_dict") or {})}
+    v = _hf_tower(config, "vision", _HF_VISION_DEFAULTS)
+    t = _hf_tower(config, "text", _HF_TEXT_DEFAULTS)
     acts, eps = {v["hidden_act"], t["hidden_act"]}, {float(v["layer_norm_eps"]), float(t["layer_norm_eps"])}
     if len(acts) != 1 or len(eps) != 1:
         raise ConfigError(f"{where}: vision and text towers differ in hidden_act {sorted(acts)} or "
@@ -83,6 +83,16 @@ def hf_spec(config: dict, where: str = "config.json") -> ClipSpec:
         raise ConfigError(f"{where}: {e}") from None
     except (TypeError, ValueError) as e:
         raise ArtifactError(f"{where}: bad value ({e})") from None
+
+
+def _hf_tower(config: dict, tower: str, defaults: dict) -> dict:
+    """One tower's config as transformers' ``CLIPConfig`` reads it: a legacy ``<tower>_config_dict``, when
+    present, is completed with the tower's defaults and then overrides ``<tower>_config`` key by key (so every
+    field we read comes from the legacy dict or the default); otherwise ``<tower>_config`` over the defaults."""
+    legacy = config.get(f"{tower}_config_dict")
+    if legacy is not None:
+        return {**(config.get(f"{tower}_config") or {}), **defaults, **legacy}
+    return {**defaults, **(config.get(f"{tower}_config") or {})}
 
 
 def hf_to_ours(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -387,6 +387,11 @@ def _load_state_dict_file(path: Path, act: str | None, heads: tuple[int, int] | 
     cfg = _read_json(oc_cfg) if oc_cfg.is_file() else {}
     vh, th = heads if heads is not None else layouts.open_clip_heads(cfg) if cfg else (None, None)
     use_act = act or (layouts.open_clip_act(cfg) if cfg else "quick_gelu")
+    if act is None and not cfg:
+        log.warning("%s: a bare OpenAI/OpenCLIP state dict (no open_clip_config.json beside it) does not say its MLP "
+                    "activation; assuming QuickGELU as OpenAI's CLIP models. LAION-trained OpenCLIP models use GELU: "
+                    "pass --act gelu (load_clip/export_bundle act='gelu'), or --act quick_gelu to silence this",
+                    path)
     spec = layouts.openai_spec(state, str(path), act=use_act, vision_heads=vh, text_heads=th)
     model = _build(spec, layouts.openai_to_ours(state), where=str(path))
     source = {"id": str(path), "revision": None, "layout": "openai", "weights_sha256": _sha256([path])}

@@ -18,14 +18,17 @@ with float32 inputs/outputs (``keep_io_types``) and the precision-sensitive ops 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import tempfile
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnx
 
+from vlmedge.errors import BackendUnavailable, ConfigError
 from vlmedge.export.onnx_export import check_single_file
 from vlmedge.platforms import CALIBRATION_METHODS, Int8Recipe  # noqa: F401  (the recipe is platform data)
 
@@ -36,13 +39,40 @@ log = logging.getLogger(__name__)
 FP16_BLOCK_OPS = ("LayerNormalization", "Softmax", "ReduceL2", "ReduceMean", "Pow", "Sqrt")
 
 
-def quantize_int8(src: str | Path, dst: str | Path, reader, recipe: Int8Recipe) -> None:
-    """Static QDQ quantization of ``src`` into ``dst`` calibrated with ``reader``."""
+@dataclass(frozen=True)
+class LayerError:
+    """Quantization error at one quantized layer's activation input (signal-to-quantization-noise, dB:
+    higher is better; every 6 dB is one bit)."""
+
+    layer: str  # the MatMul/Gemm node reading the activation
+    activation: str  # the activation tensor quantized at its input
+    qdq_db: float  # this Q/DQ alone: the activation before vs after its own Quantize/Dequantize
+    cumulative_db: float  # the QDQ graph's dequantized activation vs the float graph's (all errors upstream)
+    weight_db: float | None  # the layer's weight after vs before quantization
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def quantize_int8(src: str | Path, dst: str | Path, reader, recipe: Int8Recipe, *, smooth_quant: float | None = None,
+                  error_frames: int = 0) -> list[LayerError]:
+    """Static QDQ quantization of ``src`` into ``dst`` calibrated with ``reader``.
+
+    Biases stay float (``QuantizeBias`` off): TensorRT's parser takes only int8 DequantizeLinear inputs, and
+    ONNX Runtime's CPU form folds a float bias into its int8 MatMul. ``smooth_quant``: SmoothQuant's alpha
+    (ONNX Runtime runs it through Intel Neural Compressor). ``error_frames`` > 0: return the per-layer
+    error table (:func:`layer_errors`, worst first) on that many calibration frames.
+    """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
                "entropy": CalibrationMethod.Entropy}
+    extra = {"ActivationSymmetric": recipe.symmetric_activations, "WeightSymmetric": True, "QuantizeBias": False,
+             "OpTypesToExcludeOutputQuantization": [] if recipe.quantize_outputs else list(recipe.op_types)}
+    if smooth_quant is not None:
+        check_smooth_quant(smooth_quant)
+        extra.update(SmoothQuant=True, SmoothQuantAlpha=float(smooth_quant), SmoothQuantFolding=True)
     with tempfile.TemporaryDirectory(prefix="vlmedge-quant-") as tmp:
         pre = Path(tmp) / "preprocessed.onnx"
         quant_pre_process(str(src), str(pre), skip_symbolic_shape=False)
@@ -65,11 +95,142 @@ def quantize_int8(src: str | Path, dst: str | Path, reader, recipe: Int8Recipe) 
             reduce_range=recipe.reduce_range,
             activation_type=QuantType.QUInt8 if recipe.activation == "uint8" else QuantType.QInt8,
             weight_type=QuantType.QInt8, calibrate_method=methods[recipe.calibrate_method],
-            nodes_to_exclude=exclude,
-            extra_options={"ActivationSymmetric": recipe.symmetric_activations, "WeightSymmetric": True,
-                           "OpTypesToExcludeOutputQuantization":
-                               [] if recipe.quantize_outputs else list(recipe.op_types)},
+            nodes_to_exclude=exclude, extra_options=extra,
         )
+        check_single_file(dst)
+        if error_frames <= 0:
+            return []
+        return layer_errors(pre, dst, reader, error_frames, Path(tmp))
+
+
+def check_smooth_quant(alpha) -> None:
+    """SmoothQuant needs alpha in [0, 1] and Intel Neural Compressor (ONNX Runtime imports it for the pass)."""
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 <= alpha <= 1.0:
+        raise ConfigError(f"smooth_quant (SmoothQuant alpha) must be a number in [0, 1], got {alpha!r}")
+    try:
+        import neural_compressor.adaptor.ox_utils.smooth_quant  # noqa: F401
+    except Exception as e:  # ImportError, or a broken install raising anything at import
+        raise BackendUnavailable(
+            "SmoothQuant (ONNX Runtime runs it through Intel Neural Compressor, which failed to import: "
+            f"{type(e).__name__})", 'pip install "neural-compressor<3", or drop --smooth-quant') from None
+
+
+def layer_errors(float_path: str | Path, qdq_path: str | Path, reader, frames: int, work: Path) -> list[LayerError]:
+    """Per quantized layer, how much precision int8 costs, worst (lowest cumulative SQNR) first.
+
+    The activation entering each quantized MatMul/Gemm is compared three ways on ``frames`` calibration
+    inputs: before vs after its own Quantize/Dequantize in the QDQ graph, and the QDQ graph's dequantized value
+    vs the float graph's (every upstream error included). ONNX Runtime's QDQ debugging utilities
+    (``onnxruntime.quantization.qdq_loss_debug``) give the weight errors and the SQNR definition; the
+    activations are accumulated frame by frame (sums of squares), so memory stays one frame's tensors."""
+    from onnxruntime.quantization import qdq_loss_debug as dbg
+
+    feeds = _first(reader, frames)
+    if not feeds:
+        return []
+    qdq = onnx.load(str(qdq_path), load_external_data=False)
+    producer = {o: n for n in qdq.graph.node for o in n.output}
+    layers = []  # (layer, float activation name = the Q input, dequantized name, weight name)
+    for n in qdq.graph.node:
+        if n.op_type not in ("MatMul", "Gemm"):
+            continue
+        a, w = (producer.get(i) for i in n.input[:2])
+        q = producer.get(a.input[0]) if a is not None and a.op_type == "DequantizeLinear" else None
+        if q is None or q.op_type != "QuantizeLinear" or w is None or w.op_type != "DequantizeLinear":
+            continue
+        weight = w.input[0][: -len("_quantized")] if w.input[0].endswith("_quantized") else w.input[0]
+        layers.append((n.name, q.input[0], a.output[0], weight))
+    if not layers:
+        return []
+    pre = sorted({x[1] for x in layers})
+    post = sorted({x[2] for x in layers})
+    ref_sess = _session_with_outputs(onnx.load(str(float_path), load_external_data=False), pre, work / "float_dbg.onnx")
+    qdq_sess = _session_with_outputs(qdq, pre + post, work / "qdq_dbg.onnx")
+    signal: dict[str, float] = {}
+    noise: dict[str, float] = {}
+
+    def add(key: str, x: np.ndarray, y: np.ndarray) -> None:
+        x, y = x.astype(np.float64).ravel(), y.astype(np.float64).ravel()
+        signal[key] = signal.get(key, 0.0) + float(x @ x)
+        noise[key] = noise.get(key, 0.0) + float((x - y) @ (x - y))
+
+    for feed in feeds:
+        ref = dict(zip(pre, ref_sess.run(pre, feed)))
+        got = dict(zip(pre + post, qdq_sess.run(pre + post, feed)))
+        for _, p, d, _ in layers:
+            add(f"qdq:{d}", got[p], got[d])
+            add(f"x:{d}", ref[p], got[d])
+        del ref, got
+
+    def db(key: str) -> float:
+        return round(10 * np.log10(max(signal[key], 1e-30) / max(noise[key], 1e-30)), 2)
+
+    weights = dbg.compute_weight_error(dbg.create_weight_matching(str(float_path), str(qdq_path)))
+    rows = [LayerError(name, p, db(f"qdq:{d}"), db(f"x:{d}"),
+                       None if weights.get(w) is None else round(float(weights[w]), 2))
+            for name, p, d, w in layers]
+    return sorted(rows, key=lambda r: r.cumulative_db)
+
+
+def _session_with_outputs(model: onnx.ModelProto, names: list[str], path: Path):
+    """A CPU session of ``model`` (optimizations off: the graph as written) that also outputs ``names``."""
+    import onnxruntime as ort
+
+    have = {o.name for o in model.graph.output}
+    model.graph.output.extend(onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None)
+                              for n in names if n not in have)
+    onnx.save(model, str(path))
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    so.log_severity_level = 3
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def _first(reader, count: int) -> list[dict]:
+    if hasattr(reader, "rewind"):
+        reader.rewind()
+    out = []
+    while len(out) < count and (item := reader.get_next()) is not None:
+        out.append(item)
+    if hasattr(reader, "rewind"):
+        reader.rewind()
+    return out
+
+
+def error_table(rows: list[LayerError], limit: int = 12) -> str:
+    """The per-layer error table as text (the export log prints it), worst layers first."""
+    if not rows:
+        return "(no quantized layers)"
+    width = min(max(len(r.layer) for r in rows), 64)
+    lines = [f"{'layer':<{width}}  {'cumulative dB':>13}  {'this Q/DQ dB':>12}  {'weight dB':>9}"]
+    for r in rows[:limit]:
+        name = r.layer if len(r.layer) <= width else "..." + r.layer[-(width - 3):]
+        weight = "-" if r.weight_db is None else f"{r.weight_db:.1f}"
+        lines.append(f"{name:<{width}}  {r.cumulative_db:>13.1f}  {r.qdq_db:>12.1f}  {weight:>9}")
+    if len(rows) > limit:
+        lines.append(f"... {len(rows) - limit} more layers (all in the manifest's extra.int8.layer_errors)")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- text encoder
+TEXT_INT8_OPS = ("MatMul", "Gather")  # projections and MLPs; the token embedding table (the biggest tensor)
+
+
+def quantize_text_dynamic(src: str | Path, dst: str | Path) -> None:
+    """The text encoder in int8 with dynamic activation scales: per-channel int8 weights of every MatMul and
+    the token embedding table (``quantize_dynamic``: activations get their scale per run, no calibration
+    texts). It runs rarely (new commands only) and is what makes a full CLIP text tower small."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    root = logging.getLogger()  # quantize_dynamic warns on the root logger about pre-processing; we know
+    level = root.level
+    root.setLevel(max(level, logging.ERROR))
+    try:
+        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True,
+                         op_types_to_quantize=list(TEXT_INT8_OPS),
+                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+    finally:
+        root.setLevel(level)
     check_single_file(dst)
 
 
@@ -324,14 +485,55 @@ def activation_matmuls(path: str | Path) -> list[str]:
     return [n.name for n in graph.node if n.op_type == "MatMul" and n.input[1] not in consts]
 
 
-def convert_fp16(src: str | Path, dst: str | Path, block_ops: tuple[str, ...] = FP16_BLOCK_OPS) -> None:
-    """fp16 weights and compute, float32 graph inputs/outputs, ``block_ops`` kept in float32."""
+def convert_fp16(src: str | Path, dst: str | Path, block_ops: tuple[str, ...] = FP16_BLOCK_OPS,
+                 block_nodes: tuple[str, ...] | list[str] = ()) -> None:
+    """fp16 weights and compute, float32 graph inputs/outputs; ``block_ops`` and the nodes named in
+    ``block_nodes`` (e.g. a decomposed LayerNorm's eps Add and Div, the L2 norm's Div) kept in float32."""
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     model = onnx.load(str(src))
-    model = convert_float_to_float16(model, keep_io_types=True, op_block_list=list(block_ops))
+    model = convert_float_to_float16(model, keep_io_types=True, op_block_list=list(block_ops),
+                                     node_block_list=list(block_nodes))
+    dropped = drop_fp16_round_trips(model)
+    log.info("fp16: %d float32 -> float16 -> float32 cast pairs between float32 nodes removed", dropped)
     onnx.save(model, str(dst))
     check_single_file(dst)
+
+
+def drop_fp16_round_trips(model: onnx.ModelProto) -> int:
+    """Remove ``Cast(to=float16) -> Cast(to=float32)`` round trips of float32 values.
+
+    The converter casts every kept-float32 node's output to float16 and back at each float32 consumer, so two
+    float32 nodes in a row (a decomposed LayerNorm's variance, mean and eps) still pass their value through
+    float16 and can overflow there. The float32 consumers read the original value instead; the float16 cast
+    stays only while float16 nodes read it. Returns the number of float32 casts removed."""
+    graph = model.graph
+    types = {v.name: v.type.tensor_type.elem_type for v in
+             list(onnx.shape_inference.infer_shapes(model).graph.value_info) + list(graph.input)}
+    types.update({i.name: i.data_type for i in graph.initializer})
+    producer = {o: n for n in graph.node for o in n.output}
+
+    def cast_to(n) -> int | None:
+        return next((a.i for a in n.attribute if a.name == "to"), None) if n.op_type == "Cast" else None
+
+    graph_outputs = {o.name for o in graph.output}
+    rename, dead = {}, []
+    for c2 in graph.node:
+        c1 = producer.get(c2.input[0]) if c2.op_type == "Cast" else None
+        if c1 is None or cast_to(c2) != onnx.TensorProto.FLOAT or cast_to(c1) != onnx.TensorProto.FLOAT16:
+            continue
+        if types.get(c1.input[0]) != onnx.TensorProto.FLOAT or c2.output[0] in graph_outputs:
+            continue
+        rename[c2.output[0]] = c1.input[0]
+        dead.append(c2)
+    for n in graph.node:
+        n.input[:] = [rename.get(i, i) for i in n.input]
+    for n in dead:
+        graph.node.remove(n)
+    used = {i for n in graph.node for i in n.input} | graph_outputs
+    for n in [n for n in graph.node if cast_to(n) == onnx.TensorProto.FLOAT16 and n.output[0] not in used]:
+        graph.node.remove(n)
+    return len(dead)
 
 
 def op_counts(path: str | Path) -> Counter:

@@ -33,6 +33,9 @@ from __future__ import annotations
 import logging
 import math
 import multiprocessing as mp
+import os
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -42,7 +45,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from vlmedge.errors import ConfigError
+from vlmedge.errors import ConfigError, VlmEdgeError
+from vlmedge.export import progress
 from vlmedge.scenes import render as syn
 from vlmedge.scenes.evaluation import EVAL_SEED_BASE  # noqa: F401  (held-out seeds start here)
 from vlmedge.spec import ClipSpec, PreprocessSpec, TextSpec, VisionSpec
@@ -125,15 +129,19 @@ def render_dataset(seeds: np.ndarray, pp: PreprocessSpec, grid: tuple[int, int],
     jobs = [(c, pp.to_dict(), grid) for c in chunks]
     t0 = time.time()
     out = []
-    if workers > 1:
-        with mp.get_context("fork").Pool(workers) as pool:
-            for i, r in enumerate(pool.imap(_render_chunk, jobs)):
-                out.append(r)
-                if (i + 1) % 10 == 0 or i + 1 == len(jobs):
-                    log.info("rendered %d/%d scenes (%.0f s)", min((i + 1) * 64, len(seeds)), len(seeds),
-                             time.time() - t0)
-    else:
-        out = [_render_chunk(j) for j in jobs]
+    with progress.bar(total=len(seeds), desc="rendering scenes", unit="scene") as bar:
+        if workers > 1:
+            with mp.get_context("fork").Pool(workers) as pool:
+                for i, r in enumerate(pool.imap(_render_chunk, jobs)):
+                    out.append(r)
+                    bar.update(len(r[0]))
+                    if (i + 1) % 10 == 0 or i + 1 == len(jobs):
+                        log.info("rendered %d/%d scenes (%.0f s)", min((i + 1) * 64, len(seeds)), len(seeds),
+                                 time.time() - t0)
+        else:
+            for j in jobs:
+                out.append(_render_chunk(j))
+                bar.update(len(out[-1][0]))
     return tuple(np.concatenate(x) for x in zip(*out))  # type: ignore[return-value]
 
 
@@ -198,7 +206,9 @@ class TrainConfig:
     weight_decay: float = 0.05
     warmup: int = 100
     seed: int = 0
-    minutes: float = 40.0  # wall-clock cap (rendering included): the cosine schedule ends early if reached
+    # Wall-clock cap (rendering included), None: none. A run that reaches it ends its cosine schedule early,
+    # is not the configured run, and replaces nothing (``train`` writes it aside and raises TrainingCutShort).
+    minutes: float | None = None
     workers: int = 2
     threads: int = 2
     bf16: bool | None = None  # bfloat16 autocast for the towers; None = when the CPU has native bf16
@@ -214,8 +224,8 @@ class TrainConfig:
             v = getattr(self, n)
             if not isinstance(v, int) or v <= 0:
                 raise ConfigError(f"TrainConfig.{n} must be a positive int, got {v!r}")
-        if not self.minutes > 0:
-            raise ConfigError(f"TrainConfig.minutes must be positive, got {self.minutes!r}")
+        if self.minutes is not None and not (isinstance(self.minutes, (int, float)) and self.minutes > 0):
+            raise ConfigError(f"TrainConfig.minutes must be positive or None (no cap), got {self.minutes!r}")
         if self.scenes > TRAIN_SEED_LIMIT // 2:
             raise ConfigError(f"TrainConfig.scenes must be <= {TRAIN_SEED_LIMIT // 2}, got {self.scenes}")
 
@@ -233,14 +243,44 @@ def caption_ids(tokenizer, template: int) -> torch.Tensor:
     return torch.from_numpy(ids[:, : int(eos.max()) + 1])
 
 
-def train(cfg: TrainConfig, out: Path | None = None, checkpoint: Path | None = None):
+class TrainingCutShort(VlmEdgeError):
+    """The time cap ended a run before its steps: nothing was replaced; the weights were saved aside."""
+
+    def __init__(self, steps_done: int, steps: int, minutes: float, saved: Path | None, clip=None):
+        self.steps_done, self.steps, self.saved, self.clip = steps_done, steps, saved, clip
+        where = f"its weights are in {saved} (not a finished model)" if saved else "nothing was saved"
+        super().__init__(f"training stopped after {steps_done} of {steps} steps: the {minutes:g}-minute cap "
+                         f"(--minutes) was reached; nothing was replaced, {where}. Run again without --minutes "
+                         "(or with a larger one), or with fewer --steps")
+
+
+def check_out(out: Path, force: bool = False) -> Path:
+    """``out`` may be written: new, empty, or (``force``) an existing vlmedge model directory."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"output {str(out)!r} exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()):
+        if not force:
+            raise ConfigError(f"output directory {str(out)!r} is not empty; pass --force to replace the model in it")
+        if not (out / "clip_spec.json").is_file():
+            raise ConfigError(f"refusing to replace {str(out)!r}: it is not a vlmedge model directory (no "
+                              "clip_spec.json); choose another output directory")
+    return out
+
+
+def train(cfg: TrainConfig, out: Path | None = None, checkpoint: Path | None = None, force: bool = False):
     """Train and (if ``out``) save the native model directory. Returns a ``LoadedClip`` (the model with its
     tokenizer and preprocessing).
 
+    ``out`` is checked before training (new or empty, or ``force`` and a model directory) and replaced only by
+    a run that took all its steps; a run cut short by ``cfg.minutes`` saves its weights into a new
+    ``<out>.incomplete-*`` sibling and raises :class:`TrainingCutShort`.
     ``checkpoint``: also write the state dict there every 200 steps (for looking at a long run)."""
     from vlmedge.export.loaders import LoadedClip
     from vlmedge.export.model import CLIP
 
+    if out is not None:
+        check_out(Path(out), force)
     t_start = time.time()
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.threads)
@@ -257,14 +297,41 @@ def train(cfg: TrainConfig, out: Path | None = None, checkpoint: Path | None = N
     data = (torch.from_numpy(pix), torch.from_numpy(lab), torch.from_numpy(present))
     ids_by_template = [caption_ids(tok, t) for t in range(len(syn.CAPTION_TEMPLATES))]
     # Time budget for the optimisation itself: what is left of cfg.minutes after rendering.
-    budget = max(cfg.minutes * 60.0 - (time.time() - t_start), 60.0)
+    budget = math.inf if cfg.minutes is None else max(cfg.minutes * 60.0 - (time.time() - t_start), 1e-3)
     step = _fit(model, data, ids_by_template, cfg, budget, t_start, checkpoint)
     model.eval()
     log.info("trained %d steps in %.1f min", step, (time.time() - t_start) / 60)
     clip = LoadedClip(model, tok, pp, dict(DEMO_SOURCE))
+    if step < cfg.steps:
+        saved = None
+        if out is not None:
+            out = Path(out)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            saved = save(clip, Path(tempfile.mkdtemp(prefix=f"{out.name}.incomplete-{step}of{cfg.steps}-",
+                                                     dir=out.parent)))
+        raise TrainingCutShort(step, cfg.steps, cfg.minutes, saved, clip)
     if out is not None:
-        save(clip, Path(out))
+        _save_replacing(clip, Path(out))
     return clip
+
+
+def _save_replacing(clip, out: Path) -> None:
+    """Save into a hidden sibling, then swap it in: the old model stays whole until the new one is."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        save(clip, tmp)
+        old = None
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            os.rmdir(old)
+            os.replace(out, old)
+        os.replace(tmp, out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def _optimizer(model, cfg: TrainConfig):
@@ -287,12 +354,15 @@ def _fit(model, data: tuple[torch.Tensor, ...], ids_by_template: list[torch.Tens
     t_train = time.time()
     model.train()
     step = 0
-    progress = 0.0
-    while progress < 1.0:
-        # Schedule on progress = max(step fraction, time fraction): a fixed --steps run is
-        # exactly reproducible; on a slow machine the time budget ends the cosine early.
-        progress = max(step / steps, (time.time() - t_train) / budget)
-        lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    done = 0.0
+    bar = progress.bar(total=steps, desc="training", unit="step")
+    while done < 1.0:
+        # Schedule on done = max(step fraction, time fraction): a fixed --steps run is
+        # exactly reproducible; a time cap (--minutes) ends the cosine early.
+        done = max(step / steps, (time.time() - t_train) / budget)
+        if done >= 1.0:
+            break
+        lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup) * 0.5 * (1 + math.cos(math.pi * min(done, 1.0)))
         for g in opt.param_groups:
             g["lr"] = lr
         idx = torch.randint(0, len(pix_t), (cfg.batch,), generator=gen)
@@ -312,19 +382,23 @@ def _fit(model, data: tuple[torch.Tensor, ...], ids_by_template: list[torch.Tens
         with torch.no_grad():
             model.logit_scale.clamp_(0, math.log(100.0))
         step += 1
+        bar.update(1)
         if checkpoint is not None and step % 200 == 0:
             torch.save(model.state_dict(), checkpoint)
-        progress = max(step / steps, (time.time() - t_train) / budget)
-        if step % 25 == 1 or progress >= 1.0:
+        done = max(step / steps, (time.time() - t_train) / budget)
+        if bar.disable and (step % 25 == 1 or done >= 1.0):  # no bar (not a terminal): a line now and then
             elapsed = time.time() - t_start
-            eta = (time.time() - t_train) * (1 - progress) / max(progress, 1e-6)
+            eta = (time.time() - t_train) * (1 - done) / max(done, 1e-6)
             print(f"step {step:5d}/{steps}  loss {loss.item():.3f}  (dense {parts['dense'].item():.3f} "
                   f"query {parts['query'].item():.3f} global {parts['global'].item():.3f})  "
                   f"scale {model.logit_scale.exp().item():.1f}  lr {lr:.2e}  "
                   f"elapsed {elapsed / 60:.1f} min  eta {eta / 60:.1f} min", flush=True)
+        elif step % 5 == 1:
+            bar.set_postfix(loss=f"{loss.item():.3f}", scale=f"{model.logit_scale.exp().item():.1f}", lr=f"{lr:.1e}")
+    bar.close()
     if step < steps:
-        log.warning("time budget of %.0f min reached after %d of %d steps (run is not bit-reproducible)",
-                    cfg.minutes, step, steps)
+        log.warning("time cap of %g min reached after %d of %d steps: the run was cut short", cfg.minutes, step,
+                    steps)
     return step
 
 

@@ -85,6 +85,7 @@ def tiny_bundle(*, vocab: tuple[str, ...] | None = None, precision: str = "fp32"
 
         torch.set_num_threads(1)
         export_bundle(tiny_clip(seed), out, precision=precision, vocab=list(vocab) if vocab else None,
-                      grounding=grounding, preprocess_mode=preprocess_mode, calib_count=4, force=True)
+                      grounding=grounding, preprocess_mode=preprocess_mode, calib="synthetic", calib_count=4,
+                      force=True)
     _cache[key] = out
     return out

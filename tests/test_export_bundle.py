@@ -170,14 +170,14 @@ def test_failed_export_leaves_no_partial_bundle_and_keeps_the_old_one(clip, tmp_
     monkeypatch.setattr("vlmedge.export.calibration.calibration_frames", broken)
     caplog.set_level(logging.INFO, logger="vlmedge.export.bundle")
     with pytest.raises(type(exc)):
-        export_bundle(clip, out, precision="int8", force=True)
+        export_bundle(clip, out, precision="int8", calib="synthetic", force=True)
     # the failing step is named, with its time and the error, and nothing after it ran
     failed = [r for r in caplog.records if r.levelno == logging.ERROR]
     assert len(failed) == 1
     assert re.fullmatch(rf"calibrate failed after \d+\.\d\d s: {str(exc) or type(exc).__name__}", failed[0].message)
     assert "quantize ..." not in caplog.messages and not any("bundle written" in m for m in caplog.messages)
     with pytest.raises(type(exc)):
-        export_bundle(clip, tmp_path / "fresh", precision="int8")
+        export_bundle(clip, tmp_path / "fresh", precision="int8", calib="synthetic")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]
     assert {p.name: sha256_file(p) for p in out.iterdir()} == before
     open_bundle(out)
@@ -365,3 +365,29 @@ def test_build_engine_on_a_gpu(clip, tmp_path):
     side = json.loads(Path(str(engine) + ".json").read_text())
     assert engine.is_file() and side["precision"] == "fp16"
     assert side["onnx_sha256"] == open_bundle(out).files["image_encoder.onnx"]["sha256"]
+
+
+def test_cli_export_shows_progress_and_reports_one_duration(clip, tmp_path):
+    """A real `vlmedge export` process with progress forced on (a terminal would get it by default): bars on
+    stderr for the steps and the calibration, one duration on stdout."""
+    import subprocess
+    import sys
+
+    from vlmedge.export.loaders import save_clip
+
+    src = save_clip(clip, tmp_path / "native")
+    out = tmp_path / "b"
+    env = {**__import__("os").environ, "VLMEDGE_PROGRESS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "vlmedge.cli", "export", str(src), "--out", str(out),
+                           "--precision", "int8", "--calib", "synthetic", "--calib-count", "4"],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "calibrating (minmax):" in proc.stderr and "/4 [" in proc.stderr  # the calibration frames, counted
+    for step in ("trace", "optimize", "quantize", "compare", "verify"):
+        assert f"{step}: 00:" in proc.stderr, step  # the step's line with its elapsed time
+    durations = re.findall(r"\d+\.\d+ s\b", proc.stdout)
+    assert len(durations) == 1 and f"-> {out}" in proc.stdout and "in " + durations[0] in proc.stdout
+    assert "bundle written" in proc.stderr and not re.search(r"bundle written: \S+ \(", proc.stderr)
+    quiet = subprocess.run([sys.executable, "-m", "vlmedge.cli", "export", str(src), "--out", str(tmp_path / "q")],
+                           capture_output=True, text=True, env={**env, "VLMEDGE_PROGRESS": "0"}, timeout=600)
+    assert quiet.returncode == 0 and "00:" not in quiet.stderr and "%|" not in quiet.stderr

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
+import logging
 import time
 
 import pytest
@@ -358,3 +360,67 @@ def test_hub_id_downloads_configs_then_only_needed_weights(tmp_path, hf_dir, mon
     assert all(c[:2] == ("someorg/tiny-clip", "main") for c in calls)
     assert not (tmp_path / "cache" / commit / "open_clip_model.safetensors").exists()
     assert_same(outputs(clip.model), outputs(load_clip(hf_dir[0]).model), atol=0)
+
+
+def test_bare_state_dict_warns_about_its_activation(tmp_path, hf_dir, caplog):
+    """No open_clip_config.json beside it: QuickGELU is a guess, and the log names --act."""
+    _, hf = hf_dir
+    path = tmp_path / "bare.safetensors"
+    save_file(hf_to_openai({k: v.detach() for k, v in hf.state_dict().items()}, 2, 2), str(path))
+    with caplog.at_level(logging.WARNING, logger="vlmedge.export.loaders"):
+        assert load_clip(path, heads=4).model.spec.act == "quick_gelu"
+    warned = [r.getMessage() for r in caplog.records if "--act" in r.getMessage()]
+    assert len(warned) == 1 and "--act gelu" in warned[0] and "QuickGELU" in warned[0] and str(path) in warned[0]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="vlmedge.export.loaders"):
+        assert load_clip(path, heads=4, act="gelu").model.spec.act == "gelu"  # told: no warning
+        load_clip(path, heads=4, act="quick_gelu")
+    assert not [r for r in caplog.records if "--act" in r.getMessage()]
+
+
+def test_export_cli_passes_act_to_a_bare_state_dict(tmp_path, capsys, caplog):
+    from vlmedge.cli import main
+    from vlmedge.manifest import open_bundle
+
+    # OpenAI's vocabulary and context, so that the default CLIP tokenizer fits; GELU as LAION's models
+    hf = hf_model(tiny_hf_config(act="gelu", eos_token_id=49407, vocab_size=49408, context_length=77), seed=3)
+    path = tmp_path / "laion.safetensors"
+    save_file(hf_to_openai({k: v.detach() for k, v in hf.state_dict().items()}, 2, 2), str(path))
+    with caplog.at_level(logging.WARNING, logger="vlmedge.export.loaders"):
+        assert main(["export", str(path), "--out", str(tmp_path / "told"), "--act", "gelu"]) == 0
+    assert "--act" not in caplog.text
+    assert open_bundle(tmp_path / "told").spec.act == "gelu"
+    with caplog.at_level(logging.WARNING, logger="vlmedge.export.loaders"):
+        assert main(["export", str(path), "--out", str(tmp_path / "guessed")]) == 0
+    assert "--act gelu" in caplog.text
+    assert open_bundle(tmp_path / "guessed").spec.act == "quick_gelu"
+    assert main(["export", str(path), "--out", str(tmp_path / "x"), "--act", "gelo"]) == 1
+    assert "did you mean 'gelu'" in capsys.readouterr().err and not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("legacy_only", [True, False])
+def test_legacy_config_dict_precedence_matches_transformers(legacy_only):
+    """transformers' CLIPConfig: a ``*_config_dict`` (completed with defaults) overrides ``*_config``."""
+    from transformers import CLIPConfig
+
+    from vlmedge.export.checkpoint_layouts import hf_spec
+
+    config = {"projection_dim": 32,
+              "vision_config_dict": {"hidden_size": 64, "intermediate_size": 256, "num_hidden_layers": 2,
+                                     "num_attention_heads": 4, "patch_size": 16},
+              "text_config_dict": {"hidden_size": 48, "intermediate_size": 192, "num_hidden_layers": 3,
+                                   "num_attention_heads": 4}}
+    if not legacy_only:  # newer keys beside them, disagreeing (and setting fields the legacy dicts leave out)
+        config["vision_config"] = {"hidden_size": 96, "intermediate_size": 384, "num_hidden_layers": 5,
+                                   "num_attention_heads": 8, "patch_size": 8, "image_size": 64}
+        config["text_config"] = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+                                 "num_attention_heads": 2, "max_position_embeddings": 16}
+    spec = hf_spec(config)
+    ref = CLIPConfig(**copy.deepcopy(config))  # transformers updates the sub-config dicts it is given in place
+    v, t = ref.vision_config, ref.text_config
+    assert spec.vision.width == v.hidden_size and spec.vision.layers == v.num_hidden_layers
+    assert spec.vision.heads == v.num_attention_heads and spec.vision.patch_size == v.patch_size
+    assert spec.vision.image_size == (v.image_size, v.image_size)
+    assert spec.text.width == t.hidden_size and spec.text.layers == t.num_hidden_layers
+    assert spec.text.heads == t.num_attention_heads and spec.text.context_length == t.max_position_embeddings
+    assert (spec.vision.width, spec.text.layers, spec.vision.image_size) == (64, 3, (224, 224))  # the legacy dicts

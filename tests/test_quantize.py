@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import cv2
 import numpy as np
 import onnx
@@ -13,6 +15,7 @@ from vlmedge.export import calibration  # noqa: E402
 from vlmedge.export.bundle import export_bundle  # noqa: E402
 from vlmedge.export.quantize import Int8Recipe, qdq_report  # noqa: E402
 from vlmedge.export.verify import agreement, cosine_rows  # noqa: E402
+from vlmedge.manifest import open_bundle  # noqa: E402
 from vlmedge.preprocess import preprocess  # noqa: E402
 from vlmedge.runtime.grounding.encoders import BundleEncoders  # noqa: E402
 from vlmedge.spec import PreprocessSpec  # noqa: E402
@@ -29,9 +32,10 @@ def bundles(tmp_path_factory):
     model = tiny_clip(seed=2)
     return {
         "fp32": (export_bundle(model, root / "fp32"), root / "fp32"),
-        "int8": (export_bundle(model, root / "int8", precision="int8", calib_count=16), root / "int8"),
+        "int8": (export_bundle(model, root / "int8", precision="int8", calib="synthetic", calib_count=16),
+                 root / "int8"),
         "int8-trt": (export_bundle(model, root / "int8-trt", precision="int8", platform="jetson-orin-jp6",
-                                   calib_count=16), root / "int8-trt"),
+                                   calib="synthetic", calib_count=16), root / "int8-trt"),
         "fp16": (export_bundle(model, root / "fp16", precision="fp16", platform="cuda"), root / "fp16"),
     }
 
@@ -59,8 +63,9 @@ def test_int8_matches_fp32_on_calibration_like_frames(bundles, name):
     stored = m.extra["int8_report"]  # the export measured it too, on its own held-out frames
     # (10 report queries on a random model: the per-patch label margins are tiny, so a looser bound)
     assert stored["image_cosine_min"] >= 0.99 and stored["patch_argmax_agreement"] >= 0.93
-    assert m.extra["encoder_precision"] == {"image": "int8", "text": "fp32"}
+    assert m.extra["encoder_precision"] == {"image": "int8", "text": "int8"}
     assert m.extra["int8"]["calibration"]["frames"] == 16
+    assert stored["text_cosine_min"] >= 0.995  # the int8 text encoder vs the torch model's text embeddings
 
 
 def _check_qdq_counts(rep: dict, layers: int = 2, conv_as_matmul: bool = False) -> None:
@@ -114,7 +119,7 @@ def test_int8_cpu_bundle_is_ort_fused_form_of_the_same_quantization(bundles):
     assert {inits[n.input[1]].data_type for n in graph.node if n.op_type == "MatMulIntegerToFloat"} == \
         {onnx.TensorProto.INT8}
     text_ops = {n.op_type for n in onnx.load(str(path / "text_encoder.onnx")).graph.node}
-    assert "QuantizeLinear" not in text_ops and "MatMulIntegerToFloat" not in text_ops
+    assert "DynamicQuantizeLinear" in text_ops and "QuantizeLinear" not in text_ops  # dynamic scales, no calib
 
 
 def test_tensorrt_int8_is_symmetric_and_static(bundles):
@@ -212,11 +217,130 @@ def test_int8_on_the_trained_demo_model_when_present(tmp_path):
         pytest.skip(str(e))
     fp32 = tmp_path / "fp32"
     export_bundle(src, fp32)
-    m = export_bundle(src, tmp_path / "int8", precision="int8", calib_count=32)
+    m = export_bundle(src, tmp_path / "int8", precision="int8", calib_count=32)  # the demo model: synthetic
     ref = BundleEncoders(fp32)
     test = BundleEncoders(tmp_path / "int8")
     pixels = _eval_pixels(ref.manifest.preprocess, n=8)
     queries = QUERIES + ["a red cup", "a blue bowl", "a green bottle"]
     rep = agreement(ref.encode_image(pixels), test.encode_image(pixels), ref.encode_text(queries))
-    print(f"demo model int8: {rep}; export report {m.extra['int8_report']}")
+    text = cosine_rows(ref.encode_text(queries), test.encode_text(queries))
+    print(f"demo model int8: {rep}; text cosine min {text.min():.5f} mean {text.mean():.5f}; "
+          f"export report {m.extra['int8_report']}")
+    assert m.extra["int8"]["calibration"]["source"] == "synthetic"
     assert rep["image_cosine_min"] >= 0.99 and rep["patch_argmax_agreement"] >= 0.95
+    assert text.min() >= 0.995 and m.extra["int8_report"]["text_cosine_min"] >= 0.995
+
+
+def _image_folder(tmp_path, n: int = 6, seed: int = 300):
+    folder = tmp_path / "robot_frames"
+    folder.mkdir()
+    for i, f in enumerate(calibration.frames_synthetic(n, seed=seed)):
+        cv2.imwrite(str(folder / f"{i:03d}.jpg"), f)
+    return folder
+
+
+def test_int8_of_a_real_checkpoint_needs_calibration_frames(tmp_path, capsys):
+    """Not the demo model, no --calib: refused, saying what to pass; --calib synthetic is an explicit choice."""
+    from vlmedge.cli import main
+    from vlmedge.export.loaders import save_clip
+
+    src = str(save_clip(tiny_clip(seed=2), tmp_path / "checkpoint"))
+    assert main(["export", src, "--out", str(tmp_path / "b"), "--precision", "int8"]) == 1
+    err = capsys.readouterr().err
+    assert "int8 needs calibration frames" in err and "--calib" in err and "video" in err
+    assert "--calib synthetic" in err and not (tmp_path / "b").exists()
+    with pytest.raises(ConfigError, match="calibration frames"):
+        export_bundle(tiny_clip(seed=2), tmp_path / "c", precision="int8")
+    assert export_bundle(src, tmp_path / "d", precision="int8", calib="synthetic", calib_count=4
+                         ).extra["int8"]["calibration"]["source"] == "synthetic"
+    export_bundle(src, tmp_path / "e")  # fp32 needs no frames
+
+
+def test_export_log_prints_the_per_layer_error_table_worst_first(tmp_path, capsys, caplog):
+    from vlmedge.cli import main
+    from vlmedge.export.loaders import save_clip
+
+    src = str(save_clip(tiny_clip(seed=2), tmp_path / "checkpoint"))
+    folder = _image_folder(tmp_path)
+    with caplog.at_level(logging.INFO, logger="vlmedge.export.bundle"):
+        assert main(["export", src, "--out", str(tmp_path / "b"), "--precision", "int8", "--calib", str(folder),
+                     "--calib-count", "6"]) == 0
+    log_text = caplog.text
+    assert "int8 error per layer on 4 calibration frames" in log_text
+    assert "cumulative dB" in log_text and "this Q/DQ dB" in log_text and "weight dB" in log_text
+    m = open_bundle(tmp_path / "b")
+    rows = m.extra["int8"]["layer_errors"]
+    # every quantized weight MatMul has a row (2 blocks x 6, the projections of the class token and of the
+    # patches, the patch embedding)
+    assert len(rows) == m.extra["int8"]["qdq"]["weight_matmuls"] == 15
+    cumulative = [r["cumulative_db"] for r in rows]
+    assert cumulative == sorted(cumulative)  # worst first
+    assert all(np.isfinite(r["qdq_db"]) and r["qdq_db"] > 10 and r["weight_db"] > 20 for r in rows)
+    assert rows[0]["layer"] in log_text.split("worst first):", 1)[1].splitlines()[2]  # the first row is the worst
+    out = capsys.readouterr().out
+    assert f"int8 worst layer: {rows[0]['layer']}" in out and out.count(" s\n") + out.count(" s  ") <= 1
+
+
+@pytest.mark.parametrize("method", ["percentile", "entropy"])
+def test_percentile_and_entropy_calibration(tmp_path, method):
+    folder = _image_folder(tmp_path, n=4)
+    m = export_bundle(tiny_clip(seed=2), tmp_path / "b", precision="int8", platform="jetson-orin-jp6", calib=folder,
+                      calib_count=4, calib_method=method)
+    assert m.extra["int8"]["recipe"]["calibrate_method"] == method
+    rep = m.extra["int8_report"]
+    print(f"{method}: {rep}")
+    assert rep["image_cosine_min"] >= 0.98 and rep["patch_argmax_agreement"] >= 0.9
+    with pytest.raises(ConfigError, match="did you mean 'entropy'"):
+        export_bundle(tiny_clip(seed=2), tmp_path / "c", precision="int8", calib=folder, calib_method="entropi")
+
+
+def test_smooth_quant_needs_neural_compressor_and_a_valid_alpha(tmp_path):
+    from vlmedge.errors import BackendUnavailable
+
+    with pytest.raises(ConfigError, match=r"alpha.*\[0, 1\]"):
+        export_bundle(tiny_clip(seed=2), tmp_path / "b", precision="int8", calib="synthetic", smooth_quant=1.5)
+    try:
+        import neural_compressor  # noqa: F401
+    except ImportError:
+        with pytest.raises(BackendUnavailable, match="neural-compressor"):
+            export_bundle(tiny_clip(seed=2), tmp_path / "b", precision="int8", calib="synthetic", smooth_quant=0.5)
+        assert not (tmp_path / "b").exists()
+    else:
+        m = export_bundle(tiny_clip(seed=2), tmp_path / "b", precision="int8", calib="synthetic", calib_count=4,
+                          smooth_quant=0.5)
+        assert m.extra["int8"]["smooth_quant"] == 0.5 and m.extra["int8_report"]["image_cosine_min"] >= 0.98
+
+
+TEXT_QUERIES = ["the red cup", "a blue ball", "the cup next to the plate", "pick up the green block",
+                "the second bottle from the left", "a yellow box on the table", "the black can behind the book",
+                "every banana", "not the white plate", "the orange near the robot arm", "a photo of a dog",
+                "the tallest bottle", "background", "a table", "a wall", "the floor"]
+
+
+@pytest.mark.slow
+def test_int8_text_encoder_of_a_full_clip_text_tower(tmp_path):
+    """OpenAI CLIP's text tower shape (width 512, 12 layers, 8 heads, 49408 tokens, 77 positions; random weights)
+    with a small vision tower: the int8 text encoder keeps cosine >= 0.995 with the fp32 one, at a quarter size."""
+    from vlmedge.export.loaders import LoadedClip
+    from vlmedge.export.model import CLIP
+    from vlmedge.spec import ClipSpec, TextSpec, VisionSpec
+    from vlmedge.tokenizer import ClipTokenizer
+
+    torch.manual_seed(0)
+    spec = ClipSpec(vision=VisionSpec(64, 16, 64, 1, 2), text=TextSpec(512, 12, 8, vocab_size=49408,
+                                                                        context_length=77), embed_dim=512)
+    clip = LoadedClip(CLIP(spec).eval(), ClipTokenizer.default(), None,
+                      {"id": "random-clip-text-tower", "layout": "in-memory"})
+    fp32 = export_bundle(clip, tmp_path / "fp32")
+    m = export_bundle(clip, tmp_path / "int8", precision="int8", calib="synthetic", calib_count=2,
+                      vocab=TEXT_QUERIES)
+    ref = BundleEncoders(tmp_path / "fp32", providers=["CPUExecutionProvider"]).encode_text(TEXT_QUERIES)
+    got = BundleEncoders(tmp_path / "int8", providers=["CPUExecutionProvider"]).encode_text(TEXT_QUERIES)
+    cos = cosine_rows(ref, got)
+    size32, size8 = fp32.files["text_encoder.onnx"]["bytes"], m.files["text_encoder.onnx"]["bytes"]
+    print(f"full text tower int8 vs fp32 on {len(TEXT_QUERIES)} queries: cosine min {cos.min():.5f} "
+          f"mean {cos.mean():.5f}; text_encoder.onnx {size32 / 1e6:.1f} -> {size8 / 1e6:.1f} MB")
+    assert cos.min() >= 0.995 and m.extra["int8_report"]["text_cosine_min"] >= 0.995
+    assert size8 < 0.3 * size32
+    stored = np.load(tmp_path / "int8" / "text_embeddings.npz")["embeds"]  # the vocabulary from the int8 encoder
+    assert cosine_rows(stored, got).min() >= 0.9999

@@ -109,3 +109,73 @@ def test_train_demo_cli_is_registered():
     from vlmedge.cli import build_parser
     args = build_parser().parse_args(["train-demo", "--out", "x", "--steps", "5", "--seed", "3", "--minutes", "1"])
     assert args.steps == 5 and args.seed == 3 and args.minutes == 1.0 and callable(args.func)
+
+
+def _tree_digest(d):
+    import hashlib
+    from pathlib import Path
+
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(Path(d).iterdir()) if p.is_file()}
+
+
+def test_cli_never_writes_the_shipped_model_unless_asked(tmp_path, capsys):
+    from vlmedge.cli import main
+    from vlmedge.embedded import DEMO_DIR
+
+    shipped = DEMO_DIR / "model"
+    before = _tree_digest(shipped) if shipped.is_dir() else None
+    quick = ["--steps", "1", "--scenes", "8", "--workers", "1", "--no-bundles"]  # were a refusal to regress
+    assert main(["train-demo", *quick]) == 1
+    err = capsys.readouterr().err
+    assert "--out DIR" in err and "--replace-shipped" in err
+    assert main(["train-demo", "--out", str(shipped), *quick]) == 1
+    assert "is the shipped demo model; pass --replace-shipped" in capsys.readouterr().err
+    assert main(["train-demo", "--replace-shipped", "--out", str(tmp_path / "m"), *quick]) == 1
+    assert "drop --out" in capsys.readouterr().err
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "notes.txt").write_text("mine")
+    assert main(["train-demo", "--out", str(tmp_path / "taken"), *quick]) == 1
+    assert "not empty; pass --force" in capsys.readouterr().err
+    assert main(["train-demo", "--out", str(tmp_path / "taken"), "--force", *quick]) == 1
+    assert "not a vlmedge model directory" in capsys.readouterr().err
+    assert (tmp_path / "taken" / "notes.txt").read_text() == "mine"
+    if before is not None:
+        assert _tree_digest(shipped) == before
+    args = __import__("vlmedge.cli", fromlist=["build_parser"]).build_parser().parse_args(
+        ["train-demo", "--out", "x"])
+    assert args.minutes is None and args.bundles is None and not args.replace_shipped  # no cap, no bundles
+
+
+def test_a_run_cut_short_by_the_time_cap_replaces_nothing(td, tmp_path, capsys):
+    """An existing model stays as it was; the cut-short weights go aside, and the CLI says so (exit 1)."""
+    from vlmedge.cli import main
+    from vlmedge.export.loaders import load_clip
+
+    out = tmp_path / "model"
+    td.train(td.TrainConfig(steps=2, scenes=8, batch=4, workers=1, threads=1, warmup=1), out)
+    before = _tree_digest(out)
+    cfg = td.TrainConfig(steps=1000, scenes=8, batch=4, workers=1, threads=1, minutes=0.0001)
+    with pytest.raises(td.TrainingCutShort, match=r"stopped after \d+ of 1000 steps.*nothing was replaced") as e:
+        td.train(cfg, out, force=True)
+    assert _tree_digest(out) == before
+    assert e.value.saved is not None and e.value.saved.parent == tmp_path
+    assert e.value.saved.name.startswith("model.incomplete-")
+    assert load_clip(str(e.value.saved)).model.spec == load_clip(str(out)).model.spec  # kept, loadable aside
+    assert main(["train-demo", "--out", str(out), "--force", "--minutes", "0.0001", "--steps", "1000",
+                 "--scenes", "8", "--workers", "1", "--threads", "1"]) == 1
+    err = capsys.readouterr().err
+    assert "of 1000 steps" in err and "-minute cap (--minutes) was reached; nothing was replaced" in err
+    assert _tree_digest(out) == before
+    assert not [p for p in tmp_path.iterdir() if ".partial-" in p.name or ".old-" in p.name]
+
+
+def test_training_shows_progress_bars_when_asked(td, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("VLMEDGE_PROGRESS", "1")
+    td.train(td.TrainConfig(steps=3, scenes=8, batch=4, workers=1, threads=1, warmup=1), tmp_path / "m")
+    err = capsys.readouterr().err
+    assert "rendering scenes" in err and "/8 [" in err  # bars with their totals (the last refresh may be skipped)
+    assert "training" in err and "/3 [" in err
+    monkeypatch.setenv("VLMEDGE_PROGRESS", "0")
+    td.train(td.TrainConfig(steps=2, scenes=8, batch=4, workers=1, threads=1, warmup=1), tmp_path / "n")
+    captured = capsys.readouterr()
+    assert "training" not in captured.err and "step     1/2" in captured.out  # lines instead of a bar

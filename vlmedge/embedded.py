@@ -15,7 +15,7 @@ from vlmedge.errors import ArtifactError, check_choice
 ASSETS_DIR = Path(__file__).resolve().parent / "assets"
 DEMO_DIR = ASSETS_DIR / "tabletop"
 PRECISIONS = ("fp32", "int8")
-_HINT = "build it with `vlmedge train-demo` (see docs), then export the bundles"
+_HINT = "rebuild it with `vlmedge train-demo --replace-shipped` (needs torch; see README)"
 
 
 def embedded_model_dir() -> Path:
@@ -46,4 +46,4 @@ def resolve_bundle(bundle: str | Path | None) -> Path:
         raise ArtifactError(
             f"no --bundle given and the embedded demo bundle is not available ({e}). Either pass "
             "--bundle DIR with a bundle exported by `vlmedge export SOURCE --out DIR --precision int8`, "
-            "or build the embedded tabletop model with `vlmedge train-demo` (needs torch) first") from None
+            "or build the embedded model with `vlmedge train-demo --replace-shipped` (needs torch) first") from None
