@@ -1,0 +1,432 @@
+"""The GEMM floor of an image encoder on this CPU: its multiply-accumulates over the best int8 matmul
+rate measured here for its own GEMM shapes. Heavy-ish (a minute or two); run it by hand.
+
+    python benchmarks/gemm_floor.py BUNDLE [BUNDLE ...] [--threads 2] [--floor-file PATH]
+        [--json benchmarks/results/gemm-floor-DATE.json]
+
+1. MACs: ``gemms(model)`` lists every matrix product of the ONNX graph (MatMul, Gemm, Conv, the
+   integer matmuls, FusedMatMul, the com.microsoft attention ops), each as batch x (M x K) @ (K x N)
+   with ``weight`` saying whether B is a constant; symbolic dims (the batch) count as 1. Pure
+   function of the graph (``count_macs`` sums it), unit-tested in tests/test_gemm_floor.py.
+2. Rates: for each distinct shape, single-node models timed at ``--threads`` threads: ONNX Runtime
+   ``MatMulInteger`` (uint8 x int8 -> int32) and ``MatMulIntegerToFloat`` (the op the int8 bundle
+   runs, per-column scales), and ``torch._int_mm`` (int8 x int8 -> int32) when torch is installed;
+   the best call of ``--repeats`` (a rate the hardware reaches, which load from other processes can
+   only lower). fp32 ``MatMul`` is timed too for the activation x activation products (the
+   attention scores and context, which the int8 bundle runs in float).
+3. Floor: ``floor_ms`` = sum over the graph's products of MACs / the best int8 rate for that shape;
+   ``floor_ms_uniform`` = all MACs / the best rate of any shape (the issue's "MACs / rate").
+4. Encoder: the bundle's image encoder timed the same way (best and median call), and the sum of
+   each node's fastest time in ONNX Runtime's profile of those calls (the load-robust figure on a
+   shared machine: a 60 ms call is rarely left alone, a 1 ms node often is), as multiples of the floor.
+
+The floor file (JSON, format in ``vlmedge/floor.py``; ``$VLMEDGE_GEMM_FLOOR``, else ``gemm-floor.json``
+in the runtime's cache folder: ``$VLMEDGE_CACHE_DIR``, else ``~/.cache/vlmedge``) gets one entry per
+image encoder, keyed by the sha256 of its ONNX file, merged into what the file already holds; ``vlmedge bench``
+reads it and prints the encoder time as a multiple of the floor.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import functools
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+log = logging.getLogger("gemm_floor")
+
+MATMUL_OPS = {"MatMul": (0, 1), "MatMulInteger": (0, 1), "MatMulIntegerToFloat": (0, 1), "FusedMatMul": (0, 1),
+              "QLinearMatMul": (0, 3), "DynamicQuantizeMatMul": (0, 1), "MatMulInteger16": (0, 1)}
+
+
+@dataclass(frozen=True)
+class Product:
+    """One matrix product of a graph: ``batch`` x (M x K) @ (K x N)."""
+
+    node: str
+    op: str
+    batch: int
+    m: int
+    k: int
+    n: int
+    weight: bool  # B is a constant (a learned projection), else both operands are computed
+
+    @property
+    def macs(self) -> int:
+        return self.batch * self.m * self.k * self.n
+
+
+def _shapes(model: onnx.ModelProto, dims: dict[str, int]) -> dict[str, list[int | None]]:
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+    except Exception:  # graphs with ops onnx does not know: what the file records is used as is
+        inferred = model
+    g = inferred.graph
+    out: dict[str, list[int | None]] = {}
+    for v in [*g.input, *g.value_info, *g.output]:
+        if not v.type.tensor_type.HasField("shape"):
+            continue
+        out[v.name] = [d.dim_value if d.HasField("dim_value") else dims.get(d.dim_param, 1)
+                       for d in v.type.tensor_type.shape.dim]
+    for init in g.initializer:
+        out[init.name] = list(init.dims)
+    for n in g.node:
+        if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value":
+            out[n.output[0]] = list(n.attribute[0].t.dims)
+    return out
+
+
+def _attr(node, name, default=None):
+    return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
+
+
+def gemms(model: onnx.ModelProto, dims: dict[str, int] | None = None) -> list[Product]:
+    """Every matrix product of ``model``'s main graph (see the module docstring). ``dims`` gives values to
+    symbolic dimensions by name (default 1). Raises ValueError naming the node when a shape is unknown."""
+    dims = dims or {}
+    shapes = _shapes(model, dims)
+    consts = {i.name for i in model.graph.initializer} | {
+        o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+
+    def shape(node, i: int) -> list[int]:
+        name = node.input[i] if i < len(node.input) else ""
+        s = shapes.get(name)
+        if not name or s is None or any(d is None or d < 0 for d in s):
+            raise ValueError(f"node {node.name or node.op_type!r} ({node.op_type}): shape of input {i} "
+                             f"({name!r}) unknown; run shape inference on the graph first")
+        return [int(d) for d in s]
+
+    found = []
+    for node in model.graph.node:
+        label = node.name or node.output[0]
+        op = node.op_type
+        if op in MATMUL_OPS:
+            ia, ib = MATMUL_OPS[op]
+            a, b = shape(node, ia), shape(node, ib)
+            a = [1, *a] if len(a) == 1 else a
+            b = [*b, 1] if len(b) == 1 else b
+            if op == "FusedMatMul":
+                if _attr(node, "transA", 0):
+                    a = [*a[:-2], a[-1], a[-2]]
+                if _attr(node, "transB", 0):
+                    b = [*b[:-2], b[-1], b[-2]]
+            batch = math.prod(np.broadcast_shapes(tuple(a[:-2]), tuple(b[:-2])))
+            found.append(Product(label, op, batch, a[-2], a[-1], b[-1], node.input[ib] in consts))
+        elif op == "Gemm":
+            a, b = shape(node, 0), shape(node, 1)
+            m, k = (a[1], a[0]) if _attr(node, "transA", 0) else (a[0], a[1])
+            n = b[0] if _attr(node, "transB", 0) else b[1]
+            found.append(Product(label, op, 1, m, k, n, node.input[1] in consts))
+        elif op in ("Conv", "ConvInteger", "QLinearConv"):
+            x, w = (shape(node, 0), shape(node, 3)) if op == "QLinearConv" else (shape(node, 0), shape(node, 1))
+            group = int(_attr(node, "group", 1))
+            kernel = w[2:]
+            strides = list(_attr(node, "strides", [1] * len(kernel)))
+            dil = list(_attr(node, "dilations", [1] * len(kernel)))
+            pads = list(_attr(node, "pads", [0] * 2 * len(kernel)))
+            auto = _attr(node, "auto_pad", b"NOTSET")
+            auto = auto.decode() if isinstance(auto, bytes) else auto
+            out = []
+            for j, (size, kk) in enumerate(zip(x[2:], kernel)):
+                if auto in ("SAME_UPPER", "SAME_LOWER"):
+                    out.append(-(-size // strides[j]))
+                else:
+                    span = size + pads[j] + pads[j + len(kernel)] - dil[j] * (kk - 1) - 1
+                    out.append(span // strides[j] + 1)
+            found.append(Product(label, op, group, x[0] * math.prod(out), w[1] * math.prod(kernel), w[0] // group,
+                                 node.input[3 if op == "QLinearConv" else 1] in consts))
+        elif op in ("QAttention", "Attention"):
+            x, w = shape(node, 0), shape(node, 1)
+            heads = int(_attr(node, "num_heads"))
+            bsz, s = x[0], x[1]
+            sizes = list(_attr(node, "qkv_hidden_sizes", []) or [w[1] // 3] * 3)
+            found.append(Product(f"{label}/qkv", op, 1, bsz * s, x[2], w[1], node.input[1] in consts))
+            found.append(Product(f"{label}/scores", op, bsz * heads, s, sizes[0] // heads, s, False))
+            found.append(Product(f"{label}/context", op, bsz * heads, s, s, sizes[2] // heads, False))
+        elif op == "MultiHeadAttention":
+            q = shape(node, 0)
+            if len(q) != 3:
+                raise ValueError(f"node {label!r} (MultiHeadAttention): only [B, S, D] query/key/value are counted")
+            k, v = shape(node, 1), shape(node, 2)
+            heads = int(_attr(node, "num_heads"))
+            found.append(Product(f"{label}/scores", op, q[0] * heads, q[1], q[2] // heads, k[1], False))
+            found.append(Product(f"{label}/context", op, q[0] * heads, q[1], k[1], v[2] // heads, False))
+    return found
+
+
+def count_macs(model: onnx.ModelProto, dims: dict[str, int] | None = None) -> dict:
+    """Multiply-accumulates of ``model``: total, in products with a constant B (``weight``) and in the rest
+    (``activation``), and per op type."""
+    products = gemms(model, dims)
+    by_op: dict[str, int] = {}
+    for p in products:
+        by_op[p.op] = by_op.get(p.op, 0) + p.macs
+    weight = sum(p.macs for p in products if p.weight)
+    total = sum(p.macs for p in products)
+    return {"total": total, "weight": weight, "activation": total - weight, "by_op": by_op,
+            "products": len(products)}
+
+
+# ----------------------------------------------------------------------------- rates
+def _session(model: onnx.ModelProto, threads: int):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    so.add_session_config_entry("session.intra_op.allow_spinning", "1")
+    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+
+def _best(fn, repeats: int, min_seconds: float = 0.05) -> tuple[float, float]:
+    """(best, median) seconds of one call; at least ``repeats`` calls and ``min_seconds`` of them."""
+    fn()
+    fn()
+    times, t_end = [], time.perf_counter() + min_seconds
+    while len(times) < repeats or time.perf_counter() < t_end:
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times), float(np.median(times))
+
+
+def single_node(op: str, batch: int, m: int, k: int, n: int, weight: bool, seed: int = 0):
+    """A one-node model computing one product of the shape, and its feeds."""
+    rng = np.random.default_rng(seed)
+    bshape = [k, n] if weight else [batch, k, n]
+    ashape = [m, k] if weight and batch == 1 else [batch, m, k]
+    if op == "MatMul":
+        a = rng.normal(0, 1, ashape).astype(np.float32)
+        b = rng.normal(0, 1, bshape).astype(np.float32)
+        inputs, inits = ["A", "B"], []
+        node = helper.make_node("MatMul", inputs, ["Y"])
+        feeds = {"A": a, "B": b}
+        types = {"A": TensorProto.FLOAT, "B": TensorProto.FLOAT}
+        out = TensorProto.FLOAT
+        opsets = [helper.make_opsetid("", 17)]
+    else:
+        a = rng.integers(0, 256, ashape, dtype=np.uint8)
+        b = rng.integers(-127, 128, bshape, dtype=np.int8)
+        inits = [numpy_helper.from_array(np.array(128, np.uint8), "a_zp"),
+                 numpy_helper.from_array(np.zeros(n, np.int8) if weight else np.array(0, np.int8), "b_zp")]
+        feeds, types = {"A": a}, {"A": TensorProto.UINT8}
+        if weight:
+            inits.append(numpy_helper.from_array(b, "B"))
+        else:
+            feeds["B"], types["B"] = b, TensorProto.INT8
+        if op == "MatMulInteger":
+            node = helper.make_node("MatMulInteger", ["A", "B", "a_zp", "b_zp"], ["Y"])
+            out = TensorProto.INT32
+        elif op == "MatMulIntegerToFloat":
+            b_scale = np.full(n, 0.01, np.float32) if weight else np.array(0.01, np.float32)
+            inits += [numpy_helper.from_array(np.array(0.02, np.float32), "a_scale"),
+                      numpy_helper.from_array(b_scale, "b_scale"),
+                      numpy_helper.from_array(np.zeros(n, np.float32), "bias")]
+            node = helper.make_node("MatMulIntegerToFloat", ["A", "B", "a_scale", "b_scale", "a_zp", "b_zp", "bias"],
+                                    ["Y"], domain="com.microsoft")
+            out = TensorProto.FLOAT
+        else:
+            raise ValueError(f"unknown op {op!r}")
+        opsets = [helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
+    inputs = [helper.make_tensor_value_info(name, types[name], list(v.shape)) for name, v in feeds.items()]
+    graph = helper.make_graph([node], f"{op}_{batch}x{m}x{k}x{n}", inputs,
+                              [helper.make_tensor_value_info("Y", out, None)], initializer=inits)
+    return helper.make_model(graph, opset_imports=opsets), feeds
+
+
+def _torch_int_mm(batch: int, m: int, k: int, n: int, threads: int, repeats: int):
+    try:
+        import torch
+    except ImportError:
+        return None
+    torch.set_num_threads(threads)
+    g = torch.Generator().manual_seed(0)
+    a = torch.randint(-128, 128, (batch, m, k), dtype=torch.int8, generator=g)
+    b = torch.randint(-127, 128, (batch, k, n), dtype=torch.int8, generator=g)
+    try:
+        torch._int_mm(a[0], b[0])
+    except (RuntimeError, AttributeError) as e:
+        log.info("torch._int_mm %dx%dx%d not measured: %s", m, k, n, e)
+        return None
+    if batch == 1:
+        return _best(lambda: torch._int_mm(a[0], b[0]), repeats)
+    return _best(lambda: [torch._int_mm(a[i], b[i]) for i in range(batch)], repeats)
+
+
+def measure_rates(shapes: list[tuple[int, int, int, int, bool]], threads: int, repeats: int) -> list[dict]:
+    """GMAC/s per shape (batch, m, k, n, weight) and method; best call of each."""
+    rows = []
+    for batch, m, k, n, weight in shapes:
+        macs = batch * m * k * n
+        row = {"batch": batch, "m": m, "k": k, "n": n, "weight": weight, "gmacs": {}, "gmacs_median": {}}
+        methods = ["MatMulInteger", "MatMulIntegerToFloat"] + ([] if weight else ["MatMul"])
+        for op in methods:
+            model, feeds = single_node(op, batch, m, k, n, weight)
+            best, med = _best(functools.partial(_session(model, threads).run, None, feeds), repeats)
+            key = {"MatMul": "ort_fp32_matmul"}.get(op, f"ort_{op}")
+            row["gmacs"][key], row["gmacs_median"][key] = macs / best / 1e9, macs / med / 1e9
+        t = _torch_int_mm(batch, m, k, n, threads, repeats)
+        if t is not None:
+            row["gmacs"]["torch_int_mm"], row["gmacs_median"]["torch_int_mm"] = macs / t[0] / 1e9, macs / t[1] / 1e9
+        int8 = {kk: v for kk, v in row["gmacs"].items() if kk != "ort_fp32_matmul"}
+        row["best_by"] = max(int8, key=int8.get)
+        row["best_gmacs"] = int8[row["best_by"]]
+        rows.append(row)
+        log.info("%s %dx(%dx%d @ %dx%d): %s", "weight" if weight else "act", batch, m, k, k, n,
+                 ", ".join(f"{kk} {v:.0f}" for kk, v in row["gmacs"].items()))
+    return rows
+
+
+def floor_of(products: list[Product], rates: list[dict]) -> dict:
+    """Floor ms of ``products`` at the best int8 rate measured for each one's shape, and at the best rate of
+    any shape."""
+    best = {(r["batch"], r["m"], r["k"], r["n"], r["weight"]): r["best_gmacs"] for r in rates}
+    floor_s = sum(p.macs / (best[(p.batch, p.m, p.k, p.n, p.weight)] * 1e9) for p in products)
+    top = max(best.values())
+    total = sum(p.macs for p in products)
+    return {"floor_ms": floor_s * 1e3, "floor_ms_uniform": total / (top * 1e9) * 1e3, "best_rate_gmacs": top}
+
+
+# ----------------------------------------------------------------------------- encoder, files
+def encoder_path(arg: str) -> Path:
+    p = Path(arg)
+    if p.is_dir():
+        from vlmedge.manifest import read_manifest
+
+        return p / read_manifest(p).image_encoder.file
+    return p
+
+
+def _encoder_session(path: Path, threads: int, profile: str | None = None):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    if profile:
+        so.enable_profiling = True
+        so.profile_file_prefix = profile
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def _encoder_feeds(path: Path) -> dict:
+    model = onnx.load(str(path), load_external_data=False)
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    x = np.random.default_rng(0).normal(0, 1, [d.dim_value or 1 for d in dims]).astype(np.float32)
+    return {model.graph.input[0].name: x}
+
+
+def time_encoder(path: Path, threads: int, repeats: int) -> dict:
+    """Best and median call of the whole encoder, and ``kernel_min_ms``: the sum over its nodes of each node's
+    fastest time in ONNX Runtime's profile of the same calls (what the encoder takes when every node gets
+    the cores: on a machine shared with other processes a whole call rarely does, one node often does)."""
+    feeds = _encoder_feeds(path)
+    with tempfile.TemporaryDirectory(prefix="gemm-floor-") as tmp:
+        s = _encoder_session(path, threads, profile=str(Path(tmp) / "prof"))
+        best, med = _best(lambda: s.run(None, feeds), repeats, min_seconds=1.0)
+        events = json.loads(Path(s.end_profiling()).read_text())
+    per_node: dict[str, list] = {}
+    for e in events:
+        if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time"):
+            per_node.setdefault(e["name"], [e["args"]["op_name"], []])[1].append(e["dur"] / 1e3)
+    kernel_min = sum(min(d[2:] or d) for _, d in per_node.values())  # the first two calls warm up (_best)
+    gemm_min = sum(min(d[2:] or d) for op, d in per_node.values() if op in MATMUL_OPS)
+    return {"best_ms": best * 1e3, "median_ms": med * 1e3, "kernel_min_ms": kernel_min,
+            "matmul_kernel_min_ms": gemm_min, "calls": repeats}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    from vlmedge.floor import default_floor_path
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("encoders", nargs="+", help="bundle directories or image encoder ONNX files")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=60, help="calls per shape and method (the best one counts)")
+    ap.add_argument("--encoder-repeats", type=int, default=30)
+    ap.add_argument("--floor-file", default=None, help=f"floor file to update (default {default_floor_path()})")
+    ap.add_argument("--json", default=None, help="also write this run's full results here")
+    return ap.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    import onnxruntime as ort
+
+    from vlmedge.floor import FLOOR_SCHEMA, cpu_model, default_floor_path, read_floor_file
+    from vlmedge.manifest import sha256_file
+
+    floor_path = Path(args.floor_file) if args.floor_file else default_floor_path()
+    data = read_floor_file(floor_path) if floor_path.exists() else {}
+    cpu = cpu_model()
+    if data and (data.get("cpu") != cpu or data.get("threads") != args.threads):
+        log.info("%s was measured on %r at %s threads: starting a new file", floor_path, data.get("cpu"),
+                 data.get("threads"))
+        data = {}
+    versions = {"onnxruntime": ort.__version__}
+    try:
+        import torch
+
+        versions["torch"] = torch.__version__
+    except ImportError:
+        pass
+    data.update({"schema": FLOOR_SCHEMA, "cpu": cpu, "threads": args.threads, "cpus": os.cpu_count(),
+                 "versions": versions, "date": datetime.date.today().isoformat()})
+    entries = data.setdefault("encoders", {})
+    run = {}
+    for arg in args.encoders:
+        path = encoder_path(arg)
+        model = onnx.load(str(path), load_external_data=False)
+        products = gemms(model)
+        macs = count_macs(model)
+        shapes = sorted({(p.batch, p.m, p.k, p.n, p.weight) for p in products})
+        rates = measure_rates(shapes, args.threads, args.repeats)
+        floor = floor_of(products, rates)
+        enc = time_encoder(path, args.threads, args.encoder_repeats)
+        entry = {"file": str(path), "macs": macs["total"], "weight_macs": macs["weight"],
+                 "activation_macs": macs["activation"], **{k: round(v, 4) for k, v in floor.items()},
+                 "encoder_best_ms": round(enc["best_ms"], 3), "encoder_median_ms": round(enc["median_ms"], 3),
+                 "encoder_kernel_min_ms": round(enc["kernel_min_ms"], 3),
+                 "matmul_kernel_min_ms": round(enc["matmul_kernel_min_ms"], 3),
+                 "loadavg": list(os.getloadavg())}
+        entries[sha256_file(path)] = entry
+        run[str(path)] = {**entry, "macs_by_op": macs["by_op"], "rates": rates,
+                          "products": [asdict(p) for p in products]}
+        print(f"\n{path}: {macs['total'] / 1e9:.3f} GMAC ({macs['weight'] / 1e9:.3f} in weight GEMMs, "
+              f"{macs['activation'] / 1e9:.3f} activation x activation), {cpu}, {args.threads} threads")
+        for r in rates:
+            print(f"  {'weight' if r['weight'] else 'act   '} {r['batch']:>3}x({r['m']}x{r['k']} @ {r['k']}x{r['n']}): "
+                  + ", ".join(f"{k} {v:.0f}" for k, v in r["gmacs"].items()) + " GMAC/s")
+        print(f"  floor {floor['floor_ms']:.2f} ms (per-shape best rates); {floor['floor_ms_uniform']:.2f} ms at the "
+              f"best rate of any shape ({floor['best_rate_gmacs']:.0f} GMAC/s)")
+        for label, ms in (("encoder best call", enc["best_ms"]), ("encoder, per-node fastest", enc["kernel_min_ms"]),
+                          ("its matmul nodes, per-node fastest", enc["matmul_kernel_min_ms"])):
+            print(f"  {label:<36} {ms:8.2f} ms = {ms / floor['floor_ms']:.2f}x floor "
+                  f"({ms / floor['floor_ms_uniform']:.2f}x uniform)")
+        print(f"  encoder median call {enc['median_ms']:.2f} ms (load average {os.getloadavg()[0]:.1f})")
+    floor_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = floor_path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    tmp.replace(floor_path)
+    print(f"wrote {floor_path}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({**data, "run": run}, indent=1))
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
