@@ -51,7 +51,9 @@ from pathlib import Path
 
 import numpy as np
 
-from vlmedge.errors import ConfigError, check_choice
+from vlmedge.errors import ArtifactError, BackendUnavailable, ConfigError, check_choice
+from vlmedge.floor import bench_floor, floor_lines
+from vlmedge.runtime.grounding.backends import MEMORY_BUDGET_MB, release_free_heap
 from vlmedge.scenes.video import CAMERA_FORMATS, write_synthetic_video_subprocess
 from vlmedge.timing import stats_ms
 
@@ -61,7 +63,11 @@ log = logging.getLogger(__name__)
 # grounder publishes.
 GOAL_FPS_RATIO = 0.90  # pipeline fps >= this x the bare encoder's rate: the loop adds little around the model
 GOAL_LATENCY_RATIO = 1.5  # capture-to-publish p99 <= this x encoder p50: no frame waits long in a queue
-GOAL_MEMORY_MB = 350.0  # peak resident memory (VmHWM), so the runtime fits beside other processes on the device
+# peak resident memory (VmHWM), so the runtime fits beside other processes on the device (350 MB; auto keeps to it)
+GOAL_MEMORY_MB = MEMORY_BUDGET_MB
+# The throughput/latency goals are relative to preprocess + encode instead of the bare encoder when preprocessing
+# a frame costs at least this share of an encode (``goal_basis``: small models such as the embedded demo).
+PREPROCESS_BOUND_RATIO = 0.1
 GOAL_COMMAND_MS = 1.0  # a 3-relation command may add this much to matching its noun phrases (issue: a millisecond)
 SWITCH_QUERY = "a blue ball"
 SEGMENTS = 5  # pipeline runs, each between two timings of the bare encoder
@@ -79,23 +85,6 @@ def memory_mb() -> dict:
     except OSError:
         pass
     return out
-
-
-def release_free_heap() -> bool:
-    """Hand memory that is allocated-then-freed back to the OS (glibc ``malloc_trim``; False elsewhere).
-
-    Called between the bench's pipeline runs: each run's threads leave freed heap behind in glibc's
-    per-thread arenas, which would otherwise add up in the peak (VmHWM) of the next run although no run
-    holds it. Memory still in use is not touched and stays counted."""
-    import ctypes
-    import ctypes.util
-
-    try:
-        trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
-    except (OSError, AttributeError):  # not glibc
-        return False
-    trim(0)
-    return True
 
 
 def time_encoder(encoders, pixels: np.ndarray, frames: int, warmup: int = 5) -> list[float]:
@@ -188,6 +177,7 @@ class _PipelineMeter:
         self.waits: list[float] = []
         self.times: list[float] = []
         self.encode_ms: list[float] = []
+        self.work_ms: list[tuple[float, float]] = []  # (preprocess, ground) of each measured frame
 
     def __call__(self, result, frame) -> None:
         now_ns = time.monotonic_ns()
@@ -199,6 +189,8 @@ class _PipelineMeter:
                                                                                         "ground")))
             self.times.append(now_ns / 1e9)
             self.encode_ms.append(float(result.timings.get("encode", 0.0)))
+            t = result.timings
+            self.work_ms.append((float(t.get("preprocess", 0.0)), float(t.get("ground", 0.0))))
         if self.seen == self.warmup + self.frames:
             if self.probe is None:
                 self.stop.set()
@@ -221,12 +213,15 @@ def pipeline_report(meters: list[_PipelineMeter]) -> dict:
     latencies = [x for m in meters for x in m.latencies]
     waits = [x for m in meters for x in m.waits]
     encode_ms = [x for m in meters for x in m.encode_ms]
+    work = [w for m in meters for w in getattr(m, "work_ms", ())]
     lat = stats_ms(latencies) if latencies else {}
     wait = stats_ms(waits) if waits else {}
     # share of the wall time the encoder ran (load-independent efficiency); each run's first frame opens its span
     busy = round(sum(sum(m.encode_ms[1:]) for m in meters) / 1000.0 / wall, 4) if wall > 0 else None
     return {"frames": len(latencies), "fps": round(fps, 3), "encoder_busy_fraction": busy,
             "in_pipeline_encode_mean_ms": round(float(np.mean(encode_ms)), 3) if encode_ms else None,
+            "in_pipeline_preprocess_mean_ms": round(float(np.mean([w[0] for w in work])), 3) if work else None,
+            "in_pipeline_ground_mean_ms": round(float(np.mean([w[1] for w in work])), 3) if work else None,
             "capture_to_publish_p50_ms": lat.get("p50_ms"), "capture_to_publish_p99_ms": lat.get("p99_ms"),
             "capture_to_publish_mean_ms": lat.get("mean_ms"), "wait_p50_ms": wait.get("p50_ms"),
             "wait_p99_ms": wait.get("p99_ms")}
@@ -247,30 +242,104 @@ def torch_baseline(source: str, image_size: tuple[int, int], frames: int, thread
     return {"measured": True, **json.loads(proc.stdout.strip().splitlines()[-1])}
 
 
-def bench(bundle, *, source: str | None = None, frames: int = 100, queries=("the red cup",),
+def bench(bundle=None, *, source: str | None = None, frames: int = 100, queries=("the red cup",),
           torch_source: str | None = None, providers=None, prefetch: bool | None = None,
-          camera_fps: float | None = None, camera_format: str = "raw", spinning: bool = True) -> dict:
-    """Run every measurement; returns the report dict (see the module docstring)."""
+          camera_fps: float | None = None, camera_format: str = "raw", spinning: bool = False,
+          backend: str | None = None, text_idle_s: float | None = 60.0, compare: bool = True) -> dict:
+    """Run every measurement; returns the report dict (see the module docstring). ``bundle`` None: the
+    embedded demo bundle. ``compare``: also time both CPU backends side by side (after the memory reading)."""
+    from vlmedge.embedded import resolve_bundle
+    from vlmedge.preprocess import preprocess
+    from vlmedge.runtime.grounding.encoders import BundleEncoders
     from vlmedge.runtime.grounding.grounder import Grounder
 
     _check_options(frames, source, camera_fps, camera_format)
-    grounder = Grounder(bundle, providers=providers, spinning=spinning)
+    embedded = bundle is None
+    bundle = resolve_bundle(bundle)
+    encoders = BundleEncoders(bundle, providers=list(providers) if providers else None, spinning=spinning,
+                              backend=backend, text_idle_s=text_idle_s)
+    grounder = Grounder(encoders)
     report = _describe(bundle, grounder)
+    report["bundle"]["embedded"] = embedded
     with tempfile.TemporaryDirectory(prefix="vlmedge-bench-") as tmp:
         if source is None:
             source, report["camera"] = _synthetic_camera_video(grounder, Path(tmp), frames, camera_fps,
                                                                 camera_format)
         report.update(_bench_with_source(grounder, bundle, source, frames, queries, prefetch))
+        pixels = preprocess(first_frame(source), grounder.manifest.preprocess)
+    # the encoder as a multiple of its measured GEMM floor, when benchmarks/gemm_floor.py measured it (#17)
+    report["encoder"]["gemm_floor"] = bench_floor(grounder.manifest, report["encoder"], report["runtime"]["providers"])
     report["memory_mb"] = memory_mb()  # the run loop's peak, before the command probe below adds its own
+    report["text_encoder"] = {"loads": encoders.text_loads, "loaded_at_memory_reading": encoders.text_loaded,
+                              "idle_release_s": encoders.text_idle_s, "texts": list(encoders.encoded_texts)}
     report["commands"] = bench_commands(grounder)
+    if compare:
+        texts = list(dict.fromkeys(list(queries) + list(grounder.background_prompts)))
+        report["backends"] = compare_backends(encoders, pixels, grounder.text_embeddings(texts),
+                                              rounds=max(4, min(10, frames // 10)))
     report["loadavg"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     report["runtime"]["torch_imported"] = "torch" in sys.modules
     if torch_source is not None:
         enc = grounder.encoders
         report["torch_eager"] = torch_baseline(torch_source, grounder.manifest.image_size, min(frames, 30),
                                                int(getattr(enc, "threads", 0) or os.cpu_count() or 1))
+    report["goal_basis"] = goal_basis(report)
     report["checks"] = check_goals(report)  # key kept: saved results and their readers use "checks"
     return report
+
+
+def compare_backends(encoders, pixels: np.ndarray, text_embeds: np.ndarray, rounds: int = 8,
+                     per_round: int = 5) -> dict:
+    """ONNX Runtime and OpenVINO on the bundle's image encoder, side by side: fresh sessions with the encoders'
+    threads, batch 1, interleaved rounds (the order alternates; load from other processes hits both alike), and
+    their agreement: image-embedding cosine and patch agreement (each patch's best-matching text among
+    ``text_embeds``, the queries and background prompts, is the same on both)."""
+    from vlmedge.runtime.grounding import backends as B
+
+    if any(p in B.GPU_PROVIDERS for p in getattr(encoders, "providers", ())) or encoders.backend == "tensorrt":
+        return {"measured": False, "error": "the encoders run on a GPU; OpenVINO here is the CPU's"}
+    if B.openvino_version() is None:
+        return {"measured": False, "error": f"OpenVINO is not installed ({B.OPENVINO_HINT})"}
+    path = encoders.bundle_dir / encoders.manifest.image_encoder.file
+    try:
+        sessions = {"onnxruntime": B.open_session("onnxruntime", path, threads=encoders.threads,
+                                                  spinning=encoders.spinning),
+                    "openvino": B.open_session("openvino", path, threads=encoders.threads)}
+    except (ArtifactError, BackendUnavailable) as e:
+        return {"measured": False, "error": str(e)}
+    outs = {k: s.run(pixels) for k, s in sessions.items()}
+    times: dict[str, list[float]] = {k: [] for k in sessions}
+    order = list(sessions)
+    for r in range(rounds):
+        for k in (order if r % 2 == 0 else order[::-1]):
+            for _ in range(per_round):
+                t = time.perf_counter()
+                sessions[k].run(pixels)
+                times[k].append((time.perf_counter() - t) * 1e3)
+    del sessions
+    release_free_heap()
+    (a_img, a_patch), (b_img, b_patch) = (outs[k][:2] for k in order)
+    report = {k: stats_ms(v) for k, v in times.items()}
+    report.update(measured=True, rounds=rounds, per_round=per_round, parity=backend_parity(
+        a_img, a_patch, b_img, b_patch, text_embeds), chosen=encoders.backend,
+        reason=getattr(getattr(encoders, "backend_choice", None), "reason", None),
+        openvino_speedup_p50=round(report["onnxruntime"]["p50_ms"] / report["openvino"]["p50_ms"], 3))
+    return report
+
+
+def backend_parity(a_img, a_patch, b_img, b_patch, text_embeds: np.ndarray) -> dict:
+    """Agreement of two encoders' outputs: cosines of the image and patch embeddings, and the share of patches
+    whose best-matching text (rows of ``text_embeds``) is the same."""
+    def cos(x, y):
+        x, y = x.reshape(-1, x.shape[-1]).astype(np.float64), y.reshape(-1, y.shape[-1]).astype(np.float64)
+        return (x * y).sum(-1) / (np.linalg.norm(x, axis=-1) * np.linalg.norm(y, axis=-1) + 1e-12)
+
+    t = np.asarray(text_embeds, dtype=np.float64)
+    pa, pb = (p.reshape(-1, p.shape[-1]).astype(np.float64) for p in (a_patch, b_patch))
+    agree = float(np.mean((pa @ t.T).argmax(-1) == (pb @ t.T).argmax(-1))) if len(t) else None
+    pc = cos(a_patch, b_patch)
+    return {"image_cosine_min": round(float(cos(a_img, b_img).min()), 6), "patch_cosine_min": round(float(pc.min()), 6),
+            "patch_cosine_mean": round(float(pc.mean()), 6), "patch_agreement": agree, "texts": int(len(t))}
 
 
 def _check_options(frames, source, camera_fps, camera_format) -> None:
@@ -291,7 +360,9 @@ def _describe(bundle, grounder) -> dict:
     return {"bundle": {"path": str(bundle), "model_id": m.model_id, "precision": m.precision,
                        "target": m.platform, "image_size": list(m.image_size), "patch_grid": list(m.patch_grid),
                        "embed_dim": m.embed_dim, "dense_head": m.dense_head},
-            "runtime": {"providers": list(getattr(enc, "providers", [])),
+            "runtime": {"providers": list(getattr(enc, "providers", [])), "backend": getattr(enc, "backend", None),
+                        "backend_reason": getattr(getattr(enc, "backend_choice", None), "reason", None),
+                        "engine": str(enc.engine) if getattr(enc, "engine", None) else None,
                         "threads": getattr(enc, "threads", None), "cpus": os.cpu_count(),
                         "ort_spinning": bool(getattr(enc, "spinning", False)),
                         "torch_imported": "torch" in sys.modules}}
@@ -376,7 +447,8 @@ def _bench_with_source(grounder, bundle, source: str, frames: int, queries, pref
     report["pipeline"] = {**info, **pipeline_report(meters), "segments": segments}
     report["query_switch"] = probe.result
     enc_times = [t for slot in bare for t in slot]
-    report["encoder"] = {**stats_ms(enc_times), "fps": round(1000.0 / float(np.mean(enc_times)), 3)}
+    report["encoder"] = {**stats_ms(enc_times), "fps": round(1000.0 / float(np.mean(enc_times)), 3),
+                         "min_ms": round(min(enc_times), 3)}
     log.info("encoder: %s", report["encoder"])
     if not live:  # the same file played at its frame rate, like a camera (reported, not checked)
         release_free_heap()
@@ -434,7 +506,8 @@ def bench_preprocess(frame: np.ndarray, spec, n: int) -> dict:
         if _native.resample_rows is not None:
             with _native.numpy_only():
                 numpy_times.append(once())
-    report = {**stats_ms(times), "frame": list(frame.shape[:2]), "kernels": _native.backend()}
+    report = {**stats_ms(times), "min_ms": round(min(times), 3), "frame": list(frame.shape[:2]),
+              "kernels": _native.backend()}
     if numpy_times:
         report["numpy"] = stats_ms(numpy_times)
         report["speedup"] = round(report["numpy"]["mean_ms"] / report["mean_ms"], 2)
@@ -476,20 +549,57 @@ def bench_commands(grounder, command: str = COMMAND_PROBE, rounds: int = 200) ->
             "instances_over_plain_p50_ms": round(inst["p50_ms"] - plain["p50_ms"], 4)}
 
 
+def goal_basis(report: dict) -> dict:
+    """What the throughput and latency goals are relative to, and why.
+
+    A model whose encoder dominates the frame (every real CLIP: preprocessing a camera frame is ~2% of a ViT-B/16
+    encode, ~8% of a B/32 one) is measured against the bare encoder. A model whose encoder costs about as much as
+    preprocessing the frame and matching the queries (the embedded demo model: a few ms each) cannot reach 90% of
+    the bare encoder's rate however good the loop is, since every frame needs that work too: when the fastest
+    preprocessing is >= PREPROCESS_BOUND_RATIO x the fastest encode (best cases: the least disturbed by other
+    processes), the goals are relative to the per-frame work measured inside the loop, preprocess + encode +
+    match (with a prefetch thread: the slower of preprocess and encode + match). Those goals then check what
+    the encoder-bound ones check for a large model: the loop itself (hand-offs, capture, publishing) adds little."""
+    enc, pre, pipe = report["encoder"], report.get("preprocess"), report["pipeline"]
+    enc_best, pre_best = enc.get("min_ms"), (pre or {}).get("min_ms")
+    parts = [pipe.get(f"in_pipeline_{k}_mean_ms") for k in ("preprocess", "encode", "ground")]
+    if None in (enc_best, pre_best) or None in parts or pre_best < PREPROCESS_BOUND_RATIO * enc_best:
+        return {"kind": "encoder-bound", "fps": enc["fps"], "latency_ms": enc["p50_ms"], "label": "the bare encoder",
+                "latency_label": "encoder p50"}
+    pre_ms, enc_ms, ground_ms = parts
+    prefetch = bool(pipe.get("prefetch"))
+    frame_ms = max(pre_ms, enc_ms + ground_ms) if prefetch else pre_ms + enc_ms + ground_ms
+    size = "x".join(str(v) for v in reversed(pre.get("frame", [])))
+    label = ("the slower of preprocess and encode + match" if prefetch else "preprocess + encode + match") + \
+        " in the loop"
+    return {"kind": "preprocessing-bound", "fps": round(1000.0 / frame_ms, 3),
+            "latency_ms": round(pre_ms + enc_ms + ground_ms, 3), "label": label,
+            "latency_label": "preprocess + encode + match",
+            "why": f"the model is small: preprocessing a {size} frame takes {pre_best:.2f} ms at best, "
+                   f"{pre_best / enc_best:.0%} of the fastest encode ({enc_best:.2f} ms), and every frame needs it "
+                   f"(and matching, {ground_ms:.2f} ms here), so 90% of the bare encoder's rate is out of reach by "
+                   "construction; the goals check instead that the loop adds <= 10% to the work of a frame "
+                   f"({pre_ms:.2f} + {enc_ms:.2f} + {ground_ms:.2f} ms in the loop)"}
+
+
 def check_goals(report: dict) -> list[dict]:
-    """One {name, ok, value} per goal (module constants GOAL_*), in a fixed order."""
+    """One {name, ok, value} per goal (module constants GOAL_*), in a fixed order (basis: ``goal_basis``)."""
     enc, pipe = report["encoder"], report["pipeline"]
+    basis = goal_basis(report)
     out = []
-    need = GOAL_FPS_RATIO * enc["fps"]
-    out.append({"name": f"pipeline throughput >= {GOAL_FPS_RATIO:.0%} of the bare encoder rate",
+    need = GOAL_FPS_RATIO * basis["fps"]
+    # the encoder-bound names as they always were: people compare saved reports by them
+    of = "the bare encoder rate" if basis["kind"] == "encoder-bound" else f"the rate of {basis['label']}"
+    out.append({"name": f"pipeline throughput >= {GOAL_FPS_RATIO:.0%} of {of}",
                 "ok": pipe["fps"] >= need,
-                "value": f"{pipe['fps']:.2f} fps vs {need:.2f} fps needed ({enc['fps']:.2f} x {GOAL_FPS_RATIO})"})
+                "value": f"{pipe['fps']:.2f} fps vs {need:.2f} fps needed ({basis['fps']:.2f} x {GOAL_FPS_RATIO})"})
     p99 = pipe["capture_to_publish_p99_ms"]
-    limit = GOAL_LATENCY_RATIO * enc["p50_ms"]
-    out.append({"name": f"capture-to-publish p99 <= {GOAL_LATENCY_RATIO:g}x encoder latency",
+    limit = GOAL_LATENCY_RATIO * basis["latency_ms"]
+    what = "encoder latency" if basis["kind"] == "encoder-bound" else "the latency of a frame's work"
+    out.append({"name": f"capture-to-publish p99 <= {GOAL_LATENCY_RATIO:g}x {what}",
                 "ok": p99 is not None and p99 <= limit,
-                "value": f"{p99} ms vs {limit:.1f} ms ({GOAL_LATENCY_RATIO} x encoder p50 {enc['p50_ms']:.1f} ms; "
-                         f"encoder p99 alone is {enc['p99_ms']:.1f} ms)"})
+                "value": f"{p99} ms vs {limit:.1f} ms ({GOAL_LATENCY_RATIO} x {basis['latency_label']} "
+                         f"{basis['latency_ms']:.1f} ms; encoder p99 alone is {enc['p99_ms']:.1f} ms)"})
     sw = report["query_switch"]
     out.append({"name": "a new query takes effect on the next frame", "ok": bool(sw.get("next_frame")),
                 "value": (f"{sw.get('stale_messages_after_reply')} stale messages after the reply, switch "
@@ -552,6 +662,7 @@ def format_report(r: dict) -> str:
     video = "synthetic scenes video" if r.get("camera") else pipe["source"]
     lines = [f"bundle    {b['model_id']} [{b['precision']}, {b['target']}, {b['image_size'][0]}x{b['image_size'][1]}, "
              f"grid {b['patch_grid'][0]}x{b['patch_grid'][1]}, D={b['embed_dim']}] at {b['path']}",
+             f"backend   {_backend_line(r['runtime'])}",
              f"runtime   {', '.join(r['runtime']['providers'])}, {r['runtime']['threads']} threads "
              f"(spinning {'on' if r['runtime'].get('ort_spinning') else 'off'}), {r['runtime']['cpus']} CPUs, "
              f"torch imported: {r['runtime']['torch_imported']}",
@@ -560,7 +671,9 @@ def format_report(r: dict) -> str:
              "",
              f"{'measurement':<34}{'mean':>9}{'p50':>9}{'p99':>9}   other",
              *_preprocess_lines(r["preprocess"]),
-             _stats_row("image encoder (ONNX Runtime)", enc, f"ms, {enc['fps']:.2f} fps")]
+             _stats_row(f"image encoder ({_BACKEND_NAMES.get(r['runtime'].get('backend'), 'ONNX Runtime')})",
+                        enc, f"ms, {enc['fps']:.2f} fps"),
+             *floor_lines(enc.get("gemm_floor"), r["runtime"].get("threads"))]
     lines += _pipeline_lines("pipeline, video every frame" if cam is not None else "pipeline, live source", pipe)
     if cam is not None:
         fps = r["camera"]["fps"] if r.get("camera") else None
@@ -581,11 +694,22 @@ def format_report(r: dict) -> str:
         lines.append(_stats_row(f"match: its {len(cmd['noun_phrases'])} phrases, instances", cmd["match_noun_phrases"],
                                 f"ms (splitting into instances, counting/ordering commands: "
                                 f"{cmd['instances_over_plain_p50_ms']:+.3f} ms)"))
+    lines += _backends_lines(r.get("backends"))
     lines.append(f"{'memory':<34}   VmRSS {mem.get('VmRSS')} MB, VmHWM (peak) {mem.get('VmHWM')} MB")
+    te = r.get("text_encoder")
+    if te is not None:
+        lines.append(f"{'text encoder':<34}   " + (
+            f"loaded {te['loads']}x for texts outside the vocabulary: {', '.join(map(repr, te.get('texts', [])))}"
+            if te["loads"] else
+            "never loaded (every text came from the vocabulary/cache)")
+            + (f", released after {te['idle_release_s']:g} s idle" if te.get("idle_release_s") is not None else ""))
     load = r.get("loadavg")
     lines.append(f"{'load average (1/5/15 min)':<34}   " + (" ".join(f"{v:.2f}" for v in load) if load else "-")
                  + f" on {r['runtime']['cpus']} CPUs")
     lines.append("")
+    basis = r.get("goal_basis") or {}
+    if basis.get("why"):
+        lines.append(f"note  goals relative to {basis['label']}: {basis['why']}")
     for c in r["checks"]:
         lines.append(f"{'PASS' if c['ok'] else 'FAIL'}  {c['name']}: {c['value']}")
     if cam is not None and cam["frames"] and enc["fps"] > 0:
@@ -594,6 +718,31 @@ def format_report(r: dict) -> str:
                      f"capture-to-publish p99 {cam['capture_to_publish_p99_ms'] / enc['p50_ms']:.2f}x encoder p50, "
                      f"of which up to {_fmt(cam['wait_p99_ms'])} ms (p99) the newest frame waited for the encoder")
     return "\n".join(lines)
+
+
+_BACKEND_NAMES = {"onnxruntime": "ONNX Runtime", "openvino": "OpenVINO", "tensorrt": "TensorRT"}
+
+
+def _backend_line(rt: dict) -> str:
+    name = _BACKEND_NAMES.get(rt.get("backend"), rt.get("backend") or "ONNX Runtime")
+    extra = f", engine {rt['engine']}" if rt.get("engine") else ""
+    return f"{name}{extra}" + (f" ({rt['backend_reason']})" if rt.get("backend_reason") else "")
+
+
+def _backends_lines(b: dict | None) -> list[str]:
+    """The two CPU backends side by side (``compare_backends``)."""
+    if b is None:
+        return []
+    if not b.get("measured"):
+        return [f"{'backends side by side':<34}   not measured: {b.get('error')}"]
+    par = b["parity"]
+    lines = [_stats_row(f"  {_BACKEND_NAMES[k]}{' (in use)' if b.get('chosen') == k else ''}", b[k], "ms")
+             for k in ("onnxruntime", "openvino")]
+    agree = "-" if par["patch_agreement"] is None else f"{100 * par['patch_agreement']:.1f}%"
+    return [f"{'backends side by side':<34}   fresh sessions, {b['rounds']} interleaved rounds x {b['per_round']} "
+            f"encodes (OpenVINO x{b['openvino_speedup_p50']:.2f} at p50)"] + lines + [
+        f"{'  agreement':<34}   image cosine min {par['image_cosine_min']:.5f}, patch cosine min "
+        f"{par['patch_cosine_min']:.5f}, patch agreement {agree} over {par['texts']} texts"]
 
 
 def _pct(v) -> str:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -112,9 +114,50 @@ def test_spinning_is_an_explicit_choice_with_the_same_results(bundle):
     from vlmedge.runtime.grounding.encoders import BundleEncoders
 
     x = np.random.default_rng(1).normal(0, 1, (1, 3, 64, 64)).astype(np.float32)
-    spinning, still = BundleEncoders(bundle), BundleEncoders(bundle, spinning=False, verify=False)
-    assert still.spinning is False and spinning.spinning is True
+    spinning, still = BundleEncoders(bundle, spinning=True), BundleEncoders(bundle, verify=False)
+    assert still.spinning is False and spinning.spinning is True  # off by default: degrades least under load
     a, b = still.encode_image(x), spinning.encode_image(x)
     assert np.abs(a[0] - b[0]).max() < 1e-5 and np.abs(a[1] - b[1]).max() < 1e-5
     with pytest.raises(ConfigError, match="spinning"):
         BundleEncoders(bundle, spinning="yes", verify=False)
+
+
+def test_text_encoder_loads_only_for_a_text_outside_the_vocabulary_and_is_released_when_idle(tiny_bundles):
+    from vlmedge.runtime.grounding.encoders import BundleEncoders
+    from vlmedge.runtime.grounding.grounder import Grounder
+
+    vocab = ("the red cup", "background", "a table", "a wall", "the floor")
+    enc = BundleEncoders(tiny_bundles(vocab=vocab), text_idle_s=0.3)
+    g = Grounder(enc)
+    g.text_embeddings(["the red cup"])
+    assert not enc.text_loaded and enc.text_loads == 0  # the vocabulary (and the background prompts) sufficed
+    first = g.text_embeddings(["a blue ball"])  # not in the vocabulary: loaded now
+    assert enc.text_loads == 1 and g.text_encoder_calls == 1
+    px = np.zeros((1, 3, 64, 64), np.float32)
+    enc.encode_image(px)
+    assert enc.text_loaded  # used just now: kept
+    deadline = time.monotonic() + 60
+    while enc.text_loaded and time.monotonic() < deadline:  # the loop's next encode after 0.3 s idle releases it
+        time.sleep(0.05)
+        enc.encode_image(px)
+    assert not enc.text_loaded
+    assert not [t.name for t in threading.enumerate() if t.name.startswith("vlmedge")]  # no timer thread left
+    again = enc.encode_text(["a blue ball"])  # loaded again on demand, same result
+    assert enc.text_loads == 2 and np.abs(again[0] / np.linalg.norm(again[0]) - first[0]).max() < 1e-5
+    enc.release_text_encoder()
+    assert not enc.text_loaded
+
+
+def test_text_encoder_release_policy_is_validated_and_none_keeps_it(tiny_bundle_dir):
+    from vlmedge.errors import ConfigError
+    from vlmedge.runtime.grounding.encoders import BundleEncoders
+
+    keep = BundleEncoders(tiny_bundle_dir, text_idle_s=None)
+    keep.encode_text(["the red cup"])
+    assert not keep.release_idle_text_encoder() and keep.text_loaded
+    now = BundleEncoders(tiny_bundle_dir, text_idle_s=0, verify=False)
+    now.encode_text(["the red cup"])
+    assert not now.text_loaded and now.text_loads == 1  # 0: released right after each use
+    for bad in (-1, "60", True):
+        with pytest.raises(ConfigError, match="text_idle_s"):
+            BundleEncoders(tiny_bundle_dir, text_idle_s=bad, verify=False)

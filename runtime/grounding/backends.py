@@ -1,0 +1,611 @@
+"""Where a bundle's ONNX graphs run: ONNX Runtime, OpenVINO (the same ONNX files, no re-export) or a TensorRT
+engine built by ``vlmedge build-engine``. Torch-free; OpenVINO and TensorRT are imported only when used.
+
+    session = open_session("openvino", path, threads=2)      # .run(x) -> [outputs], .input_name
+    choice = resolve_backend("auto", bundle_dir, manifest, threads=2, spinning=False)  # BackendChoice
+
+``auto`` on the CPU: the faster of ONNX Runtime and OpenVINO for this bundle on this CPU (within the runtime's
+memory budget), measured once (a short interleaved timing in a child process, so this process keeps neither
+session nor its memory) and cached in a small JSON file (``cache_dir()``), keyed by the bundle's files, the
+CPU model, both backends' versions, the thread count and spinning: any change measures again. Without
+OpenVINO, or with a GPU provider, ``auto`` is ONNX Runtime. Every choice is logged with its reason.
+
+TensorRT: ``select_engine`` (a pure function of the bundle's engine sidecars, the TensorRT version and the GPU)
+picks the engine ``vlmedge build-engine`` wrote for exactly this TensorRT version and GPU, or says why there is
+none; the runtime then falls back to ONNX Runtime without its TensorRT provider, which would otherwise build
+an engine of its own at every start (minutes) without a word.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from vlmedge.errors import ArtifactError, BackendUnavailable, ConfigError, check_choice
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("auto", "onnxruntime", "openvino", "tensorrt")
+OPENVINO_HINT = 'pip install "vlmedge[openvino]" (or: pip install openvino)'
+CACHE_FILE = "backend-choice.json"
+CACHE_VERSION = 1
+# ``auto`` keeps ONNX Runtime (the path every platform has and the tests cover most) unless OpenVINO is faster
+# by more than this share: two backends within a few percent swap places from one measurement to the next.
+AUTO_MARGIN = 0.03
+# ``auto`` keeps the runtime within this resident memory (the runtime's goal, checked by `vlmedge bench`): the faster
+# backend is chosen unless it alone would take the process above it while the other would not. OpenVINO holds a
+# ViT-B/16 int8 image encoder in ~290 MB (its libraries, the weights twice) against ~220 MB for ONNX Runtime.
+MEMORY_BUDGET_MB = 350.0
+MEASURE_ROUNDS = 8  # interleaved rounds of the auto measurement, 2 calls per backend each
+GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+
+# OpenVINO settings for latency on a small CPU: one stream (one frame at a time), the inference threads given,
+# threads not pinned to cores: with pinning, a competing busy process on a pinned core stalls every parallel
+# region (benchmarks/contention.py measures both; docs in README "Encoder backends").
+OPENVINO_PINNING = False
+
+
+# ------------------------------------------------------------------------------------------------ sessions
+class OrtSession:
+    """One ONNX graph on ONNX Runtime. ``spinning``: worker threads spin-wait during a run and stop when it
+    returns (``session.force_spinning_stop``); False: they sleep between the parallel parts."""
+
+    backend = "onnxruntime"
+
+    def __init__(self, path: str | Path, *, threads: int, spinning: bool = False, providers=None,
+                 provider_options=None):
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.log_severity_level = 3
+        # Off by default: with other busy processes on the cores, spinning workers burn the time slices the
+        # straggler needs (benchmarks/contention.py: 2-2.6x slower beside one busy process, off: 1.1-1.4x); on an
+        # idle machine spinning was 0-1.4x faster. Spinning that outlived the run starved the capture and
+        # preprocessing threads in an earlier loop, hence force_spinning_stop when it is on.
+        so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+        if spinning:
+            so.add_session_config_entry("session.force_spinning_stop", "1")
+        self.providers = list(providers or ["CPUExecutionProvider"])
+        try:
+            self._s = ort.InferenceSession(str(path), so, providers=self.providers,
+                                           provider_options=provider_options)
+        except Exception as e:  # onnxruntime raises its own exception types
+            raise ArtifactError(f"{path}: ONNX Runtime could not load it with {self.providers} ({e})") from e
+        self.input_name = self._s.get_inputs()[0].name
+        self.version = ort.__version__
+
+    def run(self, x: np.ndarray) -> list[np.ndarray]:
+        return self._s.run(None, {self.input_name: x})
+
+
+class OpenVinoSession:
+    """One ONNX graph compiled by OpenVINO for the CPU, as the file is (OpenVINO reads ONNX itself).
+
+    ``threads``: inference threads; one stream and the LATENCY hint (one frame at a time); ``pinning``: pin
+    the threads to cores. Float parts run in f32 (``INFERENCE_PRECISION_HINT``): on CPUs with bf16 OpenVINO
+    would otherwise run them in bf16, which is not what the bundle was verified with."""
+
+    backend = "openvino"
+
+    def __init__(self, path: str | Path, *, threads: int, pinning: bool = OPENVINO_PINNING, streams: int = 1):
+        ov = import_openvino()
+        self.config = {"INFERENCE_NUM_THREADS": int(threads), "NUM_STREAMS": int(streams),
+                       "PERFORMANCE_HINT": "LATENCY", "ENABLE_CPU_PINNING": bool(pinning),
+                       "INFERENCE_PRECISION_HINT": "f32"}
+        try:
+            core = ov.Core()
+            self._compiled = core.compile_model(str(path), "CPU", self.config)
+        except Exception as e:  # OpenVINO raises RuntimeError subclasses of its own
+            raise ArtifactError(f"{path}: OpenVINO {ov.get_version()} could not compile it for the CPU ({e})") from e
+        self.input_name = self._compiled.inputs[0].get_any_name()
+        self._request = self._compiled.create_infer_request()
+        self._lock = threading.Lock()  # one infer request: one call at a time
+        self.version = openvino_version()
+
+    def run(self, x: np.ndarray) -> list[np.ndarray]:
+        with self._lock:
+            self._request.infer({0: x})
+            # copies: the request reuses its output buffers on the next call
+            return [np.array(self._request.get_output_tensor(i).data) for i in range(len(self._compiled.outputs))]
+
+
+def open_session(backend: str, path: str | Path, *, threads: int, spinning: bool = False, providers=None,
+                 provider_options=None):
+    """A session of ``backend`` ("onnxruntime" or "openvino") over the ONNX file ``path``."""
+    if backend == "openvino":
+        return OpenVinoSession(path, threads=threads)
+    if backend == "onnxruntime":
+        return OrtSession(path, threads=threads, spinning=spinning, providers=providers,
+                          provider_options=provider_options)
+    raise ConfigError(f"backend {backend!r} has no ONNX session; expected 'onnxruntime' or 'openvino'")
+
+
+def default_backend(backend: str | None) -> str:
+    """``backend`` checked, or when None: ``$VLMEDGE_BACKEND`` (checked, naming the variable), else "auto"."""
+    if backend is None:
+        env = os.environ.get("VLMEDGE_BACKEND", "").strip()
+        if not env:
+            return "auto"
+        check_choice("VLMEDGE_BACKEND (environment)", env, BACKENDS)
+        return env
+    check_choice("backend", backend, BACKENDS)
+    return backend
+
+
+def import_openvino():
+    try:
+        import openvino as ov
+    except ImportError as e:
+        raise BackendUnavailable("OpenVINO", OPENVINO_HINT) from e
+    return ov
+
+
+def openvino_version() -> str | None:
+    """The installed OpenVINO's version, without importing it when it is absent."""
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version("openvino")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def onnxruntime_version() -> str:
+    import onnxruntime as ort
+
+    return ort.__version__
+
+
+def release_free_heap() -> bool:
+    """Hand memory that is allocated-then-freed back to the OS (glibc ``malloc_trim``; False elsewhere).
+
+    After a session is released (the idle text encoder) and between the bench's pipeline runs: freed heap
+    otherwise stays in glibc's arenas and in the resident figures although nothing holds it."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return False
+    trim(0)
+    return True
+
+
+# ---------------------------------------------------------------------------------------- machine, cache
+def cpu_model() -> str:
+    """The CPU as the auto choice keys it: model name, and a short hash of the feature flags (virtual machines
+    often all report "Intel Xeon Processor"; the flags tell AVX-512/VNNI/AMX hosts apart) and usable CPUs."""
+    name, flags = "", ""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key == "model name" and not name:
+                    name = value.strip()
+                elif key in ("flags", "Features") and not flags:
+                    flags = " ".join(sorted(value.split()))
+    except OSError:
+        pass
+    import platform
+
+    name = name or platform.processor() or platform.machine()
+    try:
+        ncpu = len(os.sched_getaffinity(0))
+    except AttributeError:
+        ncpu = os.cpu_count() or 1
+    digest = hashlib.sha256(flags.encode()).hexdigest()[:8] if flags else "noflags"
+    return f"{name} [{ncpu} cpus, flags {digest}]"
+
+
+def cache_dir() -> Path:
+    """``$VLMEDGE_CACHE_DIR``, else ``$XDG_CACHE_HOME/vlmedge``, else ``~/.cache/vlmedge``."""
+    if os.environ.get("VLMEDGE_CACHE_DIR"):
+        return Path(os.environ["VLMEDGE_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "vlmedge"
+
+
+def bundle_hash(manifest) -> str:
+    """The two encoders' sha256 from the (verified) manifest, hashed together: the bundle as the choice sees it."""
+    names = (manifest.image_encoder.file, manifest.text_encoder.file)
+    text = "|".join(f"{n}={manifest.files.get(n, {}).get('sha256', '?')}" for n in names)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def choice_key(bundle: str, cpu: str, versions: dict, threads: int, spinning: bool) -> str:
+    v = ",".join(f"{k} {versions[k]}" for k in sorted(versions))
+    return f"bundle {bundle} | cpu {cpu} | {v} | threads {threads} | spinning {'on' if spinning else 'off'}"
+
+
+def read_cache(path: Path) -> dict:
+    """The cached choices ({key: entry}); empty when the file is missing or not ours (with a warning)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as e:
+        log.warning("backend choice cache %s unreadable (%s); measuring again", path, e)
+        return {}
+    if not isinstance(data, dict) or data.get("version") != CACHE_VERSION or not isinstance(data.get("entries"), dict):
+        log.warning("backend choice cache %s is not a version-%d cache; measuring again", path, CACHE_VERSION)
+        return {}
+    return data["entries"]
+
+
+def write_cache(path: Path, entries: dict, keep: int = 64) -> bool:
+    """Write atomically (keeping the newest ``keep`` entries); False (with a warning) when it cannot be written."""
+    newest = dict(sorted(entries.items(), key=lambda kv: kv[1].get("measured_at", ""))[-keep:])
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".backend-choice-", suffix=".json", dir=path.parent)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump({"version": CACHE_VERSION, "entries": newest}, f, indent=2)
+            f.write("\n")
+        os.replace(tmp, path)
+        return True
+    except OSError as e:
+        log.warning("could not write the backend choice cache %s (%s); the next start measures again", path, e)
+        return False
+
+
+# ------------------------------------------------------------------------------------------- auto choice
+@dataclass(frozen=True)
+class BackendChoice:
+    """The backend the encoders run on and why (``reason`` is what the log says)."""
+
+    backend: str  # "onnxruntime" | "openvino" | "tensorrt"
+    reason: str
+    measured_ms: dict = field(default_factory=dict)  # backend -> median ms of the auto measurement, when one ran
+    cached: bool = False  # the measurement came from the cache file
+
+
+def decide_backend(requested: str, *, openvino: str | None, gpu_providers: bool,
+                   cached: dict | None = None, measured_ms: dict | None = None,
+                   base_mb: float | None = None) -> BackendChoice | None:
+    """The choice, or None when ``auto`` needs a measurement first (pure: no I/O).
+
+    ``openvino``: its version, None when absent; ``gpu_providers``: the ONNX Runtime providers include a GPU
+    one; ``cached``: this key's cache entry; ``measured_ms``: a fresh measurement ({backend: median ms, and
+    "resident_mb": {backend: MB}}); ``base_mb``: this process's resident memory before the image encoder
+    loads: with it, the faster backend must keep the process within MEMORY_BUDGET_MB when the other would."""
+    check_choice("backend", requested, BACKENDS)
+    if requested == "openvino":
+        if openvino is None:
+            raise BackendUnavailable("OpenVINO (--backend openvino)", OPENVINO_HINT)
+        if gpu_providers:
+            raise ConfigError("--backend openvino runs on the CPU; it cannot be combined with GPU providers "
+                              "(drop --providers, or use --backend onnxruntime)")
+        return BackendChoice("openvino", "asked for (--backend openvino)")
+    if requested == "onnxruntime":
+        return BackendChoice("onnxruntime", "asked for (--backend onnxruntime)")
+    if requested == "tensorrt":
+        return BackendChoice("tensorrt", "asked for (--backend tensorrt)")
+    if gpu_providers:
+        return BackendChoice("onnxruntime", "auto: GPU execution provider available (OpenVINO here runs on the CPU)")
+    if openvino is None:
+        return BackendChoice("onnxruntime", f"auto: OpenVINO is not installed ({OPENVINO_HINT} to compare)")
+    if measured_ms is None and cached is not None:
+        measured_ms = cached.get("measured_ms")
+        from_cache = True
+    else:
+        from_cache = False
+    if measured_ms and measured_ms.get("openvino_error"):
+        return BackendChoice("onnxruntime", f"auto: OpenVINO cannot run this bundle ({measured_ms['openvino_error']})",
+                             dict(measured_ms), from_cache)
+    if not measured_ms or not all(isinstance(measured_ms.get(b), (int, float)) for b in ("onnxruntime", "openvino")):
+        return None
+    ort_ms, ov_ms = float(measured_ms["onnxruntime"]), float(measured_ms["openvino"])
+    when = "measured earlier on this CPU (cache)" if from_cache else "measured now"
+    figures = f"image encoder median ONNX Runtime {ort_ms:.2f} ms, OpenVINO {ov_ms:.2f} ms, {when}"
+    mem = measured_ms.get("resident_mb")
+    if isinstance(mem, dict) and all(isinstance(mem.get(b), (int, float)) for b in ("onnxruntime", "openvino")):
+        figures += f"; resident memory +{mem['onnxruntime']:.0f} MB vs +{mem['openvino']:.0f} MB"
+    if ov_ms < ort_ms * (1 - AUTO_MARGIN):
+        if base_mb is not None and isinstance(mem, dict) and isinstance(mem.get("openvino"), (int, float)) \
+                and isinstance(mem.get("onnxruntime"), (int, float)):
+            ov_total, ort_total = base_mb + mem["openvino"], base_mb + mem["onnxruntime"]
+            if ov_total > MEMORY_BUDGET_MB >= ort_total:
+                return BackendChoice("onnxruntime", f"auto: OpenVINO is {ort_ms / ov_ms:.2f}x faster but would take "
+                                     f"this process to ~{ov_total:.0f} MB, above the {MEMORY_BUDGET_MB:.0f} MB memory "
+                                     f"budget (ONNX Runtime: ~{ort_total:.0f} MB; --backend openvino to choose it "
+                                     f"anyway) ({figures})", dict(measured_ms), from_cache)
+        return BackendChoice("openvino", f"auto: OpenVINO is {ort_ms / ov_ms:.2f}x faster ({figures})",
+                             dict(measured_ms), from_cache)
+    why = (f"OpenVINO is not faster by more than {AUTO_MARGIN:.0%}" if ov_ms < ort_ms
+           else f"ONNX Runtime is {ov_ms / ort_ms:.2f}x faster")
+    return BackendChoice("onnxruntime", f"auto: {why} ({figures})", dict(measured_ms), from_cache)
+
+
+def measure_backends(image_encoder: str | Path, input_shape: tuple[int, ...], *, threads: int, spinning: bool,
+                     rounds: int = MEASURE_ROUNDS, per_round: int = 2, warmup: int = 3) -> dict:
+    """Median ms of batch-1 encodes on each backend, interleaved round by round (the order alternates), so that
+    load from other processes hits both alike. Loads both sessions: run it in a child (``measure_in_child``)."""
+    shape = tuple(1 if not isinstance(d, int) or d < 1 else d for d in input_shape)
+    x = np.random.default_rng(0).normal(0, 1, shape).astype(np.float32)
+    # resident memory each one adds (loaded and run; OpenVINO's includes its libraries), reported with the choice
+    rss = [_rss_mb()]
+    sessions = {"onnxruntime": open_session("onnxruntime", image_encoder, threads=threads, spinning=spinning)}
+    for _ in range(warmup):
+        sessions["onnxruntime"].run(x)
+    rss.append(_rss_mb())
+    try:
+        sessions["openvino"] = open_session("openvino", image_encoder, threads=threads)
+    except (ArtifactError, BackendUnavailable) as e:  # e.g. an ONNX Runtime-only operator in the graph
+        return {"onnxruntime": None, "openvino": None, "openvino_error": str(e)}
+    for _ in range(warmup):
+        sessions["openvino"].run(x)
+    rss.append(_rss_mb())
+    times: dict[str, list[float]] = {k: [] for k in sessions}
+    order = list(sessions)
+    for r in range(rounds):
+        for name in (order if r % 2 == 0 else order[::-1]):
+            for _ in range(per_round):
+                t = time.perf_counter()
+                sessions[name].run(x)
+                times[name].append((time.perf_counter() - t) * 1e3)
+    out: dict = {k: round(float(np.median(v)), 3) for k, v in times.items()}
+    if None not in rss:
+        out["resident_mb"] = {"onnxruntime": round(rss[1] - rss[0], 1), "openvino": round(rss[2] - rss[1], 1)}
+    return out
+
+
+def _rss_mb() -> float | None:
+    """VmRSS of this process in MB (Linux; None elsewhere)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def measure_in_child(image_encoder: Path, input_shape, threads: int, spinning: bool, timeout: float = 600) -> dict:
+    """``measure_backends`` in a child process: this process never holds the loser's session or its memory."""
+    arg = json.dumps({"image_encoder": str(image_encoder), "input_shape": list(input_shape), "threads": threads,
+                      "spinning": spinning})
+    try:
+        proc = subprocess.run([sys.executable, "-m", "vlmedge.runtime.grounding.backends", arg],
+                              capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise BackendUnavailable(f"the backend measurement (timed out after {timeout:.0f} s)",
+                                 "pass --backend onnxruntime or --backend openvino") from None
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["failed"])[-1]
+        raise BackendUnavailable(f"the backend measurement ({last})",
+                                 "pass --backend onnxruntime or --backend openvino")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def resolve_backend(requested: str, bundle_dir: Path, manifest, *, threads: int, spinning: bool,
+                    gpu_providers: bool = False, cache: Path | None = None, measure=None) -> BackendChoice:
+    """The backend for this bundle here (see the module docstring); logs the choice and its reason.
+
+    ``cache``: the cache file (default ``cache_dir() / CACHE_FILE``); ``measure``: the measurement function
+    (default ``measure_in_child``), called with (image_encoder, input_shape, threads, spinning)."""
+    ov = openvino_version()
+    choice = decide_backend(requested, openvino=ov, gpu_providers=gpu_providers)
+    if choice is None:
+        path = cache or cache_dir() / CACHE_FILE
+        versions = {"onnxruntime": onnxruntime_version(), "openvino": ov}
+        key = choice_key(bundle_hash(manifest), cpu_model(), versions, threads, spinning)
+        entries = read_cache(path)
+        base = _rss_mb()
+        choice = decide_backend(requested, openvino=ov, gpu_providers=False, cached=entries.get(key), base_mb=base)
+        if choice is None:
+            log.info("auto backend: measuring ONNX Runtime and OpenVINO on %s once for this CPU and these versions "
+                     "(a few seconds; cached in %s)", manifest.image_encoder.file, path)
+            ms = (measure or measure_in_child)(bundle_dir / manifest.image_encoder.file,
+                                               tuple(manifest.image_encoder.inputs[0].shape), threads, spinning)
+            choice = decide_backend(requested, openvino=ov, gpu_providers=False, measured_ms=ms, base_mb=base)
+            entries[key] = {"choice": choice.backend, "measured_ms": ms, "reason": choice.reason,
+                            "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                            "bundle": str(bundle_dir), "cpu": cpu_model(), "versions": versions,
+                            "threads": threads, "spinning": spinning}
+            write_cache(path, entries)
+    log.info("encoder backend: %s (%s)", choice.backend, choice.reason)
+    return choice
+
+
+# --------------------------------------------------------------------------------------------- TensorRT
+@dataclass(frozen=True)
+class EngineChoice:
+    """The TensorRT engine to run (None: fall back) and why."""
+
+    engine: Path | None
+    reason: str
+    sidecar: dict = field(default_factory=dict)
+
+
+# engines of the bundle's precision first, then the faster kinds
+_PRECISION_RANK = {"int8": 0, "fp16": 1, "fp32": 2}
+
+
+def _sm(cc) -> str:
+    return f"sm{cc[0]}{cc[1]}"
+
+
+def select_engine(bundle_dir: str | Path, manifest, trt_version: str | None,
+                  gpu: tuple[str, tuple[int, int]] | None) -> EngineChoice:
+    """The engine ``vlmedge build-engine`` wrote for this TensorRT version and GPU, or None and why.
+
+    Reads the JSON sidecars (``*.engine.json``) in the bundle folder; an engine is used only when its sidecar
+    says it was built from this bundle's image encoder (sha256), with exactly this TensorRT version (engines
+    do not load across versions, patch releases included) and for this GPU's compute capability. ``gpu``:
+    (name, (major, minor)) or None when there is no CUDA GPU; ``trt_version``: None when TensorRT is absent."""
+    bundle_dir = Path(bundle_dir)
+    if trt_version is None:
+        return EngineChoice(None, "TensorRT is not installed")
+    if gpu is None:
+        return EngineChoice(None, "no CUDA GPU")
+    gpu_name, cc = gpu
+    onnx_sha = manifest.files.get(manifest.image_encoder.file, {}).get("sha256")
+    usable, rejected = [], []
+    for side in sorted(bundle_dir.glob("*.engine.json")):
+        engine = side.with_name(side.name[:-len(".json")])
+        try:
+            meta = json.loads(side.read_text(encoding="utf-8"))
+            built_trt, built_cc = str(meta["tensorrt_version"]), tuple(int(v) for v in meta["compute_capability"])
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            rejected.append(f"{side.name}: unreadable sidecar ({type(e).__name__}: {e})")
+            continue
+        if not engine.is_file():
+            rejected.append(f"{engine.name}: sidecar without the engine file")
+        elif meta.get("onnx_sha256") != onnx_sha:
+            rejected.append(f"{engine.name}: built from another image encoder (sha256 differs from the bundle's)")
+        elif built_trt != trt_version:
+            rejected.append(f"{engine.name}: built with TensorRT {built_trt}, this is TensorRT {trt_version}")
+        elif built_cc != tuple(cc):
+            rejected.append(f"{engine.name}: built for {meta.get('gpu', '?')} ({_sm(built_cc)}), this GPU is "
+                            f"{gpu_name} ({_sm(cc)})")
+        else:
+            usable.append((engine, meta))
+    if usable:
+        bundle_precision = manifest.precision
+
+        def rank(item):
+            p = item[1].get("precision")
+            return (p != bundle_precision, _PRECISION_RANK.get(p, 9), item[1].get("built_at", "") or "")
+
+        usable.sort(key=rank)
+        engine, meta = usable[0]
+        return EngineChoice(engine, f"built for TensorRT {trt_version} on {_sm(cc)} ({meta.get('precision')}) from "
+                                    "this bundle's image encoder", meta)
+    hint = f"build one on this device: vlmedge build-engine {bundle_dir}"
+    if not rejected:
+        return EngineChoice(None, f"no engine in {bundle_dir} ({hint})")
+    return EngineChoice(None, "no engine for this TensorRT and GPU: " + "; ".join(rejected) + f" ({hint})")
+
+
+def tensorrt_environment() -> tuple[str | None, tuple[str, tuple[int, int]] | None]:
+    """(TensorRT version or None, (GPU name, compute capability) or None) of this machine. Thin: imports
+    tensorrt only when it is installed; the GPU through the driver library (libcuda), no other package."""
+    import ctypes
+    import importlib.util
+
+    version = None
+    if importlib.util.find_spec("tensorrt") is not None:
+        try:
+            import tensorrt
+
+            version = str(tensorrt.__version__)
+        except Exception as e:  # a broken install: say so, run without it
+            log.warning("TensorRT is installed but does not import (%s)", e)
+    lib = None
+    for name in ("libcuda.so.1", "libcuda.so"):
+        try:
+            lib = ctypes.CDLL(name)
+            break
+        except OSError:
+            continue
+    if lib is None or lib.cuInit(0) != 0:
+        return version, None
+    dev, major, minor = ctypes.c_int(), ctypes.c_int(), ctypes.c_int()
+    if lib.cuDeviceGet(ctypes.byref(dev), 0) != 0:
+        return version, None
+    lib.cuDeviceGetAttribute(ctypes.byref(major), 75, dev)  # CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR
+    lib.cuDeviceGetAttribute(ctypes.byref(minor), 76, dev)
+    buf = ctypes.create_string_buffer(256)
+    lib.cuDeviceGetName(buf, 256, dev)
+    return version, (buf.value.decode(errors="replace"), (major.value, minor.value))
+
+
+class TensorRTSession:
+    """A prebuilt TensorRT engine (TensorRT >= 8.5 tensor API), device memory through libcudart with ctypes.
+
+    Thin on purpose: the selection is ``select_engine``; this only moves arrays in and out. NOT RUN on a GPU in
+    this repository's tests (no GPU here): ``benchmarks/gpu_check.sh`` exercises it where one is."""
+
+    backend = "tensorrt"
+
+    def __init__(self, engine_path: str | Path, input_name: str):
+        import ctypes
+
+        import tensorrt as trt
+
+        self._trt = trt
+        self._rt = None
+        for name in ("libcudart.so", "libcudart.so.12", "libcudart.so.11.0", "libcudart.so.10.2"):
+            try:
+                self._rt = ctypes.CDLL(name)
+                break
+            except OSError:
+                continue
+        if self._rt is None:
+            raise BackendUnavailable("the CUDA runtime library (libcudart)", "install the CUDA runtime / JetPack")
+        self._runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        self._engine = self._runtime.deserialize_cuda_engine(Path(engine_path).read_bytes())
+        if self._engine is None:
+            raise ArtifactError(f"{engine_path}: TensorRT {trt.__version__} could not deserialize it")
+        self._context = self._engine.create_execution_context()
+        self.input_name = input_name
+        names = [self._engine.get_tensor_name(i) for i in range(self._engine.num_io_tensors)]
+        self._outputs = [n for n in names if self._engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+        self._stream = ctypes.c_void_p()
+        self._check(self._rt.cudaStreamCreate(ctypes.byref(self._stream)), "cudaStreamCreate")
+        self.version = trt.__version__
+
+    def _check(self, code: int, what: str) -> None:
+        if code != 0:
+            raise BackendUnavailable(f"CUDA ({what} returned error {code})")
+
+    def run(self, x: np.ndarray) -> list[np.ndarray]:
+        import ctypes
+
+        trt, rt = self._trt, self._rt
+        x = np.ascontiguousarray(x)
+        self._context.set_input_shape(self.input_name, tuple(x.shape))
+        buffers, outs = [], []
+        try:
+            for name, host in [(self.input_name, x)] + [
+                    (n, np.empty(tuple(self._context.get_tensor_shape(n)),
+                                 trt.nptype(self._engine.get_tensor_dtype(n)))) for n in self._outputs]:
+                ptr = ctypes.c_void_p()
+                self._check(rt.cudaMalloc(ctypes.byref(ptr), ctypes.c_size_t(max(host.nbytes, 1))), "cudaMalloc")
+                buffers.append(ptr)
+                self._context.set_tensor_address(name, ptr.value)
+                if name == self.input_name:
+                    self._check(rt.cudaMemcpy(ptr, host.ctypes.data_as(ctypes.c_void_p), ctypes.c_size_t(host.nbytes),
+                                              1), "cudaMemcpy H2D")  # cudaMemcpyHostToDevice
+                else:
+                    outs.append((host, ptr))
+            if not self._context.execute_async_v3(self._stream.value):
+                raise ArtifactError("TensorRT execute_async_v3 failed")
+            self._check(rt.cudaStreamSynchronize(self._stream), "cudaStreamSynchronize")
+            for host, ptr in outs:
+                self._check(rt.cudaMemcpy(host.ctypes.data_as(ctypes.c_void_p), ptr, ctypes.c_size_t(host.nbytes),
+                                          2), "cudaMemcpy D2H")  # cudaMemcpyDeviceToHost
+            return [host.astype(np.float32, copy=False) for host, _ in outs]
+        finally:
+            for ptr in buffers:
+                rt.cudaFree(ptr)
+
+
+def _main(argv: list[str]) -> int:
+    """``python -m vlmedge.runtime.grounding.backends '{json}'``: the auto measurement (``measure_in_child``)."""
+    opts = json.loads(argv[0])
+    print(json.dumps(measure_backends(opts["image_encoder"], tuple(opts["input_shape"]), threads=int(opts["threads"]),
+                                      spinning=bool(opts["spinning"]))))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_main(sys.argv[1:]))
