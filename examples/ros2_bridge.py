@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Republish vlmedge targets as ROS 2 ``vision_msgs/Detection2DArray``.
+"""Republish vlmedge targets as ROS 2 vision_msgs/Detection2DArray messages.
 
     vlmedge run --source csi://0 --query "the red cup" &      # publishes on tcp://127.0.0.1:5555
     python3 examples/ros2_bridge.py --address tcp://127.0.0.1:5555 --topic /vlmedge/detections
@@ -8,8 +8,9 @@ Each found target becomes one Detection2D: ``class_id`` = the query text, ``scor
 bbox center/size in pixels, ``id`` = the track id, header stamp = the frame's CAPTURE time (Unix
 clock; run chrony/NTP so ROS and the camera host agree). Not-found targets are left out.
 
-The conversion (``targets_to_detection2d_array``) is a pure function producing a dict with the
-message's fields, so it is testable without ROS; rclpy and vision_msgs are imported only in main().
+The conversion is the one ``vlmedge run --record out.mcap`` writes into ROS 2 bags
+(``vlmedge.runtime.recording.ros.targets_to_detection2d_array``): a pure function producing a dict with the
+message's fields, testable without ROS; rclpy and vision_msgs are imported only in main().
 """
 
 from __future__ import annotations
@@ -19,28 +20,7 @@ import sys
 
 from vlmedge import protocol
 from vlmedge.errors import ProtocolError
-
-
-def targets_to_detection2d_array(msg: dict, frame_id: str = "camera") -> dict:
-    """A parsed ``targets`` message -> dict shaped like vision_msgs/Detection2DArray."""
-    if not isinstance(msg, dict) or msg.get("type") != "targets":
-        got = msg.get("type") if isinstance(msg, dict) else type(msg).__name__
-        raise ProtocolError(f"expected a targets message, got {got!r}")
-    t = int(msg["t_capture_ns"])
-    header = {"stamp": {"sec": t // 1_000_000_000, "nanosec": t % 1_000_000_000}, "frame_id": frame_id}
-    detections = []
-    for target in msg["targets"]:
-        if not target["found"]:
-            continue
-        x0, y0, x1, y1 = target["bbox"]
-        detections.append({
-            "header": header,
-            "results": [{"hypothesis": {"class_id": target["query"], "score": float(target["score"])}}],
-            "bbox": {"center": {"position": {"x": (x0 + x1) / 2.0, "y": (y0 + y1) / 2.0}, "theta": 0.0},
-                     "size_x": float(x1 - x0), "size_y": float(y1 - y0)},
-            "id": "" if target["track_id"] is None else str(target["track_id"]),
-        })
-    return {"header": header, "detections": detections}
+from vlmedge.runtime.recording.ros import FRAME_ID, TOPIC_DETECTIONS, targets_to_detection2d_array
 
 
 def to_ros(d: dict):
@@ -71,11 +51,29 @@ def to_ros(d: dict):
     return out
 
 
+DESCRIPTION = """\
+Republish the targets of a running `vlmedge run` as ROS 2 vision_msgs/Detection2DArray messages: one
+Detection2D per found target, class_id = the command, score, bbox center/size in pixels, id = the track
+id, header stamp = the frame's capture time. Needs a sourced ROS 2 (rclpy) with vision_msgs."""
+
+EPILOG = """\
+example:
+  vlmedge run --source csi://0 --query "the red cup" &
+  python3 examples/ros2_bridge.py --topic /vlmedge/detections
+
+Without ROS on the robot: `vlmedge run --record out.mcap` writes the same messages into a ROS 2 bag
+(`ros2 bag play out.mcap`, Foxglove)."""
+
+
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[1])
-    ap.add_argument("--address", default=protocol.DEFAULT_PUB_ADDRESS, help="vlmedge publisher address")
-    ap.add_argument("--topic", default="/vlmedge/detections", help="ROS 2 topic")
-    ap.add_argument("--frame-id", default="camera", help="header.frame_id of the camera")
+    ap = argparse.ArgumentParser(
+        prog="ros2_bridge.py", description=DESCRIPTION, epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--address", default=protocol.DEFAULT_PUB_ADDRESS,
+                    help=f"the publisher of a running `vlmedge run` (default: {protocol.DEFAULT_PUB_ADDRESS})")
+    ap.add_argument("--topic", default=TOPIC_DETECTIONS,
+                    help=f"ROS 2 topic to publish the Detection2DArray messages on (default: {TOPIC_DETECTIONS})")
+    ap.add_argument("--frame-id", default=FRAME_ID, help=f"header.frame_id of the camera (default: {FRAME_ID})")
     args = ap.parse_args(argv)
     try:
         import rclpy

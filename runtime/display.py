@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import os
+import zlib
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -18,9 +20,18 @@ from vlmedge.runtime.grounding.results import GroundingResult
 
 log = logging.getLogger(__name__)
 
-# BGR colours, one per query in order.
-PALETTE = ((0, 0, 255), (0, 200, 0), (255, 128, 0), (0, 200, 255), (255, 0, 255), (255, 255, 0), (128, 0, 255))
+# BGR. A query that names a colour ("the blue ball", "the bottle left of ..." names its target's) is drawn in it;
+# the others take one of PALETTE (hues none of the names has), by a hash of their text: a query keeps its colour
+# from frame to frame and from run to run, whatever the other queries are (unless two hash alike).
+NAMED_COLOURS = {
+    "red": (0, 0, 255), "orange": (0, 140, 255), "yellow": (0, 230, 255), "green": (0, 200, 0),
+    "blue": (255, 90, 0), "purple": (200, 40, 150), "pink": (203, 130, 255), "white": (255, 255, 255),
+    "black": (60, 60, 60), "brown": (30, 80, 150), "gray": (160, 160, 160), "grey": (160, 160, 160),
+}
+PALETTE = ((255, 255, 0), (255, 0, 255), (0, 255, 128), (114, 128, 250), (250, 200, 210), (0, 150, 150))
 QUIT_KEYS = (ord("q"), ord("Q"), 27)  # q or Esc
+QUIT_HINT = "q / Esc to quit"
+MAX_WINDOW = (1920, 1080)  # (w, h): the window opens 1:1 up to this, larger frames scaled down to fit
 
 
 def gui_backend() -> str:
@@ -31,6 +42,54 @@ def gui_backend() -> str:
             value = value.strip()
             return "" if value.upper() in ("", "NONE", "NO") else value
     return ""
+
+
+def _target_colour_name(query: str) -> str | None:
+    """The colour word of the phrase ``query`` is about: "the blue ball" -> blue, "the bottle left of the purple
+    bottle" -> None (its target, "the bottle", has none), "how many red cups" -> red."""
+    try:
+        from vlmedge.language import read_command
+
+        node = read_command(query).root
+    except Exception:  # any text is drawn, parsed or not
+        return None
+    for _ in range(16):
+        nxt = getattr(node, "subject", None) or getattr(node, "of", None) or getattr(node, "base", None)
+        if nxt is None:
+            break
+        node = nxt
+    colour = getattr(node, "colour", None)
+    return colour if colour in NAMED_COLOURS else None
+
+
+_COLOUR_CACHE: dict[str, str | None] = {}
+
+
+def query_colour(query: str, taken: tuple = ()) -> tuple[int, int, int]:
+    """The BGR colour ``query`` is drawn in: the colour it names, else a palette colour picked by a hash of its
+    text (the next free one when that is in ``taken``)."""
+    if query not in _COLOUR_CACHE:
+        if len(_COLOUR_CACHE) > 1024:  # queries come from the control socket: keep the cache bounded
+            _COLOUR_CACHE.clear()
+        _COLOUR_CACHE[query] = _target_colour_name(query)
+    name = _COLOUR_CACHE[query]
+    if name is not None:
+        return NAMED_COLOURS[name]
+    start = zlib.crc32(query.encode()) % len(PALETTE)
+    for k in range(len(PALETTE)):
+        colour = PALETTE[(start + k) % len(PALETTE)]
+        if colour not in taken:
+            return colour
+    return PALETTE[start]
+
+
+def query_colours(queries) -> list[tuple[int, int, int]]:
+    """One colour per query, in order (see :func:`query_colour`); queries without a colour name avoid the
+    colours of the queries before them."""
+    out: list[tuple[int, int, int]] = []
+    for q in queries:
+        out.append(query_colour(q, tuple(out)))
+    return out
 
 
 def display_available() -> tuple[bool, str]:
@@ -220,9 +279,10 @@ def draw_overlay(frame_bgr: np.ndarray, result: GroundingResult | None, *, heatm
         # so neither hides the other.
         stacked: dict[tuple, int] = {}
         placed = [[(t, _stack(stacked, t.bbox)) for t in targets] for _, targets, _ in rows]
+        colours = query_colours(q for q, _, _ in rows)
         # Shapes first, then text on top of them: a label is never crossed by another command's line.
         for i, row in enumerate(placed):
-            colour = PALETTE[i % len(PALETTE)]
+            colour = colours[i]
             for t, k in row:
                 x0, y0, x1, y1 = t.bbox
                 cv2.rectangle(img, (x0 + 3 * k, y0 + 3 * k), (x1 - 1 - 3 * k, y1 - 1 - 3 * k), colour, 2)
@@ -230,14 +290,14 @@ def draw_overlay(frame_bgr: np.ndarray, result: GroundingResult | None, *, heatm
                     cv2.drawMarker(img, (int(t.peak[0]), int(t.peak[1])), colour, cv2.MARKER_CROSS, 12, 2)
         for i, (_, targets, command) in enumerate(rows):
             if command is not None:
-                _draw_relations(img, targets, command, PALETTE[i % len(PALETTE)])
+                _draw_relations(img, targets, command, colours[i])
         for i, ((q, _, _), row) in enumerate(zip(rows, placed)):
             for t, k in row:
                 label = f"{q} #{t.track_id} {t.score:.2f}" if t.track_id is not None else f"{q} {t.score:.2f}"
-                _put_label(img, label, t.bbox[0] + 2, t.bbox[1] - 6 - 20 * k, PALETTE[i % len(PALETTE)])
+                _put_label(img, label, t.bbox[0] + 2, t.bbox[1] - 6 - 20 * k, colours[i])
         y = img.shape[0] - 10
         for i, (q, targets, command) in enumerate(rows):
-            colour, org = PALETTE[i % len(PALETTE)], (8, y - 20 * i)
+            colour, org = colours[i], (8, y - 20 * i)
             if command is None:
                 _put_text(img, f"{q}: {'found' if targets else 'not found'}", org, colour)
                 continue
@@ -257,39 +317,109 @@ def draw_overlay(frame_bgr: np.ndarray, result: GroundingResult | None, *, heatm
     return img
 
 
+def window_view(img: np.ndarray, paused: bool = False) -> np.ndarray:
+    """What the live window shows of an overlay frame: the quit hint in the top right corner and, while paused,
+    a PAUSED mark in the middle (neither goes into a recording)."""
+    out = img.copy()
+    w = cv2.getTextSize(QUIT_HINT, FONT, 0.5, 1)[0][0]
+    _put_text(out, QUIT_HINT, (max(2, out.shape[1] - w - 8), 20), (200, 200, 200))
+    if paused:
+        _paused_mark(out)
+    return out
+
+
+def _paused_mark(img: np.ndarray) -> None:
+    big, small = ("PAUSED", 1.2, 2), ("vlmedge send resume", 0.5, 1)
+    (bw, bh), _ = cv2.getTextSize(big[0], FONT, big[1], big[2])
+    (sw, sh), _ = cv2.getTextSize(small[0], FONT, small[1], small[2])
+    cx, cy = img.shape[1] // 2, img.shape[0] // 2
+    x0, y0 = max(0, cx - max(bw, sw) // 2 - 14), max(0, cy - bh - 14)
+    x1, y1 = min(img.shape[1], cx + max(bw, sw) // 2 + 14), min(img.shape[0], cy + sh + 22)
+    img[y0:y1, x0:x1] = (img[y0:y1, x0:x1] * 0.2).astype(np.uint8)
+    cv2.putText(img, big[0], (cx - bw // 2, cy), FONT, big[1], (255, 255, 255), big[2], cv2.LINE_AA)
+    cv2.putText(img, small[0], (cx - sw // 2, cy + sh + 12), FONT, small[1], (220, 220, 220), small[2], cv2.LINE_AA)
+
+
+# Where fonts usually are: the OpenCV wheels' Qt looks in cv2/qt/fonts, which they no longer ship.
+SYSTEM_FONT_DIRS = ("/usr/share/fonts/truetype/dejavu", "/usr/share/fonts/truetype", "/usr/share/fonts",
+                    "/usr/local/share/fonts")
+
+
+def _qt_font_dir() -> None:
+    """Point Qt at the system fonts when the OpenCV wheel pointed it at a folder that does not exist.
+
+    ``import cv2`` (opencv-python wheels, Qt backend) sets QT_QPA_FONTDIR to ``cv2/qt/fonts``, which those wheels
+    no longer contain, so Qt printed "QFontDatabase: Cannot find font directory ..." five times per window. Qt
+    reads the variable when the first window opens, so this runs just before that."""
+    current = os.environ.get("QT_QPA_FONTDIR")
+    if not current or Path(current).is_dir() or not gui_backend().upper().startswith("QT"):
+        return
+    for d in SYSTEM_FONT_DIRS:
+        if Path(d).is_dir():
+            os.environ["QT_QPA_FONTDIR"] = d
+            return
+
+
+def window_size(frame_w: int, frame_h: int, limit: tuple[int, int] = MAX_WINDOW) -> tuple[int, int]:
+    """The (w, h) the window opens at: the frame's own size (1:1), a frame larger than ``limit`` scaled down to
+    fit it, keeping its aspect ratio."""
+    f = min(1.0, limit[0] / frame_w, limit[1] / frame_h)
+    return max(1, round(frame_w * f)), max(1, round(frame_h * f))
+
+
 class Window:
-    """A HighGUI window; ``show(img)`` returns False once the user pressed q/Esc or closed it."""
+    """A HighGUI window; ``show(img)`` returns False once the user pressed q/Esc or closed it.
+
+    It opens at the frame's size (1:1; resizable, keeping the aspect ratio), without HighGUI's toolbar, with a
+    "q / Esc to quit" hint; ``show_idle(paused=True)`` marks the last frame PAUSED."""
 
     def __init__(self, title: str = "vlmedge"):
         ok, why = display_available()
         if not ok:
             raise BackendUnavailable("a display for --display", why + "; run with --no-display (headless)")
         self.title = title
+        _qt_font_dir()
         try:
-            cv2.namedWindow(title, cv2.WINDOW_NORMAL)
+            cv2.namedWindow(title, cv2.WINDOW_NORMAL | cv2.WINDOW_KEEPRATIO | cv2.WINDOW_GUI_NORMAL)
         except cv2.error as e:
             raise BackendUnavailable("a display for --display", f"OpenCV could not open a window ({e}); "
                                      "run with --no-display") from None
         self._open = True
+        self._size: tuple[int, int] | None = None  # the frame size the window was sized for
+        self._last: np.ndarray | None = None
+        self._paused = False
 
-    def show(self, img: np.ndarray) -> bool:
-        if not self._open:
-            return False
-        cv2.imshow(self.title, img)
+    def _display(self, view: np.ndarray) -> None:
+        size = (view.shape[1], view.shape[0])
+        if size != self._size:  # the first frame, or the source changed size: 1:1 again
+            self._size = size
+            cv2.resizeWindow(self.title, *window_size(*size))
+        cv2.imshow(self.title, view)
+
+    def _alive(self) -> bool:
         key = cv2.waitKey(1) & 0xFF
         if key in QUIT_KEYS:
             return False
         try:
-            if cv2.getWindowProperty(self.title, cv2.WND_PROP_VISIBLE) < 1:
-                return False
+            return cv2.getWindowProperty(self.title, cv2.WND_PROP_VISIBLE) >= 1
         except cv2.error:
             return False
-        return True
 
-    def show_idle(self) -> bool:
-        """Keep the window responsive while no frame arrives; False once the user quit."""
+    def show(self, img: np.ndarray) -> bool:
         if not self._open:
             return False
+        self._last, self._paused = img, False
+        self._display(window_view(img))
+        return self._alive()
+
+    def show_idle(self, paused: bool = False) -> bool:
+        """Keep the window responsive while no frame arrives; with ``paused`` the last frame is shown marked
+        PAUSED. False once the user quit."""
+        if not self._open:
+            return False
+        if paused and not self._paused and self._last is not None:
+            self._paused = True
+            self._display(window_view(self._last, paused=True))
         return (cv2.waitKey(1) & 0xFF) not in QUIT_KEYS
 
     def close(self) -> None:

@@ -117,24 +117,43 @@ def _default_demo_stream():
     return src
 
 
-def test_default_demo_stream_always_shows_the_red_cup():
+def test_default_demo_stream_shows_every_object_the_docs_name():
+    from vlmedge.runtime.io.sources import DEFAULT_FEATURED
+
     src = _default_demo_stream()
-    assert src.featured == (("red", "cup"),) and "featured red cup" in src.describe()
-    boxes = []
-    for _ in range(60):
+    assert src.featured == DEFAULT_FEATURED == (("red", "cup"), ("green", "bottle"), ("blue", "ball"),
+                                                ("purple", "bottle"))
+    assert "featured red cup, green bottle, blue ball, purple bottle" in src.describe()
+    boxes = {pair: [] for pair in DEFAULT_FEATURED}
+    for _ in range(90):
         frame = src.read()
-        cup = src.last_scene.find("cup", "red")
-        assert cup is not None and cup.area >= 2000, "the red cup must be visible in every frame"
         assert src.last_scene.frame is frame
-        boxes.append(cup.bbox)
-    assert len(set(boxes)) > 10, "the featured cup must move"
+        found = [src.last_scene.find(kind, colour) for colour, kind in DEFAULT_FEATURED]
+        for (colour, kind), o in zip(DEFAULT_FEATURED, found):
+            assert o is not None and o.area >= 2000, f"the {colour} {kind} must be visible in every frame"
+            boxes[(colour, kind)].append(o.bbox)
+        # left to right in their order, never overlapping: "the bottle left of the purple bottle" always holds
+        assert all(a.bbox[2] <= b.bbox[0] for a, b in zip(found, found[1:])), [o.bbox for o in found]
+    assert all(len(set(b)) > 10 for b in boxes.values()), "the featured objects must move"
     # deterministic, and featured=none gives the plain stream
-    again = syn.TabletopStream(seed=0, featured=(("red", "cup"),))
+    again = syn.TabletopStream(seed=0, featured=DEFAULT_FEATURED)
     np.testing.assert_array_equal(again.read()[0], _default_demo_stream().read())
     from vlmedge.runtime.io.sources import open_source
     plain = open_source("synthetic://tabletop?featured=none")
     plain.open()
     np.testing.assert_array_equal(plain.read(), syn.TabletopStream(seed=0).read()[0])
+
+
+def test_featured_objects_keep_their_order_over_a_long_stream():
+    featured = (("red", "cup"), ("green", "bottle"), ("blue", "ball"), ("purple", "bottle"))
+    for seed in range(2):
+        s = syn.TabletopStream(seed=seed, size=(240, 320), fps=2.0, featured=featured)
+        for _ in range(200):  # 100 simulated seconds: they bounce off each other and the sides many times
+            _, scene = s.read()
+            found = [scene.find(kind, colour) for colour, kind in featured]
+            assert all(o is not None for o in found)
+            assert all(a.bbox[2] <= b.bbox[0] for a, b in zip(found, found[1:])), (seed, [o.bbox for o in found])
+            assert 4 <= len(scene.objects) <= 6, "four featured objects leave room for one or two others"
 
 
 def test_featured_objects_survive_a_long_stream():

@@ -91,19 +91,33 @@ def _curve_from_args(args):
     from pathlib import Path
 
     server_key, client_key = args.server_key, args.client_key
+    from vlmedge.errors import ConfigError
+
     if args.curve_keys:
         d = Path(args.curve_keys)
         server_key = server_key or d / "server.key"
-        client_key = client_key or d / f"{args.client_name}.key_secret"
+        if not client_key:
+            client_key = d / f"{args.client_name}.key_secret"
+            if not client_key.is_file() and d.is_dir():
+                names = sorted(p.name.removesuffix(".key_secret") for p in d.glob("*.key_secret")
+                               if p.name != "server.key_secret")
+                if names:
+                    raise ConfigError(f"--curve-keys {str(d)!r} has no {client_key.name} (the client name is "
+                                      f"{args.client_name!r}); its client keys are for: {', '.join(names)}; pass "
+                                      f"--client-name {names[0]}")
     if not server_key and not client_key:
         return None
-    from vlmedge.errors import ConfigError
     from vlmedge.runtime.messaging.sockets import CurveClientKeys
 
     if not (server_key and client_key):
         raise ConfigError("CURVE needs both --server-key (server.key) and --client-key (client.key_secret), "
                           "or --curve-keys DIR")
     return CurveClientKeys(client_key, server_key)
+
+
+# A CURVE server never answers a plain client (the handshake fails silently): a silence may be that.
+_CURVE_HINT = ("; if it runs with --curve-keys, pass --curve-keys DIR [--client-name NAME] or --server-key "
+               "server.key --client-key NAME.key_secret")
 
 
 # ------------------------------------------------------------------------------------- subscribe
@@ -116,7 +130,7 @@ def format_message(topic: str, msg: dict) -> list[str]:
                 f"  paused {'yes' if msg['paused'] else 'no'}  queries {msg['queries']}"]
     if topic == "heatmap":
         data = msg["data"]
-        return [f"heatmap frame {msg['frame_id']}  {msg['query']!r}  {data.shape[1]}x{data.shape[0]}"
+        return [f"heatmap frame {msg['frame_id']}  {msg['query']!r}  shape {list(data.shape)} (rows, columns)"
                 f"  max {float(data.max()) * msg['scale']:.2f}  region {msg['region']}"]
     import time
 
@@ -187,7 +201,8 @@ def cmd_subscribe(args) -> int:
         while not args.count or n < args.count:
             if not sock.poll(None if args.timeout is None else int(args.timeout * 1000)):
                 print(f"vlmedge subscribe: nothing received from {args.address} for {args.timeout:g} s "
-                      "(is `vlmedge run` publishing there?)", file=sys.stderr)
+                      "(is `vlmedge run` publishing there?" + ("" if curve is not None else _CURVE_HINT) + ")",
+                      file=sys.stderr)
                 return 1
             raw = sock.recv()
             try:
@@ -272,7 +287,7 @@ def _box_number(text: str, name: str) -> int | float:
 def cmd_send(args) -> int:
     from vlmedge import protocol
     from vlmedge.errors import ProtocolError
-    from vlmedge.runtime.messaging.control import ControlClient
+    from vlmedge.runtime.messaging.control import ControlClient, ControlTimeout
 
     words = list(args.words)
     address = DEFAULT_CONTROL_ADDRESS
@@ -286,8 +301,14 @@ def cmd_send(args) -> int:
             raise ProtocolError(f"--json must be a JSON object, got {type(req).__name__}")
     else:
         req = request_from_words(words)
-    with ControlClient(address, timeout_ms=int(args.timeout * 1000), curve=_curve_from_args(args)) as client:
-        reply = client.request(req)
+    curve = _curve_from_args(args)
+    with ControlClient(address, timeout_ms=int(args.timeout * 1000), curve=curve) as client:
+        try:
+            reply = client.request(req)
+        except ControlTimeout as e:
+            if curve is not None:
+                raise
+            raise ControlTimeout(str(e).rstrip(")") + _CURVE_HINT + ")") from None
     print(json.dumps(reply, indent=2))
     return 0 if reply.get("ok") else 1
 

@@ -8,7 +8,8 @@ model, to calibrate int8 quantization and to benchmark grounding. Torch-free.
   places (command layouts), drawn like render_scene.
 * :class:`TabletopStream`: a moving scene (objects slide, come and go); ``read()`` gives the
   next ``(frame_bgr, scene)``. ``featured`` objects never leave (the default source features
-  the red cup so that the default demo query "the red cup" always has something to find).
+  every object the docs name, so that "the red cup", "the blue ball" or "the bottle left of the
+  purple bottle" always have something to find).
 
 Conventions: frames are BGR uint8 [H, W, 3]; ``SceneObject.bbox`` is ``(x0, y0, x1, y1)`` in
 frame pixels with x1/y1 EXCLUSIVE, the tight box of the object's VISIBLE pixels (``mask``).
@@ -775,7 +776,11 @@ class TabletopStream:
 
     ``featured``: ``(colour, kind)`` pairs, e.g. ``(("red", "cup"),)``, present in every frame:
     they move and bounce like the others but never leave and are drawn on top (never hidden).
-    Other objects never duplicate them (another red object of another kind can still appear).
+    They keep their left-to-right order and never overlap one another (each bounces off its
+    neighbours), so a featured pair stays in its relation: with ``(("green", "bottle"),
+    ("purple", "bottle"))`` "the bottle left of the purple bottle" holds in every frame. Other
+    objects never duplicate them (another red object of another kind can still appear); the more
+    featured objects, the fewer others (at most max(6, featured + 2) objects in all).
     """
 
     def __init__(self, seed: int = 0, size: tuple[int, int] = (480, 640), fps: float = 30.0,
@@ -801,17 +806,20 @@ class TabletopStream:
         self._movers: list[_Mover] = []
         feat = [(k, c) for c, k in self.featured]  # internal pairs are (kind, colour)
         for pair in feat:
-            m = self._spawn(pair, 0.0, anywhere=True)
+            # a little smaller than the others, so that four fit side by side across the frame
+            m = self._spawn(pair, 0.0, anywhere=True, scale=(0.85, 1.0))
             m.featured, m.dies = True, math.inf
             self._movers.append(m)
+        self._featured_fit = self._line_up_featured()
         n_other = max(0, 5 - len(feat))
         for pair in [p for p in _pick_objects(rng) if p not in feat][:n_other]:
             self._movers.append(self._spawn(pair, 0.0, anywhere=True))
 
-    def _spawn(self, pair: tuple[str, str], t: float, anywhere: bool = False) -> _Mover:
+    def _spawn(self, pair: tuple[str, str], t: float, anywhere: bool = False,
+               scale: tuple[float, float] = (0.85, 1.15)) -> _Mover:
         rng = self._rng
         H, W = self.size
-        sp = make_sprite(rng, pair[0], pair[1], self._scale * rng.uniform(0.85, 1.15), self._light)
+        sp = make_sprite(rng, pair[0], pair[1], self._scale * rng.uniform(*scale), self._light)
         # bake the (static) lighting roughly into the sprite colour: use the field's mean
         sp.img = sp.img * self._light_field.mean(axis=(0, 1))[None, None]
         h, w = sp.alpha.shape
@@ -826,6 +834,43 @@ class TabletopStream:
             ang = rng.uniform(-0.4, 0.4) + (0.0 if left else np.pi)
         return _Mover(sp, float(x), float(y), float(speed * np.cos(ang)), float(speed * np.sin(ang) * 0.5),
                       t, t + float(rng.uniform(6, 20)))
+
+    def _featured_movers(self) -> list[_Mover]:
+        return [m for m in self._movers if m.featured]  # in ``featured`` order: they never leave
+
+    def _line_up_featured(self) -> bool:
+        """Place the featured objects side by side in their order, random gaps between them; False (and
+        left where they were spawned, free to overlap) when they do not fit across the frame together."""
+        movers = self._featured_movers()
+        widths = [m.sprite.alpha.shape[1] for m in movers]
+        free = self.size[1] - sum(widths)
+        if len(movers) < 2 or free < 0:
+            return len(movers) < 2
+        gaps = self._rng.dirichlet(np.ones(len(movers) + 1)) * free
+        x = 0.0
+        for m, w, gap in zip(movers, widths, gaps):
+            m.x = x + float(gap)
+            x = m.x + w
+        return True
+
+    def _keep_featured_apart(self) -> None:
+        """Each featured object bounces off the frame's sides and off its featured neighbours, keeping their
+        left-to-right order (when they fit side by side)."""
+        movers = self._featured_movers()
+        W = self.size[1]
+        for i, m in enumerate(movers):
+            w = m.sprite.alpha.shape[1]
+            lo, hi = 0.0, float(max(0, W - w))
+            if self._featured_fit:
+                if i > 0:
+                    prev = movers[i - 1]
+                    lo = prev.x + prev.sprite.alpha.shape[1]
+                if i + 1 < len(movers):
+                    hi = min(hi, movers[i + 1].x - w)
+            if m.x < lo:
+                m.x, m.vx = lo, abs(m.vx)
+            elif m.x > hi:
+                m.x, m.vx = max(lo, hi), -abs(m.vx)
 
     def _advance(self, t: float, dt: float) -> None:
         H, W = self.size
@@ -842,13 +887,13 @@ class TabletopStream:
             settled = m.featured or t - m.born > 3
             if (m.x < 0 and m.vx < 0 and settled) or (m.x > W - w and m.vx > 0 and settled):
                 m.vx = -m.vx  # bounce off the side walls once settled in
-            if m.featured:
-                m.x = min(max(m.x, 0.0), float(max(0, W - w)))
             keep.append(m)
         self._movers = keep
+        self._keep_featured_apart()
         present = {(m.sprite.kind, m.sprite.color) for m in keep}
-        while len(self._movers) < 3 + len(self.featured) or (
-                len(self._movers) < 6 + len(self.featured) and self._rng.random() < 0.25 * dt):
+        nf = len(self.featured)
+        least, most = (3, 6) if not nf else (max(3, nf + 1), max(6, nf + 2))
+        while len(self._movers) < least or (len(self._movers) < most and self._rng.random() < 0.25 * dt):
             pair = (KINDS[int(self._rng.integers(len(KINDS)))], COLOR_NAMES[int(self._rng.integers(len(COLOR_NAMES)))])
             if pair in present:
                 continue
