@@ -8,7 +8,9 @@ read continuously, keeping only the newest frame; files without ``realtime`` are
 when the loop asks. Each iteration serves pending control requests (a new query takes effect on the
 next frame), runs the image encoder alone on the cores, then has the feed read and preprocess the next
 frame while it matches this one to the queries, publishes its targets (and heatmaps when enabled), and
-draws/records/prints. While paused nothing is grounded (a file resumes where it stopped). A status
+draws/records/prints (an overlay video, or a ROS 2 bag: ``runtime/recording``), and hands the frame to the
+browser view (``runtime/web``: drawn and sent from its own thread, its requests answered here like the control
+socket's). While paused nothing is grounded (a file resumes where it stopped). A status
 heartbeat thread publishes once a second, also while the camera is down. SIGINT/SIGTERM set a stop
 flag; the loop exits within one frame (or 0.1 s while waiting for frames), then every resource is
 closed in reverse order of opening (sockets with LINGER 0, the reader thread joined).
@@ -23,6 +25,7 @@ import logging
 import signal
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -31,7 +34,7 @@ import numpy as np
 
 from vlmedge.errors import ConfigError
 from vlmedge.runtime.config import RunConfig
-from vlmedge.runtime.feeds import FrameFeed, open_feed, want_prefetch
+from vlmedge.runtime.feeds import FrameFeed, capture_options, open_feed, want_prefetch
 
 log = logging.getLogger(__name__)
 
@@ -87,36 +90,53 @@ def _curve(keys_dir):
     return CurveServerKeys(secret, clients if clients.is_dir() else None)
 
 
+FPS_WINDOW_S = 3.0  # status.fps counts the frames published in this many seconds before it
+CONTROL_REQUESTS_PER_FRAME = 8  # control requests served per loop iteration at most (a flood waits its turn)
+
+
 class _Stats:
     """Frame counters shared with the heartbeat thread."""
 
-    def __init__(self):
+    def __init__(self, window_s: float = FPS_WINDOW_S):
         self.t0 = time.monotonic()
+        self.window_s = float(window_s)
         self.frames = 0
-        self.fps = 0.0
         self.latency_ms: float | None = None
         self.latencies: list[float] = []
         self.first_publish: float | None = None
         self._last = None
+        self._published: deque[float] = deque()  # publish times within the last window (appended by the loop)
 
     def frame_done(self, latency_ms: float) -> None:
         now = time.monotonic()
-        if self._last is not None:
-            dt = max(now - self._last, 1e-6)
-            self.fps = 1.0 / dt if self.fps == 0 else 0.9 * self.fps + 0.1 / dt
         self._last = now
         if self.first_publish is None:
             self.first_publish = now
+        self._published.append(now)
+        while self._published[0] <= now - self.window_s:
+            self._published.popleft()
         self.frames += 1
         self.latency_ms = latency_ms
         if len(self.latencies) < 100_000:
             self.latencies.append(latency_ms)
 
-    def current_fps(self, stale_s: float = 2.0) -> float:
-        """The smoothed publish rate; 0 once nothing was published for ``stale_s`` (camera down, paused)."""
-        if self._last is None or time.monotonic() - self._last > stale_s:
+    def current_fps(self) -> float:
+        """Frames per wall second: the frames published in the last ``window_s`` seconds, divided by that
+        window (by the time since the start while shorter). A moving average of 1/dt would over-report a
+        bursty or freezing camera several times over; this is what a subscriber counts."""
+        now = time.monotonic()
+        published = list(self._published)  # a copy: the loop thread appends while this one reads
+        first = self.first_publish
+        if first is None or not published:
             return 0.0
-        return self.fps
+        if now - self.t0 < self.window_s:  # the first seconds: frames after the first over the time since it
+            # (the startup before it made a slow ramp); one frame has no rate yet
+            return (len(published) - 1) / max(now - first, 1e-6)
+        return sum(1 for t in published if t > now - self.window_s) / self.window_s
+
+    @property
+    def fps(self) -> float:
+        return self.current_fps()
 
     def steady_fps(self) -> float:
         """Frames per second between the first and the last publish (startup excluded)."""
@@ -180,7 +200,9 @@ class _Session:
     stop: threading.Event
     window: Any = None
     feed: FrameFeed | None = None
-    recorder: Any = None
+    recorder: Any = None  # the overlay video (--record out.mp4)
+    bag: Any = None  # the ROS 2 bag (--record out.mcap)
+    web: Any = None  # the browser view (--web)
     publisher: Any = None
     control: Any = None
     endpoints: dict = field(default_factory=lambda: {"publish": None, "control": None})
@@ -193,9 +215,34 @@ class _Session:
     def status(self) -> dict:
         """The status heartbeat (published from the publisher's thread)."""
         snap, stats = self.state.snapshot(), self.stats
-        return {**self.feed.frames.stats(), "fps": stats.current_fps(), "latency_ms": stats.latency_ms,
-                "queries": list(snap.queries), "paused": snap.paused, "model": self.model, "frames": stats.frames,
-                "uptime_s": time.monotonic() - stats.t0, "threshold": snap.threshold}
+        return {**self.feed.frames.stats(), "fps": stats.current_fps(), "fps_window_s": stats.window_s,
+                "latency_ms": stats.latency_ms, "queries": list(snap.queries), "paused": snap.paused,
+                "model": self.model, "frames": stats.frames, "uptime_s": time.monotonic() - stats.t0,
+                "threshold": snap.threshold}
+
+    def status_key(self) -> tuple:
+        """What a status message is published for at once when it changes (cheap: polled every 20 ms)."""
+        frames = self.feed.frames
+        return frames.state, self.state.paused, getattr(frames, "behind", False)
+
+    def final_status(self, reason: StopReason | None, error: BaseException | None = None) -> dict:
+        """The last status, published before the sockets close: how the run ended. The source state is the
+        reader's when it ended by itself (ended, failed), else "stopped"; an error in the loop is "failed"."""
+        status = self.status()
+        state = self.feed.frames.state.value
+        if error is not None:
+            status.update(source_state="failed", stop_reason="error", error=f"{type(error).__name__}: {error}"[:300])
+        else:
+            final = reason is StopReason.SOURCE_END and state in ("ended", "failed")
+            status.update(source_state=state if final else "stopped", stop_reason=reason.value)
+        status["fps"] = 0.0 if status["source_state"] != "running" else status["fps"]
+        return status
+
+    def answer(self, data: bytes) -> dict:
+        """A control request typed in the browser view -> its reply, exactly as the control socket answers it."""
+        from vlmedge.runtime.messaging.control import answer_request
+
+        return answer_request(data, self.state.handle, rules=self.state.query_rules)
 
 
 # ------------------------------------------------------------------------------------------ stages
@@ -210,7 +257,8 @@ def _open(stack: contextlib.ExitStack, cfg: RunConfig, grounder, stop_event: thr
     from vlmedge.runtime.messaging.control import ControlServer, ControlState, Teacher
 
     stats = _Stats()
-    state = ControlState(queries=cfg.queries, threshold=grounder.threshold, teacher=Teacher(grounder))
+    state = ControlState(queries=cfg.queries, threshold=grounder.threshold, teacher=Teacher(grounder),
+                         query_rules=_wire_rules(grounder))
     curve = _curve(cfg.curve_keys)
     stop = stop_event or threading.Event()
     s = _Session(cfg, grounder, stats, state, _Signals(stop), stop)
@@ -220,11 +268,16 @@ def _open(stack: contextlib.ExitStack, cfg: RunConfig, grounder, stop_event: thr
     _close_later(stack, "signal handlers", s.signals.restore)
     s.signals.install()
     source = cfg.source if not isinstance(cfg.source, str) else \
-        open_source(cfg.source, loop=cfg.loop, realtime=cfg.realtime)
-    s.feed = open_feed(source, grounder, want_prefetch(cfg.prefetch, grounder))
+        open_source(cfg.source, loop=cfg.loop, realtime=cfg.realtime, size=cfg.input_size, fps=cfg.input_rate,
+                    flip=cfg.input_flip, codec=cfg.input_codec, latency_ms=cfg.rtsp_latency_ms)
+    s.feed = open_feed(source, grounder, want_prefetch(cfg.prefetch, grounder), capture_options(cfg))
     _close_later(stack, "frame feed", s.feed.close)  # stops the reader thread, then the feed's helper
-    s.feed.start()
-    if cfg.record is not None:
+    if cfg.record is not None and Path(cfg.record).suffix.lower() == ".mcap":
+        from vlmedge.runtime.recording.bag import BagRecorder
+
+        s.bag = BagRecorder(cfg.record, model=s.model)
+        _close_later(stack, "bag recorder", s.bag.close)
+    elif cfg.record is not None:
         s.recorder = Recorder(cfg.record, fps=getattr(s.feed.frames.source, "nominal_fps", None) or 15.0)
         _close_later(stack, "recorder", s.recorder.close)
     state.status_fn = s.status
@@ -233,12 +286,21 @@ def _open(stack: contextlib.ExitStack, cfg: RunConfig, grounder, stop_event: thr
 
         s.publisher = Publisher(cfg.publish, heatmaps=cfg.heatmaps, curve=curve, model=s.model)
         _close_later(stack, "publisher", s.publisher.close)
-        s.publisher.start_heartbeat(s.status, cfg.status_interval_s)
+        s.publisher.start_heartbeat(s.status, cfg.status_interval_s, changed=s.status_key)
         s.endpoints["publish"] = s.publisher.endpoint
     if cfg.control:
-        s.control = ControlServer(cfg.control, state.handle, curve=curve)
+        s.control = ControlServer(cfg.control, state.handle, curve=curve, query_rules=state.query_rules)
         _close_later(stack, "control server", s.control.close)
         s.endpoints["control"] = s.control.endpoint
+    if cfg.web:
+        from vlmedge.runtime.web.server import WebView
+
+        s.web = WebView(cfg.web, status_fn=s.status, model=s.model)
+        _close_later(stack, "browser view", s.web.close)
+        s.endpoints["web"] = s.web.url
+    # Started once the status heartbeat runs: a live source is opened in its reader thread and retried until
+    # it answers (status says "starting"/"reconnecting" meanwhile); a file or fail_fast opens here.
+    s.feed.start(abort=s.stop)
     from vlmedge.preprocess import kernels_backend
 
     log.info("running: source %s, model %s, queries %s, publish %s, control %s, preprocessing %s", cfg.source,
@@ -262,11 +324,15 @@ def _loop(s: _Session, on_result) -> StopReason:
     last_id = -1
     while not s.stop.is_set():
         if s.control is not None:
-            while s.control.poll_once(0):
-                pass
+            # a bounded number per frame: a peer flooding the socket must not stall publishing (#14)
+            if s.control.serve_pending(CONTROL_REQUESTS_PER_FRAME) and s.publisher is not None:
+                s.publisher.status_changed()  # a pause or resume is announced at once
+        if s.web is not None:  # requests typed in the browser view: the control socket's, answered alike
+            if s.web.serve_requests(s.answer, CONTROL_REQUESTS_PER_FRAME) and s.publisher is not None:
+                s.publisher.status_changed()
         if s.state.snapshot().paused:  # nothing is grounded while paused
             s.feed.pause()  # a live frame prepared before the pause would be stale after it
-            if s.window is not None and not s.window.show_idle():
+            if s.window is not None and not s.window.show_idle(paused=True):
                 return StopReason.WINDOW
             s.stop.wait(0.02)
             continue
@@ -308,14 +374,21 @@ def _ground(s: _Session, frame, prepared):
 def _show(s: _Session, frame, result) -> StopReason | None:
     """Draw/record/show or print one grounded frame; a reason when the run should stop after it."""
     cfg = s.cfg
+    overlay = None
     if s.window is not None or s.recorder is not None:
         from vlmedge.runtime.display import draw_overlay
 
         overlay = draw_overlay(frame.image, result, fps=s.stats.fps, latency_ms=s.stats.latency_ms)
         if s.recorder is not None:
+            if not s.recorder.frames:  # the source is open now: its rate (measured when the stream has none)
+                s.recorder.fps = s.feed.frames.source.nominal_fps or s.recorder.fps
             s.recorder.write(overlay)
-        if s.window is not None and not s.window.show(overlay):
-            return StopReason.WINDOW
+    if s.bag is not None:
+        s.bag.write(frame, result)  # encoded and written in the recorder's thread
+    if s.web is not None:  # drawn and encoded in the server's thread, only when a viewer is ready for a frame
+        s.web.offer(frame, result, overlay=overlay, fps=s.stats.fps, latency_ms=s.stats.latency_ms)
+    if s.window is not None and not s.window.show(overlay):
+        return StopReason.WINDOW
     if s.window is None and cfg.print_interval_s is not None:
         now = time.monotonic()
         if now - s.last_print >= cfg.print_interval_s:
@@ -340,7 +413,8 @@ def _format_line(frame_id: int, result, stats: _Stats) -> str:
             reason = f": {best.reason}" if best.reason and best.reason != "not found" else ""
             parts.append(f"{q!r}: not found ({best.score:.2f}){reason}{count}")
     lat = f"{stats.latency_ms:.0f} ms" if stats.latency_ms is not None else "-"
-    return f"frame {frame_id}: " + " | ".join(parts or ["no queries"]) + f"  [{stats.fps:.1f} FPS, {lat}]"
+    fps = f"{stats.fps:.1f}" if stats.frames >= 2 else "-"  # one frame has no rate (it used to say 0.0)
+    return f"frame {frame_id}: " + " | ".join(parts or ["no queries"]) + f"  [{fps} FPS, {lat}]"
 
 
 def _summary(s: _Session, reason: StopReason) -> RunSummary:
@@ -350,7 +424,7 @@ def _summary(s: _Session, reason: StopReason) -> RunSummary:
         latency_p50_ms=stats.percentile(50), latency_p99_ms=stats.percentile(99), stop_reason=reason,
         queries=tuple(s.state.snapshot().queries), publish_endpoint=s.endpoints["publish"],
         control_endpoint=s.endpoints["control"], dropped_frames=int(frames.dropped),
-        source_state=frames.state.value, recorded=s.recorder.frames if s.recorder is not None else 0)
+        source_state=frames.state.value, recorded=_recorded(s), extra=_extra(s))
     p50, p99 = summary.latency_p50_ms, summary.latency_p99_ms
     log.info("run finished (%s): %d frames in %.1f s (%.1f FPS), latency p50 %s ms p99 %s ms", summary.stop_reason,
              summary.frames, summary.seconds, summary.fps, f"{p50:.1f}" if p50 is not None else "-",
@@ -358,14 +432,31 @@ def _summary(s: _Session, reason: StopReason) -> RunSummary:
     return summary
 
 
+def _recorded(s: _Session) -> int:
+    return s.recorder.frames if s.recorder is not None else s.bag.frames if s.bag is not None else 0
+
+
+def _extra(s: _Session) -> dict:
+    """What the optional parts did: the bag's frames left out, the browser view's address and frames sent."""
+    extra: dict = {}
+    if s.feed.frames.state.value == "failed":
+        extra["source_error"] = s.feed.frames.last_error  # the CLI exits non-zero with it
+    if s.bag is not None:
+        extra["bag"] = {"path": str(s.bag.path), "frames": s.bag.frames, "dropped": s.bag.dropped}
+    if s.web is not None:
+        extra["web"] = {"url": s.web.url, "frames_sent": s.web.frames_sent, "max_viewers": s.web.max_viewers}
+    return extra
+
+
 def _make_grounder(cfg: RunConfig, grounder):
     if grounder is None:
         from vlmedge.embedded import resolve_bundle
+        from vlmedge.runtime.grounding.encoders import BundleEncoders
         from vlmedge.runtime.grounding.grounder import Grounder
 
-        return Grounder(resolve_bundle(cfg.bundle), providers=list(cfg.providers) if cfg.providers else None,
-                        threshold=cfg.threshold, smoothing=cfg.smoothing, spinning=cfg.ort_spinning,
-                        taught=cfg.taught)
+        encoders = BundleEncoders(resolve_bundle(cfg.bundle), providers=list(cfg.providers) if cfg.providers else None,
+                                  spinning=cfg.ort_spinning, backend=cfg.backend, text_idle_s=cfg.text_idle_s)
+        return Grounder(encoders, threshold=cfg.threshold, smoothing=cfg.smoothing, taught=cfg.taught)
     if cfg.threshold is not None:
         grounder.set_threshold(cfg.threshold)
     return grounder
@@ -390,8 +481,34 @@ def run(config: RunConfig | dict | None = None, *, stop_event: threading.Event |
         session = _open(stack, config, grounder, stop_event)
         if on_ready is not None:
             on_ready(dict(session.endpoints))
-        reason = _loop(session, on_result)
+        try:
+            reason = _loop(session, on_result)
+        except BaseException as e:
+            _publish_final(session, None, e)
+            raise
+        _publish_final(session, reason)
     return _summary(session, reason)
+
+
+def _publish_final(s: _Session, reason: StopReason | None, error: BaseException | None = None) -> None:
+    """The last status (with the reason), before the sockets close: a clean end of file must not look like a
+    crash to a subscriber."""
+    if s.publisher is None:
+        return
+    try:
+        s.publisher.publish_final(s.final_status(reason, error))
+    except Exception:  # never hide the run's own error or end behind this one
+        log.exception("the final status was not published")
+
+
+def _wire_rules(grounder):
+    """The control socket's query rules: the wire's (normalized text) with the grounder's limits."""
+    from vlmedge import protocol
+
+    rules = getattr(grounder, "query_rules", None)
+    if rules is None:
+        return protocol.QUERY_RULES
+    return protocol.QUERY_RULES.limited(max_count=rules.max_count, max_chars=rules.max_chars)
 
 
 __all__ = ["RunConfig", "RunSummary", "STOP_REASONS", "StopReason", "run"]

@@ -11,11 +11,23 @@ import it then.
 
 from __future__ import annotations
 
+import atexit
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 
 from _bundles import tiny_bundle
+
+# The encoder backend's auto choice caches its measurement in a user cache folder: tests (and the commands
+# they start) keep theirs in a folder of this run. They run on ONNX Runtime unless a test asks for another
+# backend (tests/test_backends.py tests "auto" and OpenVINO by name).
+if "VLMEDGE_CACHE_DIR" not in os.environ:
+    os.environ["VLMEDGE_CACHE_DIR"] = tempfile.mkdtemp(prefix="vlmedge-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["VLMEDGE_CACHE_DIR"], True)
+os.environ.setdefault("VLMEDGE_BACKEND", "onnxruntime")
 
 
 @pytest.fixture(scope="session")
