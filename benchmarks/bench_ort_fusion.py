@@ -31,11 +31,12 @@ import datetime
 import json
 import logging
 import os
-import platform
 import time
 from pathlib import Path
 
 import numpy as np
+
+from vlmedge.floor import cpu_model
 
 log = logging.getLogger("bench_ort_fusion")
 
@@ -44,16 +45,6 @@ QUERIES = ("a red cup", "a blue ball", "a green block", "a yellow box", "a bottl
            "a table", "a wall", "the floor", "a plate", "a spoon", "a white mug", "a black phone", "a book",
            "a shadow")
 PATCHES = {"b16": 16, "b32": 32}
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def build_bundles(name: str, work: Path, calib_count: int) -> Path:

@@ -14,9 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-import zmq
 
-from vlmedge import protocol  # noqa: E402
 from vlmedge.errors import BackendUnavailable, ConfigError  # noqa: E402
 from vlmedge.runtime.app import STOP_REASONS, RunConfig, RunSummary, StopReason, run  # noqa: E402
 from vlmedge.runtime.feeds import (  # noqa: E402
@@ -36,6 +34,7 @@ from vlmedge.runtime.messaging.control import ControlClient  # noqa: E402
 from vlmedge.scenes.video import write_synthetic_video  # noqa: E402
 
 from _bundles import tiny_bundle  # noqa: E402
+from _subscriber import Subscriber  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -60,25 +59,6 @@ def video(tmp_path_factory):
     """A 30-frame 320x240 MJPG video of synthetic scenes at 30 fps."""
     path = tmp_path_factory.mktemp("video") / "scene.avi"
     return write_synthetic_video(path, 30, 30.0, size=(240, 320), camera_format="mjpg", seed=1)
-
-
-class Subscriber:
-    def __init__(self, address, topics=(b"targets ", b"status ")):
-        self.ctx = zmq.Context()
-        self.sock = self.ctx.socket(zmq.SUB)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        for t in topics:
-            self.sock.setsockopt(zmq.SUBSCRIBE, t)
-        self.sock.connect(address)
-
-    def recv(self, timeout=10.0):
-        if self.sock.poll(int(timeout * 1000)):
-            return protocol.parse_message(self.sock.recv())
-        return None, None
-
-    def close(self):
-        self.sock.close(0)
-        self.ctx.term()
 
 
 def start_run(cfg, **kw):

@@ -18,10 +18,11 @@ import threading
 import time
 
 import pytest
-from _stream_servers import SYSTEM_PYTHON, RtspServer, free_port, gst_prelude, gst_python_problem
 
 from vlmedge.runtime.io.capture import Capture
 from vlmedge.runtime.io.sources import open_source
+
+from _stream_servers import SYSTEM_PYTHON, RtspServer, free_port, gst_prelude, gst_python_problem
 
 needs_gst = pytest.mark.skipif(gst_python_problem() is not None, reason=str(gst_python_problem()))
 

@@ -9,7 +9,6 @@ import time
 import cv2
 import numpy as np
 import pytest
-from _stream_servers import MjpegCamera
 
 from vlmedge.errors import BackendUnavailable, ConfigError, SourceError
 from vlmedge.runtime.io import sources
@@ -23,6 +22,8 @@ from vlmedge.runtime.io.sources import (
     open_source,
     parse_size,
 )
+
+from _stream_servers import MjpegCamera
 
 needs_no_gst = pytest.mark.skipif(gstreamer_available(), reason="this OpenCV has GStreamer; the error path is moot")
 

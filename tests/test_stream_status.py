@@ -11,10 +11,7 @@ import time
 import cv2
 import numpy as np
 import pytest
-import zmq
-from _stream_servers import MjpegCamera, free_port
 
-from vlmedge import protocol
 from vlmedge.cli import build_parser, main
 from vlmedge.cli.args import source_options_from
 from vlmedge.errors import ConfigError, SourceError
@@ -23,24 +20,8 @@ from vlmedge.runtime.feeds import capture_options
 from vlmedge.runtime.io.capture import Capture
 from vlmedge.runtime.io.sources import open_source
 
-
-class Subscriber:
-    def __init__(self, address):
-        self.ctx = zmq.Context()
-        self.sock = self.ctx.socket(zmq.SUB)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        for t in (b"targets ", b"status "):
-            self.sock.setsockopt(zmq.SUBSCRIBE, t)
-        self.sock.connect(address)
-
-    def recv(self, timeout=10.0):
-        if self.sock.poll(int(timeout * 1000)):
-            return protocol.parse_message(self.sock.recv())
-        return None, None
-
-    def close(self):
-        self.sock.close(0)
-        self.ctx.term()
+from _stream_servers import MjpegCamera, free_port
+from _subscriber import Subscriber
 
 
 def start_run(cfg, stop):
