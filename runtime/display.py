@@ -221,8 +221,10 @@ def heatmap_overlay(frame_bgr: np.ndarray, result: GroundingResult, alpha: float
         return frame_bgr.copy()
     prob = result.maps.max(axis=0)
     colour = cv2.applyColorMap(np.clip(prob * 255, 0, 255).astype(np.uint8), cv2.COLORMAP_JET)
-    w = (alpha * prob)[..., None]
-    return (frame_bgr * (1 - w) + colour * w).astype(np.uint8)
+    # cv2.blendLinear: the same per-pixel blend in one pass (7.8 -> 1.0 ms for 640x480 on the 2-core Xeon of
+    # 2026-11-30) instead of numpy's float temporaries; it rounds where astype truncated (at most 1 level apart).
+    w = np.ascontiguousarray(alpha * prob, dtype=np.float32)
+    return cv2.blendLinear(np.ascontiguousarray(frame_bgr), colour, 1.0 - w, w)
 
 
 def _per_query(result: GroundingResult) -> list[tuple[str, tuple, object]]:

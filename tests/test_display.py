@@ -13,7 +13,16 @@ import pytest
 cv2 = pytest.importorskip("cv2")
 
 from vlmedge.embedded import embedded_bundle  # noqa: E402
-from vlmedge.runtime.display import DASH, FONT, GAP, arrow_ends, command_label, draw_overlay, query_colours  # noqa: E402,E501
+from vlmedge.runtime.display import (  # noqa: E402
+    DASH,
+    FONT,
+    GAP,
+    arrow_ends,
+    command_label,
+    draw_overlay,
+    heatmap_overlay,
+    query_colours,
+)
 from vlmedge.runtime.grounding.grounder import Grounder  # noqa: E402
 from vlmedge.scenes.render import render_scene  # noqa: E402
 
@@ -139,6 +148,18 @@ def test_overlay_with_heatmap_leaves_the_frame_alone(scene):
     img = draw_overlay(frame, result, fps=10.0, latency_ms=50.0)
     assert img.shape == frame.shape and img.dtype == np.uint8 and not np.array_equal(img, frame)
     assert np.array_equal(frame, before)
+
+
+def test_heatmap_is_the_per_pixel_blend_of_frame_and_jet(scene):
+    frame, result, _ = scene
+    prob = result.maps.max(axis=0)
+    jet = cv2.applyColorMap(np.clip(prob * 255, 0, 255).astype(np.uint8), cv2.COLORMAP_JET).astype(np.float64)
+    w = (0.55 * prob.astype(np.float64))[..., None]
+    expected = frame * (1 - w) + jet * w
+    img = heatmap_overlay(frame, result, alpha=0.55)
+    assert img.shape == frame.shape and img.dtype == np.uint8
+    assert np.abs(img - expected).max() <= 1.0  # rounding only
+    assert (prob > 0.5).any() and not np.array_equal(img, frame)  # the map is not empty: the blend shows
 
 
 def test_arrow_ends_geometry():
