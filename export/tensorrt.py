@@ -18,7 +18,6 @@ says what is needed.
 
 from __future__ import annotations
 
-import ctypes
 import json
 import logging
 import time
@@ -27,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vlmedge.errors import ArtifactError, BackendUnavailable, ConfigError, check_choice
+from vlmedge.gpu import cuda_device
 from vlmedge.manifest import Manifest, open_bundle
 
 log = logging.getLogger(__name__)
@@ -48,26 +48,8 @@ class GpuInfo:
 
 def gpu_info(device: int = 0) -> GpuInfo:
     """Name and compute capability of a CUDA GPU via the driver API (libcuda), no extra packages."""
-    lib = None
-    for name in ("libcuda.so.1", "libcuda.so", "nvcuda.dll"):
-        try:
-            lib = ctypes.CDLL(name)
-            break
-        except OSError:
-            continue
-    if lib is None:
-        raise BackendUnavailable("a CUDA GPU (NVIDIA driver library libcuda)", TRT_HINT)
-    if lib.cuInit(0) != 0:
-        raise BackendUnavailable("a CUDA GPU (cuInit failed: no usable device)", TRT_HINT)
-    dev = ctypes.c_int()
-    if lib.cuDeviceGet(ctypes.byref(dev), device) != 0:
-        raise BackendUnavailable(f"CUDA device {device}", TRT_HINT)
-    major, minor = ctypes.c_int(), ctypes.c_int()
-    lib.cuDeviceGetAttribute(ctypes.byref(major), 75, dev)  # CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR
-    lib.cuDeviceGetAttribute(ctypes.byref(minor), 76, dev)  # ..._MINOR
-    buf = ctypes.create_string_buffer(256)
-    lib.cuDeviceGetName(buf, 256, dev)
-    return GpuInfo(buf.value.decode(errors="replace"), (major.value, minor.value))
+    name, cc = cuda_device(device, TRT_HINT)
+    return GpuInfo(name, cc)
 
 
 def import_tensorrt():

@@ -53,7 +53,7 @@ import numpy as np
 
 from vlmedge.errors import ArtifactError, BackendUnavailable, ConfigError, check_choice
 from vlmedge.floor import bench_floor, floor_lines
-from vlmedge.runtime.grounding.backends import MEMORY_BUDGET_MB, release_free_heap
+from vlmedge.runtime.grounding.backends import MEMORY_BUDGET_MB, memory_mb, release_free_heap
 from vlmedge.scenes.video import CAMERA_FORMATS, write_synthetic_video_subprocess
 from vlmedge.timing import stats_ms
 
@@ -71,20 +71,6 @@ PREPROCESS_BOUND_RATIO = 0.1
 GOAL_COMMAND_MS = 1.0  # a 3-relation command may add this much to matching its noun phrases (issue: a millisecond)
 SWITCH_QUERY = "a blue ball"
 SEGMENTS = 5  # pipeline runs, each between two timings of the bare encoder
-
-
-def memory_mb() -> dict:
-    """VmRSS and VmHWM of this process in MB (Linux; empty elsewhere)."""
-    out = {}
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key in ("VmRSS", "VmHWM"):
-                    out[key] = round(int(value.split()[0]) / 1024, 1)  # kB -> MB
-    except OSError:
-        pass
-    return out
 
 
 def time_encoder(encoders, pixels: np.ndarray, frames: int, warmup: int = 5) -> list[float]:

@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from vlmedge.errors import ArtifactError, BackendUnavailable, ConfigError, check_choice
+from vlmedge.gpu import cuda_device
 
 log = logging.getLogger(__name__)
 
@@ -366,16 +367,22 @@ def measure_backends(image_encoder: str | Path, input_shape: tuple[int, ...], *,
     return out
 
 
-def _rss_mb() -> float | None:
-    """VmRSS of this process in MB (Linux; None elsewhere)."""
+def memory_mb() -> dict:
+    """VmRSS and VmHWM (peak) of this process in MB (Linux; empty elsewhere)."""
+    out = {}
     try:
         with open("/proc/self/status", encoding="ascii") as f:
             for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
+                key, _, value = line.partition(":")
+                if key in ("VmRSS", "VmHWM"):
+                    out[key] = round(int(value.split()[0]) / 1024, 1)  # kB -> MB
     except (OSError, ValueError):
         pass
-    return None
+    return out
+
+
+def _rss_mb() -> float | None:
+    return memory_mb().get("VmRSS")
 
 
 def measure_in_child(image_encoder: Path, input_shape, threads: int, spinning: bool, timeout: float = 600) -> dict:
@@ -498,7 +505,6 @@ def select_engine(bundle_dir: str | Path, manifest, trt_version: str | None,
 def tensorrt_environment() -> tuple[str | None, tuple[str, tuple[int, int]] | None]:
     """(TensorRT version or None, (GPU name, compute capability) or None) of this machine. Thin: imports
     tensorrt only when it is installed; the GPU through the driver library (libcuda), no other package."""
-    import ctypes
     import importlib.util
 
     version = None
@@ -509,23 +515,10 @@ def tensorrt_environment() -> tuple[str | None, tuple[str, tuple[int, int]] | No
             version = str(tensorrt.__version__)
         except Exception as e:  # a broken install: say so, run without it
             log.warning("TensorRT is installed but does not import (%s)", e)
-    lib = None
-    for name in ("libcuda.so.1", "libcuda.so"):
-        try:
-            lib = ctypes.CDLL(name)
-            break
-        except OSError:
-            continue
-    if lib is None or lib.cuInit(0) != 0:
+    try:
+        return version, cuda_device(0)
+    except BackendUnavailable:
         return version, None
-    dev, major, minor = ctypes.c_int(), ctypes.c_int(), ctypes.c_int()
-    if lib.cuDeviceGet(ctypes.byref(dev), 0) != 0:
-        return version, None
-    lib.cuDeviceGetAttribute(ctypes.byref(major), 75, dev)  # CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR
-    lib.cuDeviceGetAttribute(ctypes.byref(minor), 76, dev)
-    buf = ctypes.create_string_buffer(256)
-    lib.cuDeviceGetName(buf, 256, dev)
-    return version, (buf.value.decode(errors="replace"), (major.value, minor.value))
 
 
 class TensorRTSession:

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from vlmedge.errors import ArtifactError, BackendUnavailable, ConfigError, InputError
-from vlmedge.manifest import Manifest, open_bundle
+from vlmedge.errors import BackendUnavailable, ConfigError, InputError
+from vlmedge.manifest import Manifest, check_vocabulary, open_bundle
 from vlmedge.platforms import PLATFORMS
 from vlmedge.runtime.grounding import backends as _backends
 
@@ -295,17 +295,6 @@ class BundleEncoders:
         return out
 
     def text_embeddings(self) -> tuple[list[str], np.ndarray] | None:
-        """The bundle's precomputed vocabulary (queries, embeds [N,D]) or None."""
-        name = self.manifest.text_embeddings
-        if not name:
-            return None
-        path = self.bundle_dir / name
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                queries, embeds = [str(q) for q in z["queries"]], np.asarray(z["embeds"], dtype=np.float32)
-        except (OSError, KeyError, ValueError) as e:
-            raise ArtifactError(f"{path}: expected arrays 'queries' and 'embeds' ({e})") from None
-        if embeds.shape != (len(queries), self.manifest.embed_dim):
-            raise ArtifactError(f"{path}: 'embeds' has shape {list(embeds.shape)}, expected "
-                                f"[{len(queries)},{self.manifest.embed_dim}]")
-        return queries, embeds
+        """The bundle's precomputed vocabulary (queries, embeds [N,D]) or None, read and checked like
+        ``open_bundle`` does (finite unit rows of embed_dim)."""
+        return check_vocabulary(self.bundle_dir, self.manifest)
