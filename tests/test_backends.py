@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -124,6 +126,71 @@ def test_decide_backend_names_its_reason():
         d("openvin", openvino=None, gpu_providers=False)
 
 
+def test_the_measurement_sees_another_busy_process_and_not_its_own_work():
+    """others_cpu: the share of the CPUs other processes kept busy while auto measured (a real busy process)."""
+    busy = subprocess.Popen([sys.executable, "-c", "import time\nt = time.time()\nwhile time.time() - t < 20: pass"])
+    try:
+        time.sleep(0.3)  # let it start spinning
+        before, t0 = B._cpu_ticks(), time.perf_counter()
+        time.sleep(1.0)
+        share = B.others_cpu_share(before, B._cpu_ticks(), time.perf_counter() - t0)
+    finally:
+        busy.kill()
+        busy.wait()
+    ncpu = os.cpu_count() or 1
+    assert share is not None and share >= 0.7 / ncpu  # one core of ncpu kept busy by the other process
+    # this process's own ticks are not "others": all busy ticks being its own leaves nothing
+    assert B.others_cpu_share((1000, 50), (1000 + 200, 50 + 200), 1.0) == 0.0
+    assert B.others_cpu_share(None, (1, 1), 1.0) is None
+
+
+@needs_openvino
+def test_auto_measures_again_when_the_cached_measurement_was_taken_under_load(tiny_bundle_dir, tmp_path, caplog):
+    """A choice measured while other processes were busy is not kept as the answer: the next starts measure
+    again (up to LOADED_MEASUREMENTS loaded measurements, the least loaded standing); a quiet one ends it."""
+    from vlmedge.manifest import Manifest
+
+    manifest = Manifest.from_dict(json.loads((tiny_bundle_dir / "manifest.json").read_text(encoding="utf-8")))
+    cache = tmp_path / "choice.json"
+    answers = [{"onnxruntime": 90.0, "openvino": 50.0, "others_cpu": 0.6},  # loaded: OpenVINO looked faster
+               {"onnxruntime": 80.0, "openvino": 60.0, "others_cpu": 0.4},  # loaded, less
+               {"onnxruntime": 95.0, "openvino": 40.0, "others_cpu": 0.9},  # loaded, more: the 0.4 one stands
+               {"onnxruntime": 20.0, "openvino": 30.0, "others_cpu": 0.0}]  # never asked: the limit was reached
+    calls = []
+
+    def measure(*args):
+        calls.append(args)
+        return dict(answers[len(calls) - 1])
+
+    def resolve():
+        return B.resolve_backend("auto", tiny_bundle_dir, manifest, threads=2, spinning=False, cache=cache,
+                                 measure=measure)
+
+    with caplog.at_level(logging.INFO, logger="vlmedge.runtime.grounding.backends"):
+        first = resolve()
+    assert first.backend == "openvino" and "other processes used 60% of the CPUs" in first.reason
+    assert "measured again at the next start" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="vlmedge.runtime.grounding.backends"):
+        second = resolve()
+    assert len(calls) == 2 and "taken while other processes used 60%" in caplog.text
+    assert second.measured_ms["openvino"] == 60.0
+    third = resolve()
+    assert len(calls) == 3 and third.measured_ms["others_cpu"] == 0.4  # the less loaded measurement kept
+    fourth = resolve()
+    assert len(calls) == 3 and fourth.cached and fourth.measured_ms["others_cpu"] == 0.4  # limit: no 4th run
+
+    # a quiet measurement is kept for good
+    cache.unlink()
+    answers[:] = [{"onnxruntime": 60.0, "openvino": 50.0, "others_cpu": 0.7},
+                  {"onnxruntime": 40.0, "openvino": 50.0, "others_cpu": 0.05}]
+    calls.clear()
+    assert resolve().backend == "openvino"
+    quiet = resolve()
+    assert len(calls) == 2 and quiet.backend == "onnxruntime" and not quiet.cached
+    assert resolve().cached and len(calls) == 2
+
+
 def test_the_cache_key_changes_with_every_thing_that_changes_the_timing():
     base = dict(bundle="b1", cpu="Xeon [2 cpus, flags 1234abcd]", versions={"onnxruntime": "1.2", "openvino": "3"},
                 threads=2, spinning=True)
@@ -157,8 +224,11 @@ def test_a_broken_cache_file_is_measured_again_and_rewritten(tmp_path, caplog):
 
 
 @needs_openvino
-def test_auto_measures_once_per_key_and_then_reads_the_cache(tiny_bundle_dir, tmp_path, caplog):
+def test_auto_measures_once_per_key_and_then_reads_the_cache(tiny_bundle_dir, tmp_path, caplog, monkeypatch):
     from vlmedge.runtime.grounding.encoders import BundleEncoders
+
+    # whatever else runs on this machine now: the re-measuring under load has its own test below
+    monkeypatch.setattr(B, "LOADED_SHARE", 1.01)
 
     cache = tmp_path / "choice.json"
     with caplog.at_level(logging.INFO, logger="vlmedge.runtime.grounding.backends"):

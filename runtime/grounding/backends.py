@@ -49,6 +49,13 @@ AUTO_MARGIN = 0.03
 # ViT-B/16 int8 image encoder in ~290 MB (its libraries, the weights twice) against ~220 MB for ONNX Runtime.
 MEMORY_BUDGET_MB = 350.0
 MEASURE_ROUNDS = 8  # interleaved rounds of the auto measurement, 2 calls per backend each
+# A measurement during which other processes kept more than this share of the CPUs busy is not kept as the
+# answer: under load the two backends slow by different factors (benchmarks/contention.py: ONNX Runtime 1.4x,
+# OpenVINO up to 2.5x with pinning), so a choice made then can be wrong on the quiet machine it later runs on.
+# Such an entry is measured again at the next starts, at most LOADED_MEASUREMENTS times in all; after that the
+# least loaded one stands (a machine that is always busy still starts in its usual time).
+LOADED_SHARE = 0.25
+LOADED_MEASUREMENTS = 3
 GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
 
 # OpenVINO settings for latency on a small CPU: one stream (one frame at a time), the inference threads given,
@@ -307,6 +314,8 @@ def decide_backend(requested: str, *, openvino: str | None, gpu_providers: bool,
         from_cache = True
     else:
         from_cache = False
+    if from_cache and _loaded(measured_ms) and int(cached.get("loaded_measurements", 1)) < LOADED_MEASUREMENTS:
+        return None  # measured while other processes were busy: measure again (see LOADED_SHARE)
     if measured_ms and measured_ms.get("openvino_error"):
         return BackendChoice("onnxruntime", f"auto: OpenVINO cannot run this bundle ({measured_ms['openvino_error']})",
                              dict(measured_ms), from_cache)
@@ -318,6 +327,9 @@ def decide_backend(requested: str, *, openvino: str | None, gpu_providers: bool,
     mem = measured_ms.get("resident_mb")
     if isinstance(mem, dict) and all(isinstance(mem.get(b), (int, float)) for b in ("onnxruntime", "openvino")):
         figures += f"; resident memory +{mem['onnxruntime']:.0f} MB vs +{mem['openvino']:.0f} MB"
+    others = measured_ms.get("others_cpu")
+    if isinstance(others, (int, float)):
+        figures += f"; other processes used {others:.0%} of the CPUs meanwhile"
     if ov_ms < ort_ms * (1 - AUTO_MARGIN):
         if base_mb is not None and isinstance(mem, dict) and isinstance(mem.get("openvino"), (int, float)) \
                 and isinstance(mem.get("onnxruntime"), (int, float)):
@@ -332,6 +344,35 @@ def decide_backend(requested: str, *, openvino: str | None, gpu_providers: bool,
     why = (f"OpenVINO is not faster by more than {AUTO_MARGIN:.0%}" if ov_ms < ort_ms
            else f"ONNX Runtime is {ov_ms / ort_ms:.2f}x faster")
     return BackendChoice("onnxruntime", f"auto: {why} ({figures})", dict(measured_ms), from_cache)
+
+
+def _loaded(measured_ms) -> bool:
+    others = measured_ms.get("others_cpu") if isinstance(measured_ms, dict) else None
+    return isinstance(others, (int, float)) and others > LOADED_SHARE
+
+
+def _cpu_ticks() -> tuple[int, int] | None:
+    """(busy ticks of the whole machine from /proc/stat, ticks this process used): Linux; None elsewhere."""
+    try:
+        with open("/proc/stat", encoding="ascii") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+        with open("/proc/self/stat", encoding="ascii") as f:
+            own = f.read().rsplit(")", 1)[1].split()
+    except (OSError, ValueError, IndexError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    busy = sum(fields[:8]) - idle  # user nice system idle iowait irq softirq steal (guest is inside user)
+    return busy, int(own[11]) + int(own[12])  # utime + stime (fields 14 and 15 of stat)
+
+
+def others_cpu_share(before: tuple[int, int] | None, after: tuple[int, int] | None, seconds: float) -> float | None:
+    """Share of all CPUs that other processes kept busy between two ``_cpu_ticks`` readings ``seconds`` apart."""
+    if before is None or after is None or seconds <= 0:
+        return None
+    hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    ncpu = os.cpu_count() or 1  # /proc/stat's first line sums every online CPU
+    others = (after[0] - before[0]) - (after[1] - before[1])
+    return round(min(max(others / hz / (seconds * ncpu), 0.0), 1.0), 3)
 
 
 def measure_backends(image_encoder: str | Path, input_shape: tuple[int, ...], *, threads: int, spinning: bool,
@@ -355,6 +396,7 @@ def measure_backends(image_encoder: str | Path, input_shape: tuple[int, ...], *,
     rss.append(_rss_mb())
     times: dict[str, list[float]] = {k: [] for k in sessions}
     order = list(sessions)
+    ticks, t0 = _cpu_ticks(), time.perf_counter()
     for r in range(rounds):
         for name in (order if r % 2 == 0 else order[::-1]):
             for _ in range(per_round):
@@ -362,6 +404,7 @@ def measure_backends(image_encoder: str | Path, input_shape: tuple[int, ...], *,
                 sessions[name].run(x)
                 times[name].append((time.perf_counter() - t) * 1e3)
     out: dict = {k: round(float(np.median(v)), 3) for k, v in times.items()}
+    out["others_cpu"] = others_cpu_share(ticks, _cpu_ticks(), time.perf_counter() - t0)
     if None not in rss:
         out["resident_mb"] = {"onnxruntime": round(rss[1] - rss[0], 1), "openvino": round(rss[2] - rss[1], 1)}
     return out
@@ -420,13 +463,26 @@ def resolve_backend(requested: str, bundle_dir: Path, manifest, *, threads: int,
         if choice is None:
             log.info("auto backend: measuring ONNX Runtime and OpenVINO on %s once for this CPU and these versions "
                      "(a few seconds; cached in %s)", manifest.image_encoder.file, path)
+            before = entries.get(key)
+            before = before if isinstance(before, dict) and _loaded(before.get("measured_ms")) else None
+            if before is not None:
+                log.info("auto backend: the cached measurement was taken while other processes used %.0f%% of the "
+                         "CPUs; measuring again", 100 * before["measured_ms"]["others_cpu"])
             ms = (measure or measure_in_child)(bundle_dir / manifest.image_encoder.file,
                                                tuple(manifest.image_encoder.inputs[0].shape), threads, spinning)
+            loaded = 1 + int(before.get("loaded_measurements", 1)) if before is not None else 1
+            if before is not None and _loaded(ms) and (before["measured_ms"].get("others_cpu") or 0) <= \
+                    (ms.get("others_cpu") or 0):
+                ms = before["measured_ms"]  # loaded again, and more: the less loaded measurement stands
             choice = decide_backend(requested, openvino=ov, gpu_providers=False, measured_ms=ms, base_mb=base)
             entries[key] = {"choice": choice.backend, "measured_ms": ms, "reason": choice.reason,
                             "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                             "bundle": str(bundle_dir), "cpu": cpu_model(), "versions": versions,
-                            "threads": threads, "spinning": spinning}
+                            "threads": threads, "spinning": spinning, "loaded_measurements": loaded}
+            if _loaded(ms):
+                log.warning("auto backend: other processes used %.0f%% of the CPUs during the measurement; the "
+                            "choice is measured again at the next start (up to %d times)", 100 * ms["others_cpu"],
+                            LOADED_MEASUREMENTS)
             write_cache(path, entries)
     log.info("encoder backend: %s (%s)", choice.backend, choice.reason)
     return choice
