@@ -45,9 +45,12 @@ CACHE_VERSION = 1
 # by more than this share: two backends within a few percent swap places from one measurement to the next.
 AUTO_MARGIN = 0.03
 # ``auto`` keeps the runtime within this resident memory (the runtime's goal, checked by `vlmedge bench`): the faster
-# backend is chosen unless it alone would take the process above it while the other would not. OpenVINO holds a
-# ViT-B/16 int8 image encoder in ~290 MB (its libraries, the weights twice) against ~220 MB for ONNX Runtime.
+# backend is chosen unless it alone would take the process above it while the other would not. Each backend's
+# share is measured in a fresh child of its own (ViT-B/16 int8 image encoder, 2026-11-30: OpenVINO +278 MB with its
+# libraries, ONNX Runtime +146 MB), plus PIPELINE_RESERVE_MB for what the grounding pipeline holds around the
+# encoder (frames, maps, regions, tokenizer: a Grounder process grew 26-40 MB beyond the encoder on ViT-B/16).
 MEMORY_BUDGET_MB = 350.0
+PIPELINE_RESERVE_MB = 30.0
 MEASURE_ROUNDS = 8  # interleaved rounds of the auto measurement, 2 calls per backend each
 # A measurement during which other processes kept more than this share of the CPUs busy is not kept as the
 # answer: under load the two backends slow by different factors (benchmarks/contention.py: ONNX Runtime 1.4x,
@@ -333,7 +336,7 @@ def decide_backend(requested: str, *, openvino: str | None, gpu_providers: bool,
     if ov_ms < ort_ms * (1 - AUTO_MARGIN):
         if base_mb is not None and isinstance(mem, dict) and isinstance(mem.get("openvino"), (int, float)) \
                 and isinstance(mem.get("onnxruntime"), (int, float)):
-            ov_total, ort_total = base_mb + mem["openvino"], base_mb + mem["onnxruntime"]
+            ov_total, ort_total = (base_mb + PIPELINE_RESERVE_MB + mem[b] for b in ("openvino", "onnxruntime"))
             if ov_total > MEMORY_BUDGET_MB >= ort_total:
                 return BackendChoice("onnxruntime", f"auto: OpenVINO is {ort_ms / ov_ms:.2f}x faster but would take "
                                      f"this process to ~{ov_total:.0f} MB, above the {MEMORY_BUDGET_MB:.0f} MB memory "
@@ -379,21 +382,15 @@ def measure_backends(image_encoder: str | Path, input_shape: tuple[int, ...], *,
                      rounds: int = MEASURE_ROUNDS, per_round: int = 2, warmup: int = 3) -> dict:
     """Median ms of batch-1 encodes on each backend, interleaved round by round (the order alternates), so that
     load from other processes hits both alike. Loads both sessions: run it in a child (``measure_in_child``)."""
-    shape = tuple(1 if not isinstance(d, int) or d < 1 else d for d in input_shape)
-    x = np.random.default_rng(0).normal(0, 1, shape).astype(np.float32)
-    # resident memory each one adds (loaded and run; OpenVINO's includes its libraries), reported with the choice
-    rss = [_rss_mb()]
+    x = _input(input_shape)
     sessions = {"onnxruntime": open_session("onnxruntime", image_encoder, threads=threads, spinning=spinning)}
-    for _ in range(warmup):
-        sessions["onnxruntime"].run(x)
-    rss.append(_rss_mb())
     try:
         sessions["openvino"] = open_session("openvino", image_encoder, threads=threads)
     except (ArtifactError, BackendUnavailable) as e:  # e.g. an ONNX Runtime-only operator in the graph
         return {"onnxruntime": None, "openvino": None, "openvino_error": str(e)}
-    for _ in range(warmup):
-        sessions["openvino"].run(x)
-    rss.append(_rss_mb())
+    for session in sessions.values():
+        for _ in range(warmup):
+            session.run(x)
     times: dict[str, list[float]] = {k: [] for k in sessions}
     order = list(sessions)
     ticks, t0 = _cpu_ticks(), time.perf_counter()
@@ -405,9 +402,28 @@ def measure_backends(image_encoder: str | Path, input_shape: tuple[int, ...], *,
                 times[name].append((time.perf_counter() - t) * 1e3)
     out: dict = {k: round(float(np.median(v)), 3) for k, v in times.items()}
     out["others_cpu"] = others_cpu_share(ticks, _cpu_ticks(), time.perf_counter() - t0)
-    if None not in rss:
-        out["resident_mb"] = {"onnxruntime": round(rss[1] - rss[0], 1), "openvino": round(rss[2] - rss[1], 1)}
     return out
+
+
+def _input(input_shape) -> np.ndarray:
+    shape = tuple(1 if not isinstance(d, int) or d < 1 else d for d in input_shape)
+    return np.random.default_rng(0).normal(0, 1, shape).astype(np.float32)
+
+
+def measure_resident(image_encoder: str | Path, input_shape, backend: str, *, threads: int, spinning: bool,
+                     warmup: int = 3) -> float | None:
+    """MB of resident memory one backend's image encoder adds to a process (loaded and run ``warmup`` times;
+    OpenVINO's includes its libraries). Run it in a fresh child per backend (``measure_in_child``): measured
+    one after the other in one process, the second reuses the heap the first freed (ViT-B/16 int8: OpenVINO
+    +219 MB that way, +275 MB alone; see benchmarks/results)."""
+    before = _rss_mb()
+    session = open_session(backend, image_encoder, threads=threads, spinning=spinning)
+    x = _input(input_shape)
+    for _ in range(warmup):
+        session.run(x)
+    release_free_heap()
+    after = _rss_mb()
+    return None if before is None or after is None else round(after - before, 1)
 
 
 def memory_mb() -> dict:
@@ -429,9 +445,18 @@ def _rss_mb() -> float | None:
 
 
 def measure_in_child(image_encoder: Path, input_shape, threads: int, spinning: bool, timeout: float = 600) -> dict:
-    """``measure_backends`` in a child process: this process never holds the loser's session or its memory."""
-    arg = json.dumps({"image_encoder": str(image_encoder), "input_shape": list(input_shape), "threads": threads,
-                      "spinning": spinning})
+    """``measure_backends`` in a child process (this process never holds the loser's session or its memory), then
+    each backend's resident memory (``measure_resident``) in a fresh child of its own."""
+    opts = {"image_encoder": str(image_encoder), "input_shape": list(input_shape), "threads": threads,
+            "spinning": spinning}
+    out = _child(opts, timeout)
+    if not out.get("openvino_error"):
+        out["resident_mb"] = {b: _child({**opts, "resident": b}, timeout) for b in ("onnxruntime", "openvino")}
+    return out
+
+
+def _child(opts: dict, timeout: float):
+    arg = json.dumps(opts)
     try:
         proc = subprocess.run([sys.executable, "-m", "vlmedge.runtime.grounding.backends", arg],
                               capture_output=True, text=True, timeout=timeout)
@@ -651,8 +676,12 @@ class TensorRTSession:
 def _main(argv: list[str]) -> int:
     """``python -m vlmedge.runtime.grounding.backends '{json}'``: the auto measurement (``measure_in_child``)."""
     opts = json.loads(argv[0])
-    print(json.dumps(measure_backends(opts["image_encoder"], tuple(opts["input_shape"]), threads=int(opts["threads"]),
-                                      spinning=bool(opts["spinning"]))))
+    args = (opts["image_encoder"], tuple(opts["input_shape"]))
+    kw = {"threads": int(opts["threads"]), "spinning": bool(opts["spinning"])}
+    if opts.get("resident"):
+        print(json.dumps(measure_resident(*args, opts["resident"], **kw)))
+    else:
+        print(json.dumps(measure_backends(*args, **kw)))
     return 0
 
 
