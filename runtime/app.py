@@ -455,7 +455,8 @@ def _make_grounder(cfg: RunConfig, grounder):
         from vlmedge.runtime.grounding.grounder import Grounder
 
         encoders = BundleEncoders(resolve_bundle(cfg.bundle), providers=list(cfg.providers) if cfg.providers else None,
-                                  spinning=cfg.ort_spinning, backend=cfg.backend, text_idle_s=cfg.text_idle_s)
+                                  spinning=cfg.ort_spinning, backend=cfg.backend, text_idle_s=cfg.text_idle_s,
+                                  memory_budget_mb=cfg.memory_budget_mb)
         return Grounder(encoders, threshold=cfg.threshold, smoothing=cfg.smoothing, taught=cfg.taught)
     if cfg.threshold is not None:
         grounder.set_threshold(cfg.threshold)

@@ -231,7 +231,8 @@ def torch_baseline(source: str, image_size: tuple[int, int], frames: int, thread
 def bench(bundle=None, *, source: str | None = None, frames: int = 100, queries=("the red cup",),
           torch_source: str | None = None, providers=None, prefetch: bool | None = None,
           camera_fps: float | None = None, camera_format: str = "raw", spinning: bool = False,
-          backend: str | None = None, text_idle_s: float | None = 60.0, compare: bool = True) -> dict:
+          backend: str | None = None, text_idle_s: float | None = 60.0, compare: bool = True,
+          memory_budget_mb: float | str | None = None) -> dict:
     """Run every measurement; returns the report dict (see the module docstring). ``bundle`` None: the
     embedded demo bundle. ``compare``: also time both CPU backends side by side (after the memory reading)."""
     from vlmedge.embedded import resolve_bundle
@@ -243,7 +244,7 @@ def bench(bundle=None, *, source: str | None = None, frames: int = 100, queries=
     embedded = bundle is None
     bundle = resolve_bundle(bundle)
     encoders = BundleEncoders(bundle, providers=list(providers) if providers else None, spinning=spinning,
-                              backend=backend, text_idle_s=text_idle_s)
+                              backend=backend, text_idle_s=text_idle_s, memory_budget_mb=memory_budget_mb)
     grounder = Grounder(encoders)
     report = _describe(bundle, grounder)
     report["bundle"]["embedded"] = embedded

@@ -89,6 +89,9 @@ class RunConfig:
     # None = $VLMEDGE_BACKEND when set, else "auto"
     backend: str | None = None
     text_idle_s: float | None = 60.0  # release the text encoder after this long unused (None: keep it loaded)
+    # resident MB --backend auto keeps the process within ("none": speed alone); None = $VLMEDGE_MEMORY_BUDGET_MB,
+    # else 350
+    memory_budget_mb: float | str | None = None
     print_interval_s: float | None = 0.5  # headless: print targets at most this often (0: every frame, None: never)
     status_interval_s: float = 1.0  # status heartbeat period
     smoothing: bool = True  # temporal smoothing + stable track ids
@@ -142,6 +145,10 @@ class RunConfig:
         if self.backend is not None and self.backend not in BACKENDS:
             raise ConfigError(f"RunConfig.backend must be one of {list(BACKENDS)} or None, got {self.backend!r}"
                               + did_you_mean(str(self.backend), BACKENDS))
+        if self.memory_budget_mb is not None:
+            from vlmedge.runtime.grounding.backends import memory_budget
+
+            memory_budget(self.memory_budget_mb)  # a ConfigError naming the value, before anything starts
         t = self.text_idle_s
         if t is not None and not _seconds(t, zero_ok=True):
             raise ConfigError(f"RunConfig.text_idle_s must be a >= 0 number of seconds or None, got {t!r}")

@@ -218,6 +218,45 @@ def test_each_backends_memory_is_measured_in_a_process_of_its_own(embedded_int8,
     assert ms["resident_mb"]["openvino"] > ms["resident_mb"]["onnxruntime"]  # its libraries come with it
 
 
+def test_the_memory_budget_is_the_users_to_set(monkeypatch):
+    """--memory-budget / $VLMEDGE_MEMORY_BUDGET_MB: 350 MB by default (the runtime's goal), another number, or
+    'none' (speed alone: OpenVINO whenever it is faster, what a workstation with memory to spare wants)."""
+    monkeypatch.delenv("VLMEDGE_MEMORY_BUDGET_MB", raising=False)
+    assert B.memory_budget() == 350.0 and B.memory_budget(500) == 500.0 and B.memory_budget("None") is None
+    monkeypatch.setenv("VLMEDGE_MEMORY_BUDGET_MB", "off")
+    assert B.memory_budget() is None and B.memory_budget("400") == 400.0  # the argument wins over the variable
+    monkeypatch.setenv("VLMEDGE_MEMORY_BUDGET_MB", "lots")
+    with pytest.raises(ConfigError, match=r"VLMEDGE_MEMORY_BUDGET_MB \(environment\).*'lots'"):
+        B.memory_budget()
+    for bad in (0, -5, "abc", float("nan"), float("inf"), True):
+        with pytest.raises(ConfigError, match="memory budget must be a number of MB > 0 or 'none'"):
+            B.memory_budget(bad)
+    big = {"onnxruntime": 60.0, "openvino": 40.0, "resident_mb": {"onnxruntime": 150.0, "openvino": 280.0}}
+    d = B.decide_backend
+    assert d("auto", openvino="2026.0", gpu_providers=False, measured_ms=big, base_mb=70.0).backend == "onnxruntime"
+    assert d("auto", openvino="2026.0", gpu_providers=False, measured_ms=big, base_mb=70.0,
+             budget_mb=None).backend == "openvino"
+    assert d("auto", openvino="2026.0", gpu_providers=False, measured_ms=big, base_mb=70.0,
+             budget_mb=400.0).backend == "openvino"
+
+
+def test_run_and_bench_take_the_memory_budget_and_refuse_a_bad_one(capsys):
+    from vlmedge.cli import main
+    from vlmedge.runtime.config import RunConfig
+
+    assert RunConfig(source="synthetic://tabletop", memory_budget_mb="none").memory_budget_mb == "none"
+    with pytest.raises(ConfigError, match="memory budget.*'-1'"):
+        RunConfig(source="synthetic://tabletop", memory_budget_mb="-1")
+    from vlmedge.cli.main import build_parser
+    from vlmedge.cli.run import _run_config
+
+    for command in ("run", "bench"):
+        assert build_parser().parse_args([command, "--memory-budget", "400"]).memory_budget_mb == "400"
+    assert _run_config(build_parser().parse_args(["run", "--memory-budget", "none"])).memory_budget_mb == "none"
+    assert main(["run", "--memory-budget", "lots", "--max-frames", "1"]) == 1  # refused before anything starts
+    assert "memory budget must be a number of MB > 0 or 'none'" in capsys.readouterr().err
+
+
 def test_the_cache_key_changes_with_every_thing_that_changes_the_timing():
     base = dict(bundle="b1", cpu="Xeon [2 cpus, flags 1234abcd]", versions={"onnxruntime": "1.2", "openvino": "3"},
                 threads=2, spinning=True)

@@ -146,6 +146,25 @@ def open_session(backend: str, path: str | Path, *, threads: int, spinning: bool
     raise ConfigError(f"backend {backend!r} has no ONNX session; expected 'onnxruntime' or 'openvino'")
 
 
+def memory_budget(value: float | str | None = None) -> float | None:
+    """The memory budget of ``auto`` in MB: ``value`` (a number > 0, or "none"/"off": no budget, speed alone), else
+    ``$VLMEDGE_MEMORY_BUDGET_MB`` (the same forms, checked naming the variable), else MEMORY_BUDGET_MB."""
+    where = "memory budget"
+    if value is None:
+        value = os.environ.get("VLMEDGE_MEMORY_BUDGET_MB", "").strip() or MEMORY_BUDGET_MB
+        where = "VLMEDGE_MEMORY_BUDGET_MB (environment)" if "VLMEDGE_MEMORY_BUDGET_MB" in os.environ else where
+    if isinstance(value, str) and value.strip().lower() in ("none", "off"):
+        return None
+    try:
+        mb = float(value)
+    except (TypeError, ValueError):
+        mb = float("nan")
+    if isinstance(value, bool) or not mb > 0 or mb == float("inf"):
+        raise ConfigError(f"{where} must be a number of MB > 0 or 'none' (no budget: the faster backend), "
+                          f"got {value!r}")
+    return mb
+
+
 def default_backend(backend: str | None) -> str:
     """``backend`` checked, or when None: ``$VLMEDGE_BACKEND`` (checked, naming the variable), else "auto"."""
     if backend is None:
@@ -289,13 +308,14 @@ class BackendChoice:
 
 def decide_backend(requested: str, *, openvino: str | None, gpu_providers: bool,
                    cached: dict | None = None, measured_ms: dict | None = None,
-                   base_mb: float | None = None) -> BackendChoice | None:
+                   base_mb: float | None = None, budget_mb: float | None = MEMORY_BUDGET_MB) -> BackendChoice | None:
     """The choice, or None when ``auto`` needs a measurement first (pure: no I/O).
 
     ``openvino``: its version, None when absent; ``gpu_providers``: the ONNX Runtime providers include a GPU
     one; ``cached``: this key's cache entry; ``measured_ms``: a fresh measurement ({backend: median ms, and
     "resident_mb": {backend: MB}}); ``base_mb``: this process's resident memory before the image encoder
-    loads: with it, the faster backend must keep the process within MEMORY_BUDGET_MB when the other would."""
+    loads: with it, the faster backend must keep the process within ``budget_mb`` (None: no budget) when the other
+    would."""
     check_choice("backend", requested, BACKENDS)
     if requested == "openvino":
         if openvino is None:
@@ -334,14 +354,14 @@ def decide_backend(requested: str, *, openvino: str | None, gpu_providers: bool,
     if isinstance(others, (int, float)):
         figures += f"; other processes used {others:.0%} of the CPUs meanwhile"
     if ov_ms < ort_ms * (1 - AUTO_MARGIN):
-        if base_mb is not None and isinstance(mem, dict) and isinstance(mem.get("openvino"), (int, float)) \
-                and isinstance(mem.get("onnxruntime"), (int, float)):
+        known = isinstance(mem, dict) and all(isinstance(mem.get(b), (int, float)) for b in ("openvino", "onnxruntime"))
+        if base_mb is not None and budget_mb is not None and known:
             ov_total, ort_total = (base_mb + PIPELINE_RESERVE_MB + mem[b] for b in ("openvino", "onnxruntime"))
-            if ov_total > MEMORY_BUDGET_MB >= ort_total:
+            if ov_total > budget_mb >= ort_total:
                 return BackendChoice("onnxruntime", f"auto: OpenVINO is {ort_ms / ov_ms:.2f}x faster but would take "
-                                     f"this process to ~{ov_total:.0f} MB, above the {MEMORY_BUDGET_MB:.0f} MB memory "
+                                     f"this process to ~{ov_total:.0f} MB, above the {budget_mb:.0f} MB memory "
                                      f"budget (ONNX Runtime: ~{ort_total:.0f} MB; --backend openvino to choose it "
-                                     f"anyway) ({figures})", dict(measured_ms), from_cache)
+                                     f"anyway, or --memory-budget) ({figures})", dict(measured_ms), from_cache)
         return BackendChoice("openvino", f"auto: OpenVINO is {ort_ms / ov_ms:.2f}x faster ({figures})",
                              dict(measured_ms), from_cache)
     why = (f"OpenVINO is not faster by more than {AUTO_MARGIN:.0%}" if ov_ms < ort_ms
@@ -471,11 +491,14 @@ def _child(opts: dict, timeout: float):
 
 
 def resolve_backend(requested: str, bundle_dir: Path, manifest, *, threads: int, spinning: bool,
-                    gpu_providers: bool = False, cache: Path | None = None, measure=None) -> BackendChoice:
+                    gpu_providers: bool = False, cache: Path | None = None, measure=None,
+                    budget_mb: float | str | None = None) -> BackendChoice:
     """The backend for this bundle here (see the module docstring); logs the choice and its reason.
 
     ``cache``: the cache file (default ``cache_dir() / CACHE_FILE``); ``measure``: the measurement function
-    (default ``measure_in_child``), called with (image_encoder, input_shape, threads, spinning)."""
+    (default ``measure_in_child``), called with (image_encoder, input_shape, threads, spinning); ``budget_mb``:
+    see ``memory_budget``."""
+    budget = memory_budget(budget_mb)
     ov = openvino_version()
     choice = decide_backend(requested, openvino=ov, gpu_providers=gpu_providers)
     if choice is None:
@@ -484,7 +507,8 @@ def resolve_backend(requested: str, bundle_dir: Path, manifest, *, threads: int,
         key = choice_key(bundle_hash(manifest), cpu_model(), versions, threads, spinning)
         entries = read_cache(path)
         base = _rss_mb()
-        choice = decide_backend(requested, openvino=ov, gpu_providers=False, cached=entries.get(key), base_mb=base)
+        choice = decide_backend(requested, openvino=ov, gpu_providers=False, cached=entries.get(key), base_mb=base,
+                                budget_mb=budget)
         if choice is None:
             log.info("auto backend: measuring ONNX Runtime and OpenVINO on %s once for this CPU and these versions "
                      "(a few seconds; cached in %s)", manifest.image_encoder.file, path)
@@ -499,7 +523,8 @@ def resolve_backend(requested: str, bundle_dir: Path, manifest, *, threads: int,
             if before is not None and _loaded(ms) and (before["measured_ms"].get("others_cpu") or 0) <= \
                     (ms.get("others_cpu") or 0):
                 ms = before["measured_ms"]  # loaded again, and more: the less loaded measurement stands
-            choice = decide_backend(requested, openvino=ov, gpu_providers=False, measured_ms=ms, base_mb=base)
+            choice = decide_backend(requested, openvino=ov, gpu_providers=False, measured_ms=ms, base_mb=base,
+                                    budget_mb=budget)
             entries[key] = {"choice": choice.backend, "measured_ms": ms, "reason": choice.reason,
                             "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                             "bundle": str(bundle_dir), "cpu": cpu_model(), "versions": versions,

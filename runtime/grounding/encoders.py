@@ -88,11 +88,13 @@ class BundleEncoders:
     "tensorrt"; None:
     ``$VLMEDGE_BACKEND`` when set, else "auto". ``text_idle_s``: release the text encoder after this many
     seconds without use (None: keep it; 0: release after every use). ``cache``: the auto choice's cache file
-    (default in ``cache_dir()``)."""
+    (default in ``cache_dir()``). ``memory_budget_mb``: the resident memory ``auto`` keeps the process within
+    (a number, or "none": speed alone; default ``$VLMEDGE_MEMORY_BUDGET_MB``, else 350)."""
 
     def __init__(self, bundle_dir: str | Path, providers: list[str] | None = None, verify: bool = True,
                  threads: int | None = None, spinning: bool = False, backend: str | None = None,
-                 text_idle_s: float | None = DEFAULT_TEXT_IDLE_S, cache: str | Path | None = None):
+                 text_idle_s: float | None = DEFAULT_TEXT_IDLE_S, cache: str | Path | None = None,
+                 memory_budget_mb: float | str | None = None):
         from vlmedge.tokenizer import ClipTokenizer
 
         backend = _backends.default_backend(backend)
@@ -107,6 +109,7 @@ class BundleEncoders:
         self.threads = threads or physical_cores()
         self.spinning = spinning
         self.text_idle_s = text_idle_s
+        self.memory_budget_mb = _backends.memory_budget(memory_budget_mb)  # checked before anything loads
         self.tokenizer = ClipTokenizer.from_file(self.bundle_dir / self.manifest.tokenizer)
         m = self.manifest
         self.engine: Path | None = None  # the TensorRT engine of the image encoder, when one runs it
@@ -152,7 +155,8 @@ class BundleEncoders:
                 backend != "openvino" or explicit_providers)
             self.backend_choice = _backends.resolve_backend(
                 "onnxruntime" if backend == "tensorrt" else backend, self.bundle_dir, m, threads=self.threads,
-                spinning=self.spinning, gpu_providers=gpu, cache=Path(cache) if cache else None)
+                spinning=self.spinning, gpu_providers=gpu, cache=Path(cache) if cache else None,
+                budget_mb="none" if self.memory_budget_mb is None else self.memory_budget_mb)
         return self._open(m.image_encoder.file, self.backend_choice.backend)
 
     def _tensorrt_session(self, backend: str):

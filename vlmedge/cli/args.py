@@ -66,6 +66,10 @@ def add_encoder_options(parser: argparse.ArgumentParser) -> None:
                         "`vlmedge build-engine` when one fits this TensorRT and GPU, else the faster of ONNX Runtime "
                         "and OpenVINO for this bundle on this CPU, measured once and cached; the log says which "
                         "and why). openvino needs `pip install \"vlmedge[openvino]\"`")
+    g.add_argument("--memory-budget", dest="memory_budget_mb", default=None, metavar="MB",
+                   help="resident memory --backend auto keeps the process within: OpenVINO, when faster, is chosen "
+                        "only if it fits where ONNX Runtime would ('none': the faster one, whatever it takes; "
+                        "default: $VLMEDGE_MEMORY_BUDGET_MB, else 350)")
     g.add_argument("--text-idle", dest="text_idle_s", type=_idle_seconds, default=60.0, metavar="S",
                    help="release the text encoder after S seconds without a new text ('never': keep it; default 60); "
                         "it is loaded only when a query is not in the bundle's vocabulary or the cache")

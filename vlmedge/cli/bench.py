@@ -49,7 +49,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
                    queries=queries_from(args),
                    torch_source=args.torch_baseline, providers=providers_from(args), prefetch=args.prefetch,
                    camera_fps=args.camera_fps, camera_format=args.camera_format, spinning=args.ort_spinning,
-                   backend=args.backend, text_idle_s=args.text_idle_s, compare=args.compare_backends)
+                   backend=args.backend, text_idle_s=args.text_idle_s, compare=args.compare_backends,
+                   memory_budget_mb=args.memory_budget_mb)
     print(format_report(report))
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")

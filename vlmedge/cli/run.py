@@ -146,7 +146,7 @@ def _run_config(args: argparse.Namespace):
                     curve_keys=args.curve_keys, providers=providers_from(args), smoothing=args.smoothing,
                     taught=args.taught,
                     prefetch=args.prefetch, ort_spinning=args.ort_spinning, backend=args.backend,
-                    text_idle_s=args.text_idle_s)
+                    text_idle_s=args.text_idle_s, memory_budget_mb=args.memory_budget_mb)
     return cfg
 
 
