@@ -643,6 +643,32 @@ def _pick_objects(rng: np.random.Generator) -> list[tuple[str, str]]:
     return chosen
 
 
+REPEATED_SHARE = 0.5  # training scenes (render_scene(repeats=True)) drawn by _pick_repeated
+
+
+def _pick_repeated(rng: np.random.Generator) -> list[tuple[str, str]]:
+    """2..5 objects of one (kind, colour), 1..3 look-alikes (the same colour in another kind, or the same kind
+    in another colour) and 0..1 other object: what "how many red cups" and "all red cups" ask about. Only for
+    training scenes: ``_pick_objects`` never repeats a description, so a model trained on it alone never saw
+    one, and on held-out counting layouts it counted a red plate among red cups as one more cup."""
+    k = KINDS[int(rng.integers(len(KINDS)))]
+    c = COLOR_NAMES[int(rng.integers(len(COLOR_NAMES)))]
+    chosen = [(k, c)] * int(rng.integers(2, 6))
+    for _ in range(int(rng.integers(1, 4))):
+        if rng.random() < 0.6:  # same colour, other kind: the commonest miscount
+            pair = (KINDS[int(rng.integers(len(KINDS)))], c)
+        else:
+            pair = (k, COLOR_NAMES[int(rng.integers(len(COLOR_NAMES)))])
+        if pair != (k, c):
+            chosen.append(pair)
+    if rng.random() < 0.5:
+        pair = (KINDS[int(rng.integers(len(KINDS)))], COLOR_NAMES[int(rng.integers(len(COLOR_NAMES)))])
+        if pair != (k, c):
+            chosen.append(pair)
+    order = rng.permutation(len(chosen))  # the placement drops objects that do not fit: not always the last kind
+    return [chosen[i] for i in order]
+
+
 def _place(rng: np.random.Generator, sprites: list[_Sprite], size: tuple[int, int], top: int,
            min_visible: float = 0.55, tries: int = 30) -> list[tuple[_Sprite, int, int]]:
     """Random positions on the table; each object keeps >= min_visible of its own area
@@ -673,14 +699,19 @@ def _place(rng: np.random.Generator, sprites: list[_Sprite], size: tuple[int, in
     return placed
 
 
-def render_scene(seed: int, size: tuple[int, int] = (480, 640)) -> Scene:
-    """Render one tabletop scene, deterministic for ``seed``."""
+def render_scene(seed: int, size: tuple[int, int] = (480, 640), repeats: bool = False) -> Scene:
+    """Render one tabletop scene, deterministic for ``seed`` (and ``repeats``).
+
+    ``repeats``: the training distribution of the demo model, where a share (:data:`REPEATED_SHARE`) of the
+    scenes hold several objects of one description among look-alikes (``_pick_repeated``); without it every
+    object differs from the others in kind or colour (the held-out benchmark's scenes, unchanged)."""
     H, W = _check_size(size)
     rng = np.random.default_rng(int(seed))
     scale = H / _REF_SHORT_SIDE * rng.uniform(0.9, 1.2)
     bg = render_background(rng, (H, W))
     light = (float(rng.uniform(-1, 1)), float(rng.uniform(0.2, 1)))
-    sprites = [make_sprite(rng, k, c, scale, light) for k, c in _pick_objects(rng)]
+    pick = _pick_repeated if repeats and rng.random() < REPEATED_SHARE else _pick_objects
+    sprites = [make_sprite(rng, k, c, scale, light) for k, c in pick(rng)]
     placed = _place(rng, sprites, (H, W), top=int(H * 0.12))
     canvas, objects = compose(bg, placed, shadow_strength=float(rng.uniform(0.3, 0.6)))
     canvas *= _lighting(rng, (H, W))
