@@ -143,6 +143,7 @@ FIELD_CASES = [
     ("expand-string", _set("grounding.expand_colours", "red"), None, "grounding.expand_colours"),
     ("temperature-nan", _set("grounding.score_temperature", math.nan), None, "grounding.score_temperature"),
     ("count-min-2", _set("grounding.count_min_score", 2), None, "grounding.count_min_score"),
+    ("count-margin-neg", _set("grounding.instance_score_margin", -1), None, "grounding.instance_score_margin"),
     ("grounding-unknown", _set("grounding.thresold", 0.5), None, "thresold"),
     ("grounding-list", _set("grounding", [1]), None, "grounding"),
     ("embed_dim-alone", _set("embed_dim", 64), None, "embed_dim"),

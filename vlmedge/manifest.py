@@ -206,6 +206,10 @@ class GroundingDefaults:
     expand_colours: tuple[str, ...] = ()
     # Score an instance needs to be counted or ordered (calibrated score scale); None: no floor.
     count_min_score: float | None = None
+    # How far below the best instance of its phrase an instance of a composed command (not a negation) may score
+    # (None: any): a look-alike that passes the threshold (a red plate among red cups) scores below the objects
+    # that really fit the description.
+    instance_score_margin: float | None = None
 
     def __post_init__(self):
         for key in ("background_prompts", "expand_colours"):
@@ -219,6 +223,9 @@ class GroundingDefaults:
         if self.count_min_score is not None:
             object.__setattr__(self, "count_min_score",
                                check_threshold(self.count_min_score, "grounding.count_min_score"))
+        if self.instance_score_margin is not None:
+            object.__setattr__(self, "instance_score_margin",
+                               check_threshold(self.instance_score_margin, "grounding.instance_score_margin"))
 
     def to_dict(self) -> dict:
         d = {"background_prompts": list(self.background_prompts), "threshold": self.threshold,
@@ -229,6 +236,8 @@ class GroundingDefaults:
             d["expand_colours"] = list(self.expand_colours)
         if self.count_min_score is not None:
             d["count_min_score"] = self.count_min_score
+        if self.instance_score_margin is not None:
+            d["instance_score_margin"] = self.instance_score_margin
         return d
 
     @classmethod

@@ -104,14 +104,19 @@ def _instance(t: Target) -> Instance | None:
 
 
 def instances_by_phrase(targets: Mapping[str, Sequence[Target]], min_area: float = 0.0,
-                        min_score: float = 0.0) -> dict[str, list[Instance]]:
+                        min_score: float = 0.0, score_margin: float | None = None) -> dict[str, list[Instance]]:
     """The found targets of every phrase as ``language.Instance`` s (the target rides along as payload).
 
     Regions smaller than ``min_area`` pixels are left out: a composition counts and orders instances, and a
-    sliver where one patch barely passed the threshold is not an object (a plain query still reports it)."""
+    sliver where one patch barely passed the threshold is not an object (a plain query still reports it).
+    So are regions scoring below ``min_score``, or more than ``score_margin`` below the best region of the
+    phrase: objects that fit a description score alike, a look-alike (a red plate among red cups) lower."""
     out: dict[str, list[Instance]] = {}
     for phrase, ts in targets.items():
-        kept = (t for t in ts if t.found and t.area >= min_area and t.score >= min_score)
+        kept = [t for t in ts if t.found and t.area >= min_area and t.score >= min_score]
+        if score_margin is not None and kept:
+            best = max(t.score for t in kept)
+            kept = [t for t in kept if t.score >= best - score_margin]
         out[phrase] = [i for i in (_instance(t) for t in kept) if i is not None]
     return out
 
@@ -125,13 +130,16 @@ def _not_found(command: str, best_score: float, reason: str | None) -> Target:
 
 
 def resolve_command(command: Command, phrase_targets: Mapping[str, Sequence[Target]],
-                    frame_size: tuple[int, int], min_area: float = 0.0, min_score: float = 0.0) -> CommandResult:
-    """One command's result from the targets of its noun phrases (``min_area``: see ``instances_by_phrase``)."""
+                    frame_size: tuple[int, int], min_area: float = 0.0, min_score: float = 0.0,
+                    score_margin: float | None = None) -> CommandResult:
+    """One command's result from the targets of its noun phrases (``min_area``, ``min_score``, ``score_margin``:
+    see ``instances_by_phrase``)."""
     if command.is_plain:  # its phrase is its own text: the regions are its targets as they are
         targets = tuple(phrase_targets[command.text])
         found = targets[0].found
         return CommandResult(command.text, command, found, targets, (), None, None if found else "not found")
-    res: Resolution = resolve(command, instances_by_phrase(phrase_targets, min_area, min_score), frame_size)
+    res: Resolution = resolve(command, instances_by_phrase(phrase_targets, min_area, min_score, score_margin),
+                              frame_size)
     if res.found and res.targets:
         targets = tuple(_as_target(i, command.text, res.anchors) for i in res.targets)
     else:  # the best score any of its phrases reached, as a plain query's not-found target carries

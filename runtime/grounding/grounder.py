@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from vlmedge.errors import ConfigError, InputError
-from vlmedge.language import Select
+from vlmedge.language import Negated, Quantity, Relation, Select
 from vlmedge.runtime.grounding.classify import zero_shot
 from vlmedge.runtime.grounding.commands import CommandParser, Plan, resolve_command
 from vlmedge.runtime.grounding.regions import find_regions
@@ -114,6 +114,22 @@ def _counts_instances(command) -> bool:
     return command.kind in ("plural", "count") or isinstance(command.root, Select)
 
 
+def _keeps_best_alike(command) -> bool:
+    """Whether a command's instances must score within ``instance_score_margin`` of the best of their phrase: every
+    composed command but a negation ("the cup that is not red" grounds "the cup" through its colour variants,
+    whose instances score unalike by design; on validation layouts the margin cost negations 5.5 points and
+    gained relations 0.5, unsatisfiable commands 1, counting 5)."""
+    return not command.is_plain and not _negates(command.root)
+
+
+def _negates(node) -> bool:
+    if isinstance(node, Negated):
+        return True
+    if isinstance(node, Relation):
+        return any(_negates(n) for n in (node.subject, node.anchor, node.anchor2) if n is not None)
+    return isinstance(node, (Select, Quantity)) and _negates(node.of)
+
+
 def _patch_area(encoded) -> float:
     """Frame pixels one patch covers: a command's instances must be at least this big (see commands.py)."""
     x0, y0, x1, y1 = encoded.crop_box
@@ -181,6 +197,9 @@ class Grounder:
         count_min_score: the score an instance needs to be counted or ordered ("how many", "all", "two",
             "the leftmost"), where one look-alike that barely passes the threshold changes the answer (default:
             manifest ``grounding.count_min_score``, else none).
+        instance_score_margin: how far below the best instance of its phrase an instance may score and still be
+            counted, ordered or related (composed commands but negations; default: manifest
+            ``grounding.instance_score_margin``, else any).
         taught: a JSON file of taught objects, loaded when it exists and rewritten on every
             ``teach``/``forget`` (so a restart keeps them); None keeps them in memory only.
         text_cache_size: text embeddings kept for texts outside the bundle's vocabulary, least recently
@@ -195,7 +214,8 @@ class Grounder:
                  smoothing: bool | Tracker = True, spinning: bool = False, competition: bool = False,
                  score_temperature: float | None = None, taught: str | Path | None = None,
                  expand_colours: Sequence[str] | None = None, split_instances: bool = True,
-                 count_min_score: float | None = None, text_cache_size: int = DEFAULT_TEXT_CACHE_SIZE,
+                 count_min_score: float | None = None, instance_score_margin: float | None = None,
+                 text_cache_size: int = DEFAULT_TEXT_CACHE_SIZE,
                  max_queries: int = MAX_QUERIES, max_query_chars: int = MAX_QUERY_CHARS):
         if not isinstance(text_cache_size, int) or isinstance(text_cache_size, bool) or text_cache_size < 1:
             raise ConfigError(f"text_cache_size must be a positive int, got {text_cache_size!r}")
@@ -220,6 +240,8 @@ class Grounder:
             raise ConfigError(f"smoothing must be True, False or a Tracker, got {smoothing!r}")
         floor = getattr(g, "count_min_score", None) if count_min_score is None else count_min_score
         self.count_min_score = check_threshold(0.0 if floor is None else floor, "count_min_score")
+        margin = getattr(g, "instance_score_margin", None) if instance_score_margin is None else instance_score_margin
+        self.instance_score_margin = None if margin is None else check_threshold(margin, "instance_score_margin")
         if split_instances not in (True, False):
             raise ConfigError(f"split_instances must be True or False, got {split_instances!r}")
         self.split_instances = split_instances
@@ -361,7 +383,8 @@ class Grounder:
                         frame_size=encoded.frame_size, crop_box=encoded.crop_box, score_map=scores[k],
                         frame_bgr=encoded.frame if key[2] else None)
             commands.append(resolve_command(c, {p: regions[key] for p, key in key_of.items()}, encoded.frame_size,
-                                            patch_area, self.count_min_score if counts else 0.0))
+                                            patch_area, self.count_min_score if counts else 0.0,
+                                            self.instance_score_margin if _keeps_best_alike(c) else None))
         commands = self._tracked(commands)
         head = [phrases[own[0]] for own in plan.by_command]
         patch_maps = maps[head] if head else np.zeros((0, *encoded.patches.shape[:2]), dtype=np.float32)
