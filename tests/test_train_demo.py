@@ -146,6 +146,26 @@ def test_cli_never_writes_the_shipped_model_unless_asked(tmp_path, capsys):
     assert args.minutes is None and args.bundles is None and not args.replace_shipped  # no cap, no bundles
 
 
+def test_bundles_take_a_given_threshold_and_the_demo_count_rules(td, tmp_path, capsys):
+    """--threshold skips the noun-phrase calibration (the shipped bundles use 0.5, chosen on commands); the
+    manifest carries the count floor and margin picked for the demo model."""
+    import json
+
+    from vlmedge.cli import main
+
+    out = tmp_path / "m"
+    assert main(["train-demo", "--out", str(out), "--steps", "2", "--scenes", "8", "--workers", "1", "--bundles",
+                 "--threshold", "0.5"]) == 0
+    assert "grounding threshold 0.5 (--threshold)" in capsys.readouterr().out
+    grounding = json.loads((tmp_path / "bundle-int8" / "manifest.json").read_text())["grounding"]
+    assert grounding["threshold"] == 0.5
+    assert grounding["count_min_score"] == td.COUNT_MIN_SCORE
+    assert grounding["instance_score_margin"] == td.INSTANCE_SCORE_MARGIN
+    with pytest.raises(SystemExit):
+        main(["train-demo", "--out", str(tmp_path / "n"), "--threshold", "1.5"])
+    assert "expected a threshold between 0 and 1, got '1.5'" in capsys.readouterr().err
+
+
 def test_a_run_cut_short_by_the_time_cap_replaces_nothing(td, tmp_path, capsys):
     """An existing model stays as it was; the cut-short weights go aside, and the CLI says so (exit 1)."""
     from vlmedge.cli import main

@@ -34,7 +34,21 @@ def register(subparsers) -> None:
     p.add_argument("--bundles", action=argparse.BooleanOptionalAction, default=None,
                    help="also calibrate the threshold and export bundle-fp32/ and bundle-int8/ next to the model "
                         "(default: only with --replace-shipped)")
+    p.add_argument("--threshold", type=_threshold, default=None,
+                   help="the bundles' grounding threshold instead of calibrating it on the noun-phrase figures "
+                        "(the shipped bundles: 0.5, chosen on validation commands by "
+                        "benchmarks/calibrate_threshold_commands.py)")
     p.set_defaults(func=cmd_train_demo)
+
+
+def _threshold(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a threshold between 0 and 1, got {text!r}")
+    return value
 
 
 def _output(args: argparse.Namespace, shipped):
@@ -75,9 +89,13 @@ def cmd_train_demo(args: argparse.Namespace) -> int:
     if bundles:
         from vlmedge.export.loaders import load_clip
 
-        saved = load_clip(str(out))  # calibrate on the saved (float16-stored) weights
-        threshold, reports = calibrate_threshold(saved)
-        print(f"grounding threshold {threshold} ({reports[threshold].summary()})")
+        if args.threshold is not None:
+            threshold = args.threshold
+            print(f"grounding threshold {threshold} (--threshold)")
+        else:
+            saved = load_clip(str(out))  # calibrate on the saved (float16-stored) weights
+            threshold, reports = calibrate_threshold(saved)
+            print(f"grounding threshold {threshold} ({reports[threshold].summary()})")
         for precision, path in export_bundles(out, out.parent, threshold).items():
             print(f"{precision} bundle written to {path}")
     print(f"train-demo done in {(time.perf_counter() - t0) / 60:.1f} min")
