@@ -295,14 +295,8 @@ def compare_backends(encoders, pixels: np.ndarray, text_embeds: np.ndarray, roun
     except (ArtifactError, BackendUnavailable) as e:
         return {"measured": False, "error": str(e)}
     outs = {k: s.run(pixels) for k, s in sessions.items()}
-    times: dict[str, list[float]] = {k: [] for k in sessions}
     order = list(sessions)
-    for r in range(rounds):
-        for k in (order if r % 2 == 0 else order[::-1]):
-            for _ in range(per_round):
-                t = time.perf_counter()
-                sessions[k].run(pixels)
-                times[k].append((time.perf_counter() - t) * 1e3)
+    times = B.interleaved_times(sessions, pixels, rounds, per_round)
     del sessions
     release_free_heap()
     (a_img, a_patch), (b_img, b_patch) = (outs[k][:2] for k in order)

@@ -411,18 +411,25 @@ def measure_backends(image_encoder: str | Path, input_shape: tuple[int, ...], *,
     for session in sessions.values():
         for _ in range(warmup):
             session.run(x)
+    ticks, t0 = _cpu_ticks(), time.perf_counter()
+    times = interleaved_times(sessions, x, rounds, per_round)
+    out: dict = {k: round(float(np.median(v)), 3) for k, v in times.items()}
+    out["others_cpu"] = others_cpu_share(ticks, _cpu_ticks(), time.perf_counter() - t0)
+    return out
+
+
+def interleaved_times(sessions: dict, x: np.ndarray, rounds: int, per_round: int) -> dict[str, list[float]]:
+    """ms of every ``run(x)`` per session, ``per_round`` calls each in ``rounds`` rounds whose order alternates,
+    so that load from other processes hits every session alike (auto's measurement, `vlmedge bench`)."""
     times: dict[str, list[float]] = {k: [] for k in sessions}
     order = list(sessions)
-    ticks, t0 = _cpu_ticks(), time.perf_counter()
     for r in range(rounds):
         for name in (order if r % 2 == 0 else order[::-1]):
             for _ in range(per_round):
                 t = time.perf_counter()
                 sessions[name].run(x)
                 times[name].append((time.perf_counter() - t) * 1e3)
-    out: dict = {k: round(float(np.median(v)), 3) for k, v in times.items()}
-    out["others_cpu"] = others_cpu_share(ticks, _cpu_ticks(), time.perf_counter() - t0)
-    return out
+    return times
 
 
 def _input(input_shape) -> np.ndarray:
