@@ -494,10 +494,38 @@ def convert_fp16(src: str | Path, dst: str | Path, block_ops: tuple[str, ...] = 
     model = onnx.load(str(src))
     model = convert_float_to_float16(model, keep_io_types=True, op_block_list=list(block_ops),
                                      node_block_list=list(block_nodes))
+    twins = drop_duplicate_nodes(model)
+    if twins:
+        log.info("fp16: %d duplicate Cast nodes of the converter removed", twins)
     dropped = drop_fp16_round_trips(model)
     log.info("fp16: %d float32 -> float16 -> float32 cast pairs between float32 nodes removed", dropped)
     onnx.save(model, str(dst))
     check_single_file(dst)
+
+
+def drop_duplicate_nodes(model: onnx.ModelProto) -> int:
+    """Remove nodes that repeat an earlier node exactly (same op, inputs, outputs and attributes).
+
+    ONNX Runtime's bundled converter before 1.31 adds one ``NAME_cast_to_fp32_node`` Cast per float32 consumer of
+    a float16 initializer, all with the same name and output, and ORT then refuses the model ("two nodes with same
+    node name"); found exporting fp16 with onnxruntime 1.30. A second producer of a value that is *not* a copy is
+    a broken graph: that raises, naming the value. Returns the number of nodes removed."""
+    graph = model.graph
+    first: dict[str, onnx.NodeProto] = {}
+    twins = []
+    for n in graph.node:
+        earlier = next((first[o] for o in n.output if o in first), None)
+        if earlier is None:
+            first.update({o: n for o in n.output})
+        elif earlier.SerializeToString(deterministic=True) == n.SerializeToString(deterministic=True):
+            twins.append(n)
+        else:
+            clash = next(o for o in n.output if o in first)
+            raise ValueError(f"fp16 conversion: value {clash!r} is produced by two different nodes "
+                             f"({earlier.name!r} {earlier.op_type} and {n.name!r} {n.op_type})")
+    for n in twins:
+        graph.node.remove(n)
+    return len(twins)
 
 
 def drop_fp16_round_trips(model: onnx.ModelProto) -> int:

@@ -344,3 +344,44 @@ def test_int8_text_encoder_of_a_full_clip_text_tower(tmp_path):
     assert size8 < 0.3 * size32
     stored = np.load(tmp_path / "int8" / "text_embeddings.npz")["embeds"]  # the vocabulary from the int8 encoder
     assert cosine_rows(stored, got).min() >= 0.9999
+
+
+def _model_with_twin_casts(second_cast_to: int = onnx.TensorProto.FLOAT) -> onnx.ModelProto:
+    """What onnxruntime <= 1.30's float16 converter writes for a float16 initializer read by two float32 nodes:
+    one ``b_cast_to_fp32_node`` per reader, same name, same output."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    b = numpy_helper.from_array(np.array([0.5, -2.0], np.float16), "b")
+    casts = [helper.make_node("Cast", ["b"], ["b_cast_to_fp32"], to=TensorProto.FLOAT, name="b_cast_to_fp32_node"),
+             helper.make_node("Cast", ["b"], ["b_cast_to_fp32"], to=second_cast_to, name="b_cast_to_fp32_node")]
+    graph = helper.make_graph(
+        casts + [helper.make_node("Add", ["x", "b_cast_to_fp32"], ["s"], name="add"),
+                 helper.make_node("Mul", ["s", "b_cast_to_fp32"], ["y"], name="mul")],
+        "twins", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])], [b])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_fp16_twin_casts_of_older_onnxruntime_converters_are_merged():
+    import onnxruntime as ort
+
+    from vlmedge.export.quantize import drop_duplicate_nodes
+
+    model = _model_with_twin_casts()
+    with pytest.raises(Exception, match="same node name"):  # what ORT says about the converter's output
+        ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    assert drop_duplicate_nodes(model) == 1
+    onnx.checker.check_model(model, full_check=True)
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    x = np.array([1.0, 3.0], np.float32)
+    (y,) = sess.run(None, {"x": x})
+    np.testing.assert_allclose(y, (x + [0.5, -2.0]) * [0.5, -2.0])
+
+
+def test_two_different_producers_of_one_value_are_an_error_not_merged():
+    from vlmedge.export.quantize import drop_duplicate_nodes
+
+    model = _model_with_twin_casts(second_cast_to=onnx.TensorProto.DOUBLE)
+    with pytest.raises(ValueError, match="'b_cast_to_fp32' is produced by two different nodes"):
+        drop_duplicate_nodes(model)
+    assert len(model.graph.node) == 4  # nothing removed
