@@ -225,9 +225,11 @@ class TextTower(nn.Module):
         self.register_buffer("causal_mask", mask, persistent=False)
 
     def pool_index(self, ids: torch.Tensor) -> torch.Tensor:
-        """Position of the end-of-text token: argmax of ids (OpenAI) or first ``eos_token_id``."""
+        """Position of the end-of-text token: argmax of ids (OpenAI) or first ``eos_token_id``.
+        On int32: ONNX Runtime before 1.20 has no int64 ArgMax (a bundle's text encoder would not load on a
+        Jetson's ORT 1.17-1.19); token ids are far below 2**31."""
         if self.spec.eos_token_id is None:
-            return ids.argmax(dim=-1)
+            return ids.to(torch.int32).argmax(dim=-1)
         return (ids == self.spec.eos_token_id).to(torch.int32).argmax(dim=-1)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:

@@ -391,3 +391,15 @@ def test_cli_export_shows_progress_and_reports_one_duration(clip, tmp_path):
     quiet = subprocess.run([sys.executable, "-m", "vlmedge.cli", "export", str(src), "--out", str(tmp_path / "q")],
                            capture_output=True, text=True, env={**env, "VLMEDGE_PROGRESS": "0"}, timeout=600)
     assert quiet.returncode == 0 and "00:" not in quiet.stderr and "%|" not in quiet.stderr
+
+
+@pytest.mark.parametrize("platform", ["cpu", "jetson-orin-jp6"])
+def test_text_encoder_has_no_int64_argmax_for_older_onnxruntime(clip, tmp_path, platform):
+    """OpenAI-style pooling (argmax of the token ids) on int32: ONNX Runtime before 1.20 (JetPack's 1.17-1.19)
+    has no int64 ArgMax kernel and refused the text encoder ("Could not find an implementation for ArgMax(13)")."""
+    export_bundle(clip, tmp_path / "b", platform=platform)
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(tmp_path / "b" / "text_encoder.onnx")))
+    g = model.graph
+    types = {v.name: v.type.tensor_type.elem_type for v in [*g.value_info, *g.input, *g.output]}
+    argmax = [n for n in g.node if n.op_type == "ArgMax"]
+    assert argmax and all(types.get(n.input[0]) == onnx.TensorProto.INT32 for n in argmax)
