@@ -43,6 +43,69 @@ def test_config_validation(td):
         td.TrainConfig(steps=0)
     with pytest.raises(ConfigError, match="minutes"):
         td.TrainConfig(minutes=0)
+    with pytest.raises(ConfigError, match="device must be 'cpu', 'cuda' or 'cuda:N', got 'gpu'"):
+        td.TrainConfig(device="gpu")
+    with pytest.raises(ConfigError, match="same_colour_hard must be a number >= 0, got -1"):
+        td.TrainConfig(same_colour_hard=-1)
+    assert td.TrainConfig(device="cuda:1").device == "cuda:1"
+
+
+def _two_object_batch(td, grid, first, second):
+    """One scene's patch labels: ``first`` on the left half, ``second`` on the right (combo pairs)."""
+    lab = torch.full((1, *grid), -1, dtype=torch.int16)
+    lab[0, 2:6, 2:6] = td.COMBO_INDEX[first]
+    lab[0, 2:6, 10:14] = td.COMBO_INDEX[second]
+    present = torch.zeros(1, len(td.COMBOS), dtype=torch.bool)
+    present[0, [td.COMBO_INDEX[first], td.COMBO_INDEX[second]]] = True
+    return lab, present
+
+
+def test_hard_same_colour_term_is_the_hardest_look_alike_patch(td):
+    """The term adds, per (scene, query), softplus(1 + the query's best margin on a patch of a "same colour,
+    other kind" object): a red cup's patches for "the red can" and the like. A scene with no object adds none."""
+    import torch.nn.functional as F
+
+    from vlmedge.export.model import CLIP
+    from vlmedge.spec import ClipSpec, TextSpec, VisionSpec
+
+    torch.manual_seed(0)
+    tok = td.train_tokenizer()
+    spec = ClipSpec(VisionSpec(td.IMAGE_SIZE, 16, 32, 1, 2),
+                    TextSpec(32, 1, 2, tok.vocab_size, 77, eos_token_id=tok.eos_token_id), 32)
+    model = CLIP(spec).eval()
+    x = torch.randn(1, 3, *td.IMAGE_SIZE)
+    ids = td.caption_ids(tok, 0)
+    n = len(td.COMBOS)
+    with torch.no_grad():
+        lab, present = _two_object_batch(td, spec.vision.grid, ("cup", "red"), ("ball", "blue"))
+        plain = td.losses(model, x, lab, present, ids, n)["query"]
+        hard = td.losses(model, x, lab, present, ids, n, same_colour_hard=2.0)["query"]
+        # by hand: the queries with a look-alike here are "red <other kind>" (on the cup) and "blue <other kind>"
+        _, patches = model.encode_image(x)
+        txt = model.encode_text(ids)
+        logits = model.logit_scale.exp().clamp(max=100.0) * patches.reshape(-1, patches.shape[-1]) @ txt.T
+        margin = logits[:, :n] - logits[:, n:].logsumexp(-1, keepdim=True)  # [P, C]
+        flat = lab.reshape(-1).long()
+        terms = []
+        for obj in (("cup", "red"), ("ball", "blue")):
+            on = flat == td.COMBO_INDEX[obj]
+            for kind in syn.KINDS:
+                if kind != obj[0]:
+                    terms.append(F.softplus(margin[on, td.COMBO_INDEX[(kind, obj[1])]].max() + 1.0))
+        assert torch.isclose(hard - plain, 2.0 * torch.stack(terms).mean(), rtol=1e-4)
+        empty = torch.full_like(lab, -1)
+        none = torch.zeros_like(present)
+        assert torch.isclose(td.losses(model, x, empty, none, ids, n, same_colour_hard=2.0)["query"],
+                             td.losses(model, x, empty, none, ids, n)["query"])
+
+
+def test_a_given_dataset_must_hold_the_configured_scenes(td):
+    from vlmedge.errors import ConfigError
+
+    grid = (12, 16)
+    data = td.render_dataset(np.arange(4), td.preprocess_spec(), grid, workers=1)
+    with pytest.raises(ConfigError, match="the dataset holds 4 scenes, the config says 8"):
+        td.train(td.TrainConfig(steps=1, scenes=8, batch=2, workers=1, threads=1), dataset=data)
 
 
 def test_short_training_run_saves_a_loadable_model(td, tmp_path):
@@ -109,6 +172,16 @@ def test_train_demo_cli_is_registered():
     from vlmedge.cli import build_parser
     args = build_parser().parse_args(["train-demo", "--out", "x", "--steps", "5", "--seed", "3", "--minutes", "1"])
     assert args.steps == 5 and args.seed == 3 and args.minutes == 1.0 and callable(args.func)
+    assert args.device == "cpu"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a torch without CUDA")
+def test_train_demo_on_cuda_without_a_gpu_is_a_clear_error(tmp_path, capsys):
+    from vlmedge.cli import main
+
+    assert main(["train-demo", "--out", str(tmp_path / "m"), "--device", "cuda", "--steps", "1", "--scenes", "8",
+                 "--workers", "1", "--no-bundles"]) == 1
+    assert "--device cuda: this torch" in capsys.readouterr().err and not (tmp_path / "m").exists()
 
 
 def _tree_digest(d):
@@ -199,3 +272,23 @@ def test_training_shows_progress_bars_when_asked(td, tmp_path, monkeypatch, caps
     td.train(td.TrainConfig(steps=2, scenes=8, batch=4, workers=1, threads=1, warmup=1), tmp_path / "n")
     captured = capsys.readouterr()
     assert "training" not in captured.err and "step     1/2" in captured.out  # lines instead of a bar
+
+
+def test_train_variants_benchmark_trains_each_variant_on_one_dataset(tmp_path):
+    """benchmarks/train_variants.py (how the v5 recipe was chosen): one rendering, a model per variant."""
+    import json
+    import subprocess
+    import sys
+    import tarfile
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "train_variants.py"
+    proc = subprocess.run([sys.executable, str(script), str(tmp_path), "cpu", "16", "2", "1", "A-control,C-hard1"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "rendered 16 scenes" in proc.stdout
+    for name, hard in (("A-control", 0.0), ("C-hard1", 1.0)):
+        with tarfile.open(tmp_path / f"{name}.tar") as tf:
+            info = json.load(tf.extractfile(f"{name}/train_info.json"))
+            assert {f"{name}/model.safetensors", f"{name}/clip_spec.json"} <= set(tf.getnames())
+        assert info["steps_done"] == 2 and info["config"]["same_colour_hard"] == hard
