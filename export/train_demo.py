@@ -28,9 +28,9 @@ The shipped model (v5): ``vlmedge train-demo --out DIR/model --bundles --thresho
 (16000 scenes, half of them with repeated objects, 8000 steps, float32), trained with ``--device cuda`` on an
 NVIDIA H200 in 3.1 min (rendering 69 s on 16 cores). On a 2-core CPU expect about 70 min (v4 measured 0.45 s
 per step and 59 ms per rendered scene on one there; not run at this size) and 4.7 GB for the float16 scenes; a
-CPU run's weights differ from the GPU's in rounding, not in recipe. v4 (8000 scenes,
-5200 steps, fp32 on a CPU) counted 87.0% of held-out counting layouts right; twice the scenes with 1.5x the steps
-is what moved it (v5), on validation layouts (seeds 900 000+, 1000 counting scenes, margin 0.1): 89.4% -> 92.8%.
+CPU run's weights differ from the GPU's in rounding, not in recipe. v4 (8000 scenes, 5200 steps, fp32 on a CPU)
+counted 87.0% of held-out counting layouts right, v5 92.4%: twice the scenes with 1.5x the steps is what moved it
+(validation layouts, seeds 900 000+, 1000 counting scenes, margin 0.1: 89.4% -> 92.8%).
 Tried on the GPU beside it and dropped (validation, 300 layouts per family, int8): a heavier "same colour, other
 kind" term (``same_colour_weight`` 3: counting 87.0% vs 89.7% for the same recipe without it) and its hardest
 patch as a term (``same_colour_hard`` 1 / 2: 85.7% / 79.0%, relations 88.7% / 84.7% vs 94.3%): pushing look-alike
@@ -256,8 +256,8 @@ class TrainConfig:
                 raise ConfigError(f"TrainConfig.{n} must be a positive int, got {v!r}")
         if self.minutes is not None and not (isinstance(self.minutes, (int, float)) and self.minutes > 0):
             raise ConfigError(f"TrainConfig.minutes must be positive or None (no cap), got {self.minutes!r}")
-        if not (self.device == "cpu" or self.device == "cuda" or
-                (self.device.startswith("cuda:") and self.device[5:].isdigit())):
+        d = self.device
+        if not (isinstance(d, str) and (d in ("cpu", "cuda") or (d.startswith("cuda:") and d[5:].isdigit()))):
             raise ConfigError(f"TrainConfig.device must be 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
         for n in ("same_colour_weight", "same_colour_hard"):
             v = getattr(self, n)

@@ -47,6 +47,8 @@ def test_config_validation(td):
         td.TrainConfig(device="gpu")
     with pytest.raises(ConfigError, match="same_colour_hard must be a number >= 0, got -1"):
         td.TrainConfig(same_colour_hard=-1)
+    with pytest.raises(ConfigError, match="device must be"):
+        td.TrainConfig(device=0)
     assert td.TrainConfig(device="cuda:1").device == "cuda:1"
 
 
