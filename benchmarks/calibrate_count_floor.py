@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-from types import SimpleNamespace
 
 import numpy as np
 
@@ -43,9 +42,7 @@ def sweep(bundle: str, scenes: int, seed: int = VAL_SEED, grid=GRID, threshold: 
             encoded = g.encode(g.prepare(case.frame))
             for setting in grid:
                 g.count_min_score, g.instance_score_margin = setting
-                c = g.match(encoded, [case.command]).command(case.command)
-                got = SimpleNamespace(found=c.found, points=[t.peak for t in c.targets if t.found], count=c.count)
-                right[family][setting] += bool(score(case, got))
+                right[family][setting] += bool(score(case, g.match(encoded, [case.command]).command(case.command)))
     return {f: {k: right[f][k] / scenes for k in grid} for f in FAMILIES}
 
 

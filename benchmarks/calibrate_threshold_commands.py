@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from types import SimpleNamespace
 
 from vlmedge.embedded import embedded_bundle
 from vlmedge.runtime.grounding.grounder import Grounder
@@ -39,8 +38,7 @@ def main() -> None:
         g = Grounder(base.encoders, smoothing=False, threshold=th)
 
         def ground(frame, command, g=g):
-            c = g.ground(frame, [command]).command(command)
-            return SimpleNamespace(found=c.found, points=[t.peak for t in c.targets if t.found], count=c.count)
+            return g.ground(frame, [command]).command(command)  # found, points, count
 
         commands = evaluate_commands(ground, g.teach, g.forget, families=FAMILIES, scenes=args.scenes, seed=VAL_SEED)
         phrases = evaluate(g.ground, scenes=args.scenes, seed=VAL_SEED)

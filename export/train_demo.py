@@ -318,6 +318,9 @@ def train(cfg: TrainConfig, out: Path | None = None, checkpoint: Path | None = N
     from vlmedge.export.loaders import LoadedClip
     from vlmedge.export.model import CLIP
 
+    if cfg.device != "cpu" and not torch.cuda.is_available():  # before any work, for the API and the CLI alike
+        raise ConfigError(f"TrainConfig.device / --device {cfg.device}: this torch ({torch.__version__}) sees no "
+                          "CUDA GPU; train on the cpu or install a CUDA build of torch")
     if out is not None:
         check_out(Path(out), force)
     t_start = time.time()

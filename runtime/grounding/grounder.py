@@ -129,6 +129,19 @@ def _keeps_best_alike(command) -> bool:
     return not command.is_plain and not _negates(command.root)
 
 
+@dataclass(frozen=True)
+class _Rules:
+    """What a command asks of its phrases' regions; fixed by its parse, so made once per plan, not per frame."""
+
+    count_floor: bool  # _counts_instances
+    split: bool  # _splits_instances
+    alike: bool  # _keeps_best_alike
+
+    @classmethod
+    def of(cls, command) -> _Rules:
+        return cls(_counts_instances(command), _splits_instances(command), _keeps_best_alike(command))
+
+
 def _negates(node) -> bool:
     if isinstance(node, Negated):
         return True
@@ -270,6 +283,7 @@ class Grounder:
             self._text_cache.pop(t, None)
         self._parser = CommandParser()
         self._last_plan: tuple | None = None  # (plan, its texts, embeddings and rows): see _plan_texts
+        self._last_rules: tuple | None = None  # (plan, a _Rules per command)
         self.taught = TaughtObjects(self.manifest.model_id, self.manifest.embed_dim, path=taught)
 
     # ------------------------------------------------------------------ text
@@ -379,9 +393,8 @@ class Grounder:
         patch_area = _patch_area(encoded)
         regions: dict[tuple[str, float, bool], list] = {}  # (phrase, threshold, split into instances) -> targets
         commands = []
-        for c, own in zip(plan.commands, plan.by_command):
-            counts = _counts_instances(c)
-            key_of = {p: (p, per_query.get(c.text, self.threshold), split and _splits_instances(c)) for p in own}
+        for c, own, rules in zip(plan.commands, plan.by_command, self._plan_rules(plan)):
+            key_of = {p: (p, per_query.get(c.text, self.threshold), split and rules.split) for p in own}
             for key in key_of.values():
                 if key not in regions:
                     k = phrases[key[0]]
@@ -390,8 +403,8 @@ class Grounder:
                         frame_size=encoded.frame_size, crop_box=encoded.crop_box, score_map=scores[k],
                         frame_bgr=encoded.frame if key[2] else None)
             commands.append(resolve_command(c, {p: regions[key] for p, key in key_of.items()}, encoded.frame_size,
-                                            patch_area, self.count_min_score if counts else 0.0,
-                                            self.instance_score_margin if _keeps_best_alike(c) else None))
+                                            patch_area, self.count_min_score if rules.count_floor else 0.0,
+                                            self.instance_score_margin if rules.alike else None))
         commands = self._tracked(commands)
         head = [phrases[own[0]] for own in plan.by_command]
         patch_maps = maps[head] if head else np.zeros((0, *encoded.patches.shape[:2]), dtype=np.float32)
@@ -402,6 +415,11 @@ class Grounder:
         return GroundingResult(queries=queries, targets=tuple(t for c in commands for t in c.targets),
                                patch_maps=patch_maps, frame_size=encoded.frame_size, crop_box=encoded.crop_box,
                                timings=timings, image_embed=encoded.image_embed, commands=tuple(commands))
+
+    def _plan_rules(self, plan: Plan) -> tuple[_Rules, ...]:
+        if self._last_rules is None or self._last_rules[0] is not plan:
+            self._last_rules = (plan, tuple(_Rules.of(c) for c in plan.commands))
+        return self._last_rules[1]
 
     def _plan_texts(self, plan: Plan) -> tuple[list[str], np.ndarray, list[list[int]] | None]:
         """The texts a plan grounds, their embeddings and, per phrase, its rows among them (None: one text per

@@ -87,6 +87,11 @@ class CommandResult:
     count: int | None = None
     reason: str | None = None
 
+    @property
+    def points(self) -> tuple[tuple[float, float], ...]:
+        """The peak of each found target, best first (what ``scenes.command_eval`` scores)."""
+        return tuple(t.peak for t in self.targets if t.found)
+
     def to_dict(self) -> dict:
         return {"command": self.command, "parsed": self.parsed.to_dict(), "found": self.found,
                 "count": self.count, "reason": self.reason,

@@ -73,8 +73,6 @@ def evaluate_bundle_commands(bundle, scenes: int = 500, seed: int | None = None,
                              progress: bool = False):
     """The command benchmark (``vlmedge.scenes.command_eval``) through the runtime's ``Grounder``: one command
     per scene, taught names taught with ``Grounder.teach`` and forgotten after their case."""
-    from types import SimpleNamespace
-
     from vlmedge.runtime.grounding.grounder import Grounder
     from vlmedge.scenes.command_eval import evaluate_commands
     from vlmedge.scenes.evaluation import EVAL_SEED_BASE
@@ -82,8 +80,7 @@ def evaluate_bundle_commands(bundle, scenes: int = 500, seed: int | None = None,
     g = Grounder(bundle, smoothing=False)
 
     def ground(frame, command):
-        c = g.ground(frame, [command]).command(command)
-        return SimpleNamespace(found=c.found, points=[t.peak for t in c.targets if t.found], count=c.count)
+        return g.ground(frame, [command]).command(command)  # found, points, count
 
     return evaluate_commands(ground, g.teach, g.forget, families=families, scenes=scenes,
                              seed=EVAL_SEED_BASE if seed is None else seed, progress=progress)
