@@ -34,6 +34,7 @@ import numpy as np
 
 from vlmedge.errors import ArtifactError, BackendUnavailable, ConfigError, check_choice
 from vlmedge.gpu import cuda_device
+from vlmedge.runtime.grounding.openvino_ir import MappedWeights, ir_for
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,7 @@ GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
 # threads not pinned to cores: with pinning, a competing busy process on a pinned core stalls every parallel
 # region (benchmarks/contention.py measures both; docs in README "Encoder backends").
 OPENVINO_PINNING = False
+OPENVINO_PARTITIONER = None  # TBB's work split: None (OpenVINO's default), "STATIC" or "AUTO"
 
 
 # ------------------------------------------------------------------------------------------------ sessions
@@ -109,30 +111,58 @@ class OpenVinoSession:
 
     ``threads``: inference threads; one stream and the LATENCY hint (one frame at a time); ``pinning``: pin
     the threads to cores. Float parts run in f32 (``INFERENCE_PRECISION_HINT``): on CPUs with bf16 OpenVINO
-    would otherwise run them in bf16, which is not what the bundle was verified with."""
+    would otherwise run them in bf16, which is not what the bundle was verified with. ``ir``: compile
+    OpenVINO's IR of the file from the cache (``openvino_ir``), the weights mapped from disk and handed back
+    once repacked; the numbers are the same as compiling the ONNX file (tests/test_openvino_ir.py)."""
 
     backend = "openvino"
 
-    def __init__(self, path: str | Path, *, threads: int, pinning: bool = OPENVINO_PINNING, streams: int = 1):
+    def __init__(self, path: str | Path, *, threads: int, pinning: bool = OPENVINO_PINNING, streams: int = 1,
+                 ir: bool | None = None, partitioner: str | None = OPENVINO_PARTITIONER):
         ov = import_openvino()
+        ir = openvino_ir_enabled() if ir is None else ir
+        self.version = openvino_version()
         self.config = {"INFERENCE_NUM_THREADS": int(threads), "NUM_STREAMS": int(streams),
                        "PERFORMANCE_HINT": "LATENCY", "ENABLE_CPU_PINNING": bool(pinning),
                        "INFERENCE_PRECISION_HINT": "f32"}
+        if partitioner:
+            self.config["TBB_PARTITIONER"] = partitioner
+        # ir: compile OpenVINO's cached IR of the file, whose weights stay mapped from disk and are handed back
+        # once repacked (openvino_ir: ~85 MB less for a ViT-B int8 encoder); False, or no cache: the ONNX file
+        self.compiled_from = ir_for(path, self.version, cache_dir()) if ir else None
         try:
             core = ov.Core()
-            self._compiled = core.compile_model(str(path), "CPU", self.config)
+            self._compiled = core.compile_model(str(self.compiled_from or path), "CPU", self.config)
         except Exception as e:  # OpenVINO raises RuntimeError subclasses of its own
             raise ArtifactError(f"{path}: OpenVINO {ov.get_version()} could not compile it for the CPU ({e})") from e
+        self._weights = MappedWeights(self.compiled_from.with_suffix(".bin")) if self.compiled_from else None
+        if self._weights:
+            self._weights.release()  # compiling read them all; the first inference reads them again to repack
+        self._first = True
         self.input_name = self._compiled.inputs[0].get_any_name()
         self._request = self._compiled.create_infer_request()
         self._lock = threading.Lock()  # one infer request: one call at a time
-        self.version = openvino_version()
 
     def run(self, x: np.ndarray) -> list[np.ndarray]:
         with self._lock:
-            self._request.infer({0: x})
+            if self._first and self._weights:
+                with self._weights.releasing():
+                    self._request.infer({0: x})
+            else:
+                self._request.infer({0: x})
+                if self._weights:
+                    self._weights.release()  # ~2 us; a new input shape may have read weights again
+            self._first = False
             # copies: the request reuses its output buffers on the next call
             return [np.array(self._request.get_output_tensor(i).data) for i in range(len(self._compiled.outputs))]
+
+
+def openvino_ir_enabled() -> bool:
+    """``$VLMEDGE_OPENVINO_IR``: "1" (default) compiles OpenVINO's cached IR of a bundle file, "0" the ONNX file
+    itself (more memory; for a cache on a disk too small or too slow)."""
+    value = os.environ.get("VLMEDGE_OPENVINO_IR", "1").strip() or "1"
+    check_choice("VLMEDGE_OPENVINO_IR (environment)", value, ("0", "1"))
+    return value == "1"
 
 
 def open_session(backend: str, path: str | Path, *, threads: int, spinning: bool = False, providers=None,
@@ -511,6 +541,8 @@ def resolve_backend(requested: str, bundle_dir: Path, manifest, *, threads: int,
     if choice is None:
         path = cache or cache_dir() / CACHE_FILE
         versions = {"onnxruntime": onnxruntime_version(), "openvino": ov}
+        if ov:  # its memory differs by the weights (openvino_ir): a measurement of one form is not the other's
+            versions["openvino compiles"] = "ir" if openvino_ir_enabled() else "onnx"
         key = choice_key(bundle_hash(manifest), cpu_model(), versions, threads, spinning)
         entries = read_cache(path)
         base = _rss_mb()
