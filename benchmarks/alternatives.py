@@ -89,6 +89,13 @@ VARIANTS = {
                       "ONNX Runtime, int8 bundle, spinning on"),
     "openvino-bundle": ("openvino", "int8/image_encoder.onnx", {}, "OpenVINO on the int8 bundle's ONNX"),
     "openvino-nncf": ("openvino", "nncf/image_encoder.xml", {}, "OpenVINO on the NNCF int8 IR"),
+    # OpenVINO's TBB work split named (openvino-bundle: the runtime's OPENVINO_PARTITIONER)
+    "openvino-bundle-tbb-static": ("openvino", "int8/image_encoder.onnx", {"partitioner": "STATIC"},
+                                   "OpenVINO on the int8 bundle's ONNX, TBB static partitioner"),
+    "openvino-bundle-onnx": ("openvino", "int8/image_encoder.onnx", {"ir": False},
+                             "OpenVINO compiling the int8 bundle's ONNX file itself (not its cached IR)"),
+    "openvino-bundle-tbb-auto": ("openvino", "int8/image_encoder.onnx", {"partitioner": "AUTO"},
+                                 "OpenVINO on the int8 bundle's ONNX, TBB auto partitioner"),
     "torch-pt2e": ("torch", "model.pt", {}, "torch PT2E X86InductorQuantizer + torch.compile (inductor)"),
     "ort-fp32": ("onnxruntime", "fp32/image_encoder.onnx", {"spinning": False}, "ONNX Runtime, fp32 bundle"),
 }
@@ -148,8 +155,27 @@ def _split(outputs) -> tuple[np.ndarray, np.ndarray]:
     return image, patches
 
 
-def agreement(outs: list, ref_image: np.ndarray, ref_patches: np.ndarray) -> dict:
-    """Cosine of each frame's image embedding and each patch embedding against the fp32 reference."""
+# the texts of the patch-label agreement (as benchmarks/bench_ort_fusion.py): a patch agrees when its best text is
+# the same as the fp32 model's; with random weights near-ties make this a harsh measure
+QUERIES = ("a red cup", "a blue ball", "a green block", "a yellow box", "a bottle", "a hand", "background",
+           "a table", "a wall", "the floor", "a plate", "a spoon", "a white mug", "a black phone", "a book",
+           "a shadow")
+
+
+def text_embeddings(fp32_bundle: Path) -> np.ndarray:
+    """The fp32 bundle's text encoder on QUERIES (ONNX Runtime): the labels every variant's patches get."""
+    import onnxruntime as ort
+
+    from vlmedge.tokenizer import ClipTokenizer
+
+    ids = np.asarray(ClipTokenizer.default().encode(list(QUERIES)), dtype=np.int64)
+    s = ort.InferenceSession(str(fp32_bundle / "text_encoder.onnx"), providers=["CPUExecutionProvider"])
+    return s.run(None, {"input_ids": ids})[0]
+
+
+def agreement(outs: list, ref_image: np.ndarray, ref_patches: np.ndarray, texts: np.ndarray | None = None) -> dict:
+    """Cosine of each frame's image embedding and each patch embedding against the fp32 reference; with ``texts``,
+    the share of patches whose best text is the reference's (patch agreement)."""
     image = np.concatenate([_split(o)[0] for o in outs])
     patches = np.concatenate([_split(o)[1] for o in outs])
 
@@ -159,8 +185,13 @@ def agreement(outs: list, ref_image: np.ndarray, ref_patches: np.ndarray) -> dic
         return (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
 
     ci, cp = cos(image, ref_image), cos(patches, ref_patches)
-    return {"image_cos_min": round(float(ci.min()), 6), "patch_cos_min": round(float(cp.min()), 6),
-            "patch_cos_mean": round(float(cp.mean()), 6), "frames": len(outs)}
+    out = {"image_cos_min": round(float(ci.min()), 6), "patch_cos_min": round(float(cp.min()), 6),
+           "patch_cos_mean": round(float(cp.mean()), 6), "frames": len(outs)}
+    if texts is not None:
+        same = (patches @ texts.T).argmax(-1) == (ref_patches @ texts.T).argmax(-1)
+        out["patch_agreement"] = round(float(same.mean()), 5)
+        out["queries"] = len(texts)
+    return out
 
 
 # ------------------------------------------------------------------------------------------------ make
@@ -358,8 +389,10 @@ def _open(spec: dict, build: dict):
     from vlmedge.runtime.grounding.backends import OpenVinoSession, OrtSession
 
     if runner == "openvino":
-        s = OpenVinoSession(path, threads=threads)  # the runtime's own settings: 1 stream, LATENCY, unpinned, f32
+        # the runtime's own settings (1 stream, LATENCY, unpinned, f32, its partitioner) unless the variant names one
+        s = OpenVinoSession(path, threads=threads, **opts)
         build.update({"openvino": s.version, "config": {k: str(v) for k, v in s.config.items()},
+                      "compiled_from": str(s.compiled_from or path),
                       "int8_gemms": _openvino_int8_gemms(s)})
     else:
         s = OrtSession(path, threads=threads, spinning=opts["spinning"])
@@ -387,7 +420,7 @@ def child(spec: dict) -> int:
             vit = Path(spec["vit_dir"])
             evals, ref = np.load(vit / "frames.npz")["eval"], np.load(vit / "reference.npz")
             msg["accuracy"] = agreement([run(evals[i:i + 1]) for i in range(len(evals))], ref["image"],
-                                        ref["patches"])
+                                        ref["patches"], text_embeddings(vit / "fp32"))
     except Exception as e:  # any failure to build is a result: reported, the variant skipped
         _send({"ok": False, "error": f"{type(e).__name__}: {e}"[:6000], "build": build,
                "traceback": traceback.format_exc()[-6000:]})
@@ -600,7 +633,7 @@ def versions() -> dict:
 
 def table(results: dict) -> list[list[str]]:
     rows = [["ViT", "variant", "median ms", "p10 ms", "x fastest", "image cos min", "patch cos min",
-             "patch cos mean", "load/build s", "int8", "status"]]
+             "patch cos mean", "patch agree", "load/build s", "int8", "status"]]
     for vit, r in results.items():
         for v, e in r["variants"].items():
             acc = e.get("accuracy", {})
@@ -614,6 +647,7 @@ def table(results: dict) -> list[list[str]]:
                          f"{e['x_fastest']:.2f}" if "x_fastest" in e else "-",
                          *(f"{acc[k]:.4f}" if k in acc else "-" for k in ("image_cos_min", "patch_cos_min",
                                                                             "patch_cos_mean")),
+                         f"{100 * acc['patch_agreement']:.2f}%" if "patch_agreement" in acc else "-",
                          build, int8, status])
     return rows
 
@@ -672,7 +706,8 @@ def compare(args) -> dict:
     return {"what": "image encoder, batch 1, {t} threads, random input of the real shape; a fresh child process per "
                     "variant and round (torch-pt2e: one child per ViT, built before the rounds), {w} warm-up then "
                     "{n} timed calls per round, rounds interleaved with a rotating order; accuracy against the fp32 "
-                    "ONNX model (ONNX Runtime) on {e} rendered scenes".format(t=args.threads, w=args.warmup,
+                    "ONNX model (ONNX Runtime) on {e} rendered scenes, patch agreement over 16 texts of the fp32 "
+                    "bundle's text encoder".format(t=args.threads, w=args.warmup,
                                                                              n=args.per_round, e=EVAL_FRAMES),
             "models": "tiny towers (smoke test, numbers mean nothing)" if args.tiny else
                       "ViT-B/16 and ViT-B/32 image towers (width 768, 12 layers, 224x224), random weights",

@@ -9,7 +9,11 @@ For each bundle, in fresh child processes:
 * ``real``: a process that opens ``BundleEncoders(bundle, backend=X)`` and grounds a frame three times through a
   ``Grounder``, as ``vlmedge run`` does: its resident memory before the encoders and at the end.
 
-Memory is not timing: these figures do not need a quiet machine.
+OpenVINO appears twice: ``openvino`` compiles its cached IR of the file (the default since 2026-11-30: the weights
+a file mapping, handed back once repacked; ``runtime/grounding/openvino_ir.py``) and ``openvino-onnx`` the ONNX
+file itself (``VLMEDGE_OPENVINO_IR=0``: the weights twice on the heap).
+
+Memory is not timing: these figures do not need a quiet machine (but they take CPU from a timing run beside them).
 
     python benchmarks/auto_memory.py BUNDLE [BUNDLE ...] [--json OUT]
 """
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -58,8 +63,14 @@ print(json.dumps({"before_encoders": before, "end": m.get("VmRSS"), "peak": m.ge
 """
 
 
-def _run(code: str, *args: str) -> dict:
-    out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, check=True)
+# OpenVINO measured twice: compiling its cached IR (the default, weights mapped and handed back once repacked) and
+# compiling the ONNX file ($VLMEDGE_OPENVINO_IR=0: the weights twice on the heap, how it ran before 2026-11-30)
+FORMS = {"onnxruntime": ("onnxruntime", "1"), "openvino": ("openvino", "1"), "openvino-onnx": ("openvino", "0")}
+
+
+def _run(code: str, *args: str, ir: str = "1") -> dict:
+    out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, check=True,
+                         env={**os.environ, "VLMEDGE_OPENVINO_IR": ir})
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -70,12 +81,14 @@ def measure(bundle: str) -> dict:
         m = Manifest.from_dict(json.load(f))
     path = f"{bundle}/{m.image_encoder.file}"
     shape = [d if isinstance(d, int) else 1 for d in m.image_encoder.inputs[0].shape]
-    alone = {b: _run(f"import json, sys\nfrom vlmedge.runtime.grounding import backends as B\n"
+    alone = {f: _run(f"import json, sys\nfrom vlmedge.runtime.grounding import backends as B\n"
                      f"print(json.dumps(B.measure_resident(sys.argv[1], {tuple(shape)}, '{b}', threads=2, "
-                     f"spinning=False)))", path) for b in ("onnxruntime", "openvino")}
-    real = {b: _run(_REAL, bundle, b) for b in ("onnxruntime", "openvino")}
-    predicted = {b: round(real[b]["before_encoders"] + B.PIPELINE_RESERVE_MB + alone[b], 1) for b in alone}
-    return {"bundle": bundle, "shared": _run(_SHARED, path, json.dumps(shape)), "alone": alone, "real": real,
+                     f"spinning=False)))", path, ir=ir) for f, (b, ir) in FORMS.items()}
+    real = {f: _run(_REAL, bundle, b, ir=ir) for f, (b, ir) in FORMS.items()}
+    predicted = {f: round(real[f]["before_encoders"] + B.PIPELINE_RESERVE_MB + alone[f], 1) for f in alone}
+    shared = {**_run(_SHARED, path, json.dumps(shape)), "openvino-onnx": _run(_SHARED, path, json.dumps(shape),
+                                                                              ir="0")["openvino"]}
+    return {"bundle": bundle, "shared": shared, "alone": alone, "real": real,
             "predicted_total_mb": predicted, "budget_mb": B.MEMORY_BUDGET_MB}
 
 
@@ -89,8 +102,8 @@ def main() -> None:
         r = measure(bundle)
         results.append(r)
         print(bundle)
-        for b in ("onnxruntime", "openvino"):
-            print(f"  {b:<12} shared +{r['shared'][b]:6.1f} MB  alone +{r['alone'][b]:6.1f} MB  predicted "
+        for b in FORMS:
+            print(f"  {b:<13} shared +{r['shared'][b]:6.1f} MB  alone +{r['alone'][b]:6.1f} MB  predicted "
                   f"{r['predicted_total_mb'][b]:6.1f} MB  real {r['real'][b]['end']:6.1f} MB (peak "
                   f"{r['real'][b]['peak']:.1f}, text encoder loads {r['real'][b]['text_encoder_loads']})")
     if args.json:

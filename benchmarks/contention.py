@@ -34,6 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
+from vlmedge.errors import check_choice
+
 log = logging.getLogger("contention")
 
 # What `vlmedge bench` asks the text side for (queries, the query switch, the command probe's phrases,
@@ -94,6 +96,8 @@ SETTINGS = {
     "ov-2t": ("openvino", {"threads": 2, "pinning": False}),
     "ov-2t-pinned": ("openvino", {"threads": 2, "pinning": True}),
     "ov-1t": ("openvino", {"threads": 1, "pinning": False}),
+    "ov-2t-tbb-auto": ("openvino", {"threads": 2, "pinning": False, "partitioner": "AUTO"}),
+    "ov-2t-tbb-static": ("openvino", {"threads": 2, "pinning": False, "partitioner": "STATIC"}),
 }
 BUSY = "while True:\n    pass\n"  # one core's worth of work, what a competing process does at its worst
 
@@ -102,7 +106,8 @@ def _open(backend: str, opts: dict, path: Path):
     from vlmedge.runtime.grounding.backends import OpenVinoSession, OrtSession
 
     if backend == "openvino":
-        return OpenVinoSession(path, threads=opts["threads"], pinning=opts["pinning"])
+        named = {"partitioner": opts["partitioner"]} if "partitioner" in opts else {}  # else the runtime's default
+        return OpenVinoSession(path, threads=opts["threads"], pinning=opts["pinning"], **named)
     return OrtSession(path, threads=opts["threads"], spinning=opts["spinning"])
 
 
@@ -141,10 +146,10 @@ def child(spec: dict) -> dict:
     return {"rounds": rounds, "loadavg": list(os.getloadavg())}
 
 
-def measure(bundles: dict[str, Path], rounds: int, per_round: int, passes: int) -> dict:
+def measure(bundles: dict[str, Path], rounds: int, per_round: int, passes: int, settings=None) -> dict:
     """Every (bundle, setting) ``passes`` times, settings in a rotating order, each pass in a fresh child."""
     results: dict = {}
-    names = list(SETTINGS)
+    names = list(settings or SETTINGS)
     for p in range(passes):
         for b_name, b_path in bundles.items():
             order = names[p % len(names):] + names[:p % len(names)]
@@ -241,6 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     ms.add_argument("--per-round", type=int, default=6, help="encodes per condition and round (default 6)")
     ms.add_argument("--passes", type=int, default=2, help="passes over all settings (default 2)")
     ms.add_argument("--json", type=Path, default=None, help="write the results here")
+    ms.add_argument("--settings", default=None, help=f"comma list of settings (default all: {', '.join(SETTINGS)})")
     cp = sub.add_parser("compare", help="ONNX Runtime vs OpenVINO, default settings, interleaved (README table)")
     cp.add_argument("--bundles", type=Path, required=True, help="the folder make-bundles wrote")
     cp.add_argument("--rounds", type=int, default=10)
@@ -285,7 +291,10 @@ def main(argv: list[str] | None = None) -> int:
 
         bundles = {n: args.bundles / n for n in ("vitb16-int8", "vitb32-int8")}
         t0 = time.time()
-        results = measure(bundles, args.rounds, args.per_round, args.passes)
+        settings = args.settings.split(",") if args.settings else None
+        for name in settings or ():
+            check_choice("setting", name, SETTINGS)
+        results = measure(bundles, args.rounds, args.per_round, args.passes, settings)
         report = {"what": "image encoder, batch 1, median ms per condition; busy = one competing busy process "
                           "(a Python busy loop) on the same cores; slowdown = median over rounds of busy/quiet, "
                           "quiet and busy alternating round by round (pairs)",

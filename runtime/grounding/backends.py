@@ -66,7 +66,10 @@ GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
 # threads not pinned to cores: with pinning, a competing busy process on a pinned core stalls every parallel
 # region (benchmarks/contention.py measures both; docs in README "Encoder backends").
 OPENVINO_PINNING = False
-OPENVINO_PARTITIONER = None  # TBB's work split: None (OpenVINO's default), "STATIC" or "AUTO"
+# TBB's work split: "AUTO" (chunks sized at run time, idle threads steal) was 12% faster than "STATIC" on ViT-B/16
+# and B/32 int8, 7/8 and 6/8 paired rounds (OpenVINO's own default ran like STATIC: 0.96-0.99 paired)
+# (benchmarks/results/alternatives-openvino-partitioner-2026-11-30.md); None: OpenVINO's default
+OPENVINO_PARTITIONER = "AUTO"
 
 
 # ------------------------------------------------------------------------------------------------ sessions
@@ -129,7 +132,10 @@ class OpenVinoSession:
             self.config["TBB_PARTITIONER"] = partitioner
         # ir: compile OpenVINO's cached IR of the file, whose weights stay mapped from disk and are handed back
         # once repacked (openvino_ir: ~85 MB less for a ViT-B int8 encoder); False, or no cache: the ONNX file
-        self.compiled_from = ir_for(path, self.version, cache_dir()) if ir else None
+        if Path(path).suffix == ".xml":  # already an IR (NNCF's): compiled as it is, re-saving it made it slower
+            self.compiled_from = Path(path) if ir else None
+        else:
+            self.compiled_from = ir_for(path, self.version, cache_dir()) if ir else None
         try:
             core = ov.Core()
             self._compiled = core.compile_model(str(self.compiled_from or path), "CPU", self.config)
@@ -138,21 +144,22 @@ class OpenVinoSession:
         self._weights = MappedWeights(self.compiled_from.with_suffix(".bin")) if self.compiled_from else None
         if self._weights:
             self._weights.release()  # compiling read them all; the first inference reads them again to repack
-        self._first = True
+        self._shapes: set[tuple] = set()  # input shapes run so far
         self.input_name = self._compiled.inputs[0].get_any_name()
         self._request = self._compiled.create_infer_request()
         self._lock = threading.Lock()  # one infer request: one call at a time
 
     def run(self, x: np.ndarray) -> list[np.ndarray]:
         with self._lock:
-            if self._first and self._weights:
+            if self._weights and x.shape not in self._shapes:
+                # the first run of a shape repacks the weights: hand their pages back while it does and after.
+                # Not after every run: a few pages (small constants) are read by every inference, and handing
+                # them back cost a page fault from disk per run (B/32: ~1 ms)
                 with self._weights.releasing():
                     self._request.infer({0: x})
+                self._shapes.add(x.shape)
             else:
                 self._request.infer({0: x})
-                if self._weights:
-                    self._weights.release()  # ~2 us; a new input shape may have read weights again
-            self._first = False
             # copies: the request reuses its output buffers on the next call
             return [np.array(self._request.get_output_tensor(i).data) for i in range(len(self._compiled.outputs))]
 

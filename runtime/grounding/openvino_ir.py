@@ -100,9 +100,9 @@ def _prune(root: Path) -> None:
 class MappedWeights:
     """The read-only mappings of one weights file in this process, whose pages can be handed back (Linux).
 
-    ``release()`` costs ~40 us when nothing is mapped in, so a session calls it after every inference; while the
-    first inference repacks the weights, ``releasing()`` calls it every RELEASE_PERIOD_S, so the pages read
-    for repacking do not pile up on top of the repacked copy (the process's peak)."""
+    While the first inference of an input shape repacks the weights, ``releasing()`` calls ``release()`` every
+    RELEASE_PERIOD_S and once after, so the pages read for repacking do not pile up on top of the repacked copy
+    (the process's peak)."""
 
     def __init__(self, path: Path):
         self.path = str(Path(path).resolve())
