@@ -177,6 +177,29 @@ def test_a_file_openvino_cannot_read_is_still_an_artifact_error_naming_it(tmp_pa
     assert not [p for p in (tmp_path / "cache" / "openvino").iterdir()]  # no half-written entry left
 
 
+@needs_openvino
+def test_a_damaged_cached_ir_falls_back_to_the_onnx_file_and_says_so(tiny_bundles, tmp_path, caplog, monkeypatch):
+    monkeypatch.setenv("VLMEDGE_CACHE_DIR", str(tmp_path / "cache"))
+    onnx_file = _image_encoder(tiny_bundles(precision="int8"))
+    good = B.OpenVinoSession(onnx_file, threads=1)
+    x = _inputs(good, 1)[0]
+    expected = good.run(x)
+    good.compiled_from.write_text("<net>truncated")  # e.g. a disk that filled up, a hand edit
+    with caplog.at_level(logging.WARNING, logger=B.__name__):
+        s = B.OpenVinoSession(onnx_file, threads=1)
+    assert s.compiled_from is None and s._weights is None
+    assert any("cached IR" in r.getMessage() and str(onnx_file) in r.getMessage() for r in caplog.records)
+    for a, b in zip(expected, s.run(x), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_an_unknown_openvino_partitioner_is_refused_by_name():
+    if B.openvino_version() is None:
+        pytest.skip('OpenVINO is not installed (pip install "vlmedge[openvino]")')
+    with pytest.raises(ConfigError, match="partitioner.*'DYNAMIC'"):
+        B.OpenVinoSession("unused.onnx", threads=1, partitioner="DYNAMIC", ir=False)
+
+
 def test_the_ir_switch_is_checked_naming_the_variable(monkeypatch):
     monkeypatch.setenv("VLMEDGE_OPENVINO_IR", "yes")
     with pytest.raises(ConfigError, match="VLMEDGE_OPENVINO_IR"):

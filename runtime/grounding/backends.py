@@ -128,19 +128,15 @@ class OpenVinoSession:
         self.config = {"INFERENCE_NUM_THREADS": int(threads), "NUM_STREAMS": int(streams),
                        "PERFORMANCE_HINT": "LATENCY", "ENABLE_CPU_PINNING": bool(pinning),
                        "INFERENCE_PRECISION_HINT": "f32"}
-        if partitioner:
-            self.config["TBB_PARTITIONER"] = partitioner
+        if partitioner is not None:
+            self.config["TBB_PARTITIONER"] = check_choice("OpenVINO partitioner", partitioner, ("AUTO", "STATIC"))
         # ir: compile OpenVINO's cached IR of the file, whose weights stay mapped from disk and are handed back
         # once repacked (openvino_ir: ~85 MB less for a ViT-B int8 encoder); False, or no cache: the ONNX file
         if Path(path).suffix == ".xml":  # already an IR (NNCF's): compiled as it is, re-saving it made it slower
             self.compiled_from = Path(path) if ir else None
         else:
             self.compiled_from = ir_for(path, self.version, cache_dir()) if ir else None
-        try:
-            core = ov.Core()
-            self._compiled = core.compile_model(str(self.compiled_from or path), "CPU", self.config)
-        except Exception as e:  # OpenVINO raises RuntimeError subclasses of its own
-            raise ArtifactError(f"{path}: OpenVINO {ov.get_version()} could not compile it for the CPU ({e})") from e
+        self._compiled = self._compile(ov, Path(path))
         self._weights = MappedWeights(self.compiled_from.with_suffix(".bin")) if self.compiled_from else None
         if self._weights:
             self._weights.release()  # compiling read them all; the first inference reads them again to repack
@@ -148,6 +144,20 @@ class OpenVinoSession:
         self.input_name = self._compiled.inputs[0].get_any_name()
         self._request = self._compiled.create_infer_request()
         self._lock = threading.Lock()  # one infer request: one call at a time
+
+    def _compile(self, ov, path: Path):
+        core = ov.Core()
+        if self.compiled_from is not None and self.compiled_from != path:  # the cache's IR of the file
+            try:
+                return core.compile_model(str(self.compiled_from), "CPU", self.config)
+            except Exception as e:  # a damaged cache entry must not stop a bundle that is fine
+                log.warning("OpenVINO could not compile the cached IR %s (%s): compiling %s itself",
+                            self.compiled_from, e, path)
+                self.compiled_from = None
+        try:
+            return core.compile_model(str(path), "CPU", self.config)
+        except Exception as e:  # OpenVINO raises RuntimeError subclasses of its own
+            raise ArtifactError(f"{path}: OpenVINO {ov.get_version()} could not compile it for the CPU ({e})") from e
 
     def run(self, x: np.ndarray) -> list[np.ndarray]:
         with self._lock:
