@@ -34,6 +34,13 @@ from vlmedge.platforms import CALIBRATION_METHODS, Int8Recipe  # noqa: F401  (th
 
 log = logging.getLogger(__name__)
 
+# quantize_static hands its entropy calibrator 128 histogram bins for 128 quantized levels (it passes no bin counts
+# on), so the KL search has a single candidate, the full range: the bundle comes out byte-identical to minmax's
+# (ViT-B/16, onnxruntime 1.32; benchmarks/results/int8-agreement-vitb16-2026-11-30.md)
+ENTROPY_WARNING = ("calibration method 'entropy': ONNX Runtime's quantize_static runs its entropy calibrator with "
+                   "128 histogram bins for 128 levels, which leaves the full range as its only candidate: the result "
+                   "is the same as 'minmax'. 'percentile' clips outliers")
+
 # Ops left in float32 by the fp16 conversion: normalizations (incl. LayerNorm decomposed at
 # opset 16), softmax, and the L2 norm of the outputs.
 FP16_BLOCK_OPS = ("LayerNormalization", "Softmax", "ReduceL2", "ReduceMean", "Pow", "Sqrt")
@@ -68,6 +75,8 @@ def quantize_int8(src: str | Path, dst: str | Path, reader, recipe: Int8Recipe, 
 
     methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
                "entropy": CalibrationMethod.Entropy}
+    if recipe.calibrate_method == "entropy":
+        log.warning(ENTROPY_WARNING)
     extra = {"ActivationSymmetric": recipe.symmetric_activations, "WeightSymmetric": True, "QuantizeBias": False,
              "OpTypesToExcludeOutputQuantization": [] if recipe.quantize_outputs else list(recipe.op_types)}
     if smooth_quant is not None:

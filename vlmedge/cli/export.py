@@ -39,7 +39,7 @@ def register(subparsers) -> None:
     p.add_argument("--calib-count", type=int, default=None, metavar="N", help="calibration frames (default: 32)")
     p.add_argument("--calib-method", default=None, metavar="M",
                    help=f"int8 activation ranges: {', '.join(CALIBRATION_METHODS)} (default: minmax; percentile "
-                        "and entropy clip the outlier channels of CLIP ViTs)")
+                        "clips the outlier channels of CLIP ViTs; entropy, as ONNX Runtime runs it, equals minmax)")
     p.add_argument("--smooth-quant", type=float, default=None, metavar="ALPHA",
                    help="int8: SmoothQuant with this alpha (e.g. 0.5) before quantizing; needs neural-compressor")
     p.add_argument("--act", default=None, metavar="A",
