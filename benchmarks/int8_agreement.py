@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
+# entropy32 is minmax32 in disguise as ONNX Runtime runs it (export/quantize.py ENTROPY_WARNING): kept to show it
 RECIPES = {"minmax32": {}, "percentile32": {"calib_method": "percentile"}, "entropy32": {"calib_method": "entropy"},
            "minmax128": {"calib_count": 128}}
 
