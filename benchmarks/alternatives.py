@@ -20,6 +20,9 @@ Variants (batch 1, ``--threads`` 2, the same random input of the real shape):
                    PT2E (``X86InductorQuantizer``, prepare_pt2e, calibration, convert_pt2e) and run under
                    ``torch.compile`` (inductor, freezing on), ``torch.set_num_threads``, inference_mode
   ort-fp32         (not in the default set) ONNX Runtime on the fp32 bundle, for scale
+  openvino-bundle-onnx, openvino-bundle-tbb-static, openvino-bundle-tbb-auto
+                   (not in the default set) openvino-bundle compiling the ONNX file itself instead of its cached IR
+                   (the memory-hungry form), or with OpenVINO's TBB partitioner named
 The default path, ``--backend auto``, runs the faster of ort-int8 and openvino-bundle (spinning off).
 
 Measurement: R interleaved rounds, the order of the variants rotating every round. In each round every
