@@ -152,6 +152,18 @@ def test_the_ir_is_converted_once_per_file_and_version_and_pruned(tiny_bundles, 
     assert not [p for p in (cache / "openvino").iterdir() if p.name.startswith(".tmp-")]
 
 
+def test_a_files_hash_is_read_once_until_the_file_changes(tmp_path, monkeypatch):
+    f = tmp_path / "text_encoder.onnx"
+    f.write_bytes(b"a" * 1000)
+    reads = []
+    real_open = open
+    monkeypatch.setattr("builtins.open", lambda p, *a, **k: (reads.append(str(p)), real_open(p, *a, **k))[1])
+    first = IR.file_sha256(f)
+    assert IR.file_sha256(f) == first and reads.count(str(f)) == 1  # reopened after an idle release: no re-read
+    f.write_bytes(b"b" * 1001)  # a new export over it: hashed again
+    assert IR.file_sha256(f) != first and reads.count(str(f)) == 2
+
+
 @needs_openvino
 def test_without_a_writable_cache_openvino_compiles_the_onnx_file_and_says_so(tiny_bundles, tmp_path, caplog,
                                                                            monkeypatch):
