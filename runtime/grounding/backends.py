@@ -116,12 +116,13 @@ class OpenVinoSession:
     the threads to cores. Float parts run in f32 (``INFERENCE_PRECISION_HINT``): on CPUs with bf16 OpenVINO
     would otherwise run them in bf16, which is not what the bundle was verified with. ``ir``: compile
     OpenVINO's IR of the file from the cache (``openvino_ir``), the weights mapped from disk and handed back
-    once repacked; the numbers are the same as compiling the ONNX file (tests/test_openvino_ir.py)."""
+    once repacked; the numbers are the same as compiling the ONNX file (tests/test_openvino_ir.py).
+    ``sha256``: the file's, already verified (finds its IR without hashing the file again)."""
 
     backend = "openvino"
 
     def __init__(self, path: str | Path, *, threads: int, pinning: bool = OPENVINO_PINNING, streams: int = 1,
-                 ir: bool | None = None, partitioner: str | None = OPENVINO_PARTITIONER):
+                 ir: bool | None = None, partitioner: str | None = OPENVINO_PARTITIONER, sha256: str | None = None):
         ov = import_openvino()
         ir = openvino_ir_enabled() if ir is None else ir
         self.version = openvino_version()
@@ -135,7 +136,7 @@ class OpenVinoSession:
         if Path(path).suffix == ".xml":  # already an IR (NNCF's): compiled as it is, re-saving it made it slower
             self.compiled_from = Path(path) if ir else None
         else:
-            self.compiled_from = ir_for(path, self.version, cache_dir()) if ir else None
+            self.compiled_from = ir_for(path, self.version, cache_dir(), sha256) if ir else None
         self._compiled = self._compile(ov, Path(path))
         self._weights = MappedWeights(self.compiled_from.with_suffix(".bin")) if self.compiled_from else None
         if self._weights:
@@ -183,10 +184,11 @@ def openvino_ir_enabled() -> bool:
 
 
 def open_session(backend: str, path: str | Path, *, threads: int, spinning: bool = False, providers=None,
-                 provider_options=None):
-    """A session of ``backend`` ("onnxruntime" or "openvino") over the ONNX file ``path``."""
+                 provider_options=None, sha256: str | None = None):
+    """A session of ``backend`` ("onnxruntime" or "openvino") over the ONNX file ``path`` (``sha256``: its
+    verified hash, for OpenVINO's IR cache)."""
     if backend == "openvino":
-        return OpenVinoSession(path, threads=threads)
+        return OpenVinoSession(path, threads=threads, sha256=sha256)
     if backend == "onnxruntime":
         return OrtSession(path, threads=threads, spinning=spinning, providers=providers,
                           provider_options=provider_options)

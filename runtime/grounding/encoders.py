@@ -105,6 +105,7 @@ class BundleEncoders:
             raise ConfigError(f"text_idle_s must be a number of seconds >= 0 or None, got {text_idle_s!r}")
         self.bundle_dir = Path(bundle_dir)
         self.manifest: Manifest = open_bundle(self.bundle_dir, verify=verify)
+        self.verified = verify  # every file matched its sha256 in the manifest
         self.providers = choose_providers(self.manifest.platform, providers)
         self.threads = threads or physical_cores()
         self.spinning = spinning
@@ -205,8 +206,10 @@ class BundleEncoders:
                     ", ".join(self.providers))
 
     def _open(self, name: str, backend: str):
+        # a verified file's manifest sha256 names its OpenVINO IR: no hashing at each (re)open of the text encoder
+        sha = self.manifest.files.get(name, {}).get("sha256") if self.verified else None
         return _backends.open_session(backend, self.bundle_dir / name, threads=self.threads, spinning=self.spinning,
-                                      providers=self.providers, provider_options=self._provider_options)
+                                      providers=self.providers, provider_options=self._provider_options, sha256=sha)
 
     @property
     def image_size(self) -> tuple[int, int]:

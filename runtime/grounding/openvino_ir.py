@@ -19,7 +19,6 @@ child process so that this process never holds the ONNX parse, under ``cache_dir
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import logging
 import os
 import shutil
@@ -28,6 +27,8 @@ import sys
 import tempfile
 import threading
 from pathlib import Path
+
+from vlmedge.manifest import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -43,29 +44,13 @@ ov.save_model(model, sys.argv[2], compress_to_fp16=False)
 """
 
 
-_SHA256: dict[tuple, str] = {}  # (path, size, mtime) -> sha256: a text encoder reopened after its idle release
-
-
-def file_sha256(path: Path) -> str:
-    """The file's sha256, read once per process while its size and modification time stay the same (hashing a
-    ViT-B/16 int8 encoder takes ~0.1 s, a 254 MB fp32 text encoder ~0.3 s)."""
-    st = path.stat()
-    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
-    if key not in _SHA256:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        _SHA256[key] = h.hexdigest()
-    return _SHA256[key]
-
-
-def ir_for(onnx_path: str | Path, version: str, cache: Path) -> Path | None:
+def ir_for(onnx_path: str | Path, version: str, cache: Path, sha256: str | None = None) -> Path | None:
     """The cached IR (``model.xml``) of ``onnx_path`` for OpenVINO ``version``, written first when missing;
-    None when it cannot be written or converted (logged: the caller compiles the ONNX file instead)."""
+    None when it cannot be written or converted (logged: the caller compiles the ONNX file instead).
+    ``sha256``: the file's, when the caller has verified it (a bundle's manifest); else the file is hashed."""
     onnx_path = Path(onnx_path)
     root = cache / "openvino"
-    entry = root / f"{file_sha256(onnx_path)[:24]}-ov{version}"
+    entry = root / f"{(sha256 or sha256_file(onnx_path))[:24]}-ov{version}"
     xml = entry / "model.xml"
     if xml.is_file() and (entry / "model.bin").is_file():
         os.utime(entry)  # most recently used: kept by _prune
