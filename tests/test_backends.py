@@ -222,8 +222,8 @@ def test_each_backends_memory_is_measured_in_a_process_of_its_own(embedded_int8,
 def test_auto_weighs_the_process_without_the_heap_the_tokenizer_freed(tiny_bundle_dir, tmp_path):
     """Parsing tokenizer.json (the CLIP vocabulary) leaves ~24 MB of freed heap in glibc's arenas. auto compares this
     process's resident memory + a backend's against the budget, so that heap pushed OpenVINO (ViT-B/16 int8: ~328
-    MB real) to a predicted ~357 MB in `vlmedge run` and ONNX Runtime was chosen. BundleEncoders hands it back first:
-    at the moment auto weighs the process, a trim finds (almost) nothing more to return."""
+    MB real) to a predicted ~357 MB in `vlmedge run` and ONNX Runtime was chosen. auto hands freed heap back before
+    it weighs the process: at that moment a trim finds (almost) nothing more to return."""
     from vlmedge.manifest import open_bundle
     from vlmedge.tokenizer import ClipTokenizer
 
@@ -235,14 +235,16 @@ def test_auto_weighs_the_process_without_the_heap_the_tokenizer_freed(tiny_bundl
             "from vlmedge.runtime.grounding.encoders import BundleEncoders\n"
             "seen = {}\n"
             "def decide(*a, **k):\n"
+            "    if 'base_mb' not in k:\n"
+            "        return None  # not decided without the measurement: on to weighing the process\n"
             "    seen['rss'] = B._rss_mb(); B.release_free_heap(); seen['trimmed'] = B._rss_mb()\n"
             "    return B.BackendChoice('onnxruntime', 'test')\n"
-            "B.resolve_backend = decide\n"
+            "B.decide_backend = decide\n"
             "BundleEncoders(sys.argv[1], backend='auto', threads=1, verify=False)\n"
             "print(json.dumps(seen))")
     out = subprocess.run([sys.executable, "-c", code, str(bundle)], capture_output=True, text=True, check=True)
     seen = json.loads(out.stdout.strip().splitlines()[-1])
-    assert seen["rss"] - seen["trimmed"] < 5, seen  # before the trim in BundleEncoders: ~24 MB
+    assert seen["rss"] - seen["trimmed"] < 5, seen  # without the trim in resolve_backend: ~24 MB
 
 
 def test_the_memory_budget_is_the_users_to_set(monkeypatch):

@@ -112,9 +112,6 @@ class BundleEncoders:
         self.text_idle_s = text_idle_s
         self.memory_budget_mb = _backends.memory_budget(memory_budget_mb)  # checked before anything loads
         self.tokenizer = ClipTokenizer.from_file(self.bundle_dir / self.manifest.tokenizer)
-        # parsing tokenizer.json leaves ~24 MB of freed heap in glibc's arenas (the CLIP vocabulary: 110 -> 86 MB
-        # resident after the trim): hand it back before the backend choice weighs this process's memory
-        _backends.release_free_heap()
         m = self.manifest
         self.engine: Path | None = None  # the TensorRT engine of the image encoder, when one runs it
         self._provider_options = None
