@@ -114,14 +114,16 @@ def export_variants(model, args: argparse.Namespace, work: Path) -> tuple[dict, 
     if args.variants:
         recipes.update({
             "ort_int8_qdq_unfused": quantize.Int8Recipe(),  # same recipe, QDQ left to ORT at load
-            "ort_int8_s8s8_sym": quantize.Int8Recipe(activation="int8", symmetric_activations=True),
+            "ort_int8_s8s8_sym": quantize.Int8Recipe(activation="int8", symmetric_activations=True,
+                                                     exact_pixels=False),
             "ort_int8_qdq_outputs": quantize.Int8Recipe(quantize_outputs=True),
-            "ort_int8_conv_float": quantize.Int8Recipe(conv_as_matmul=False),
-            "ort_int8_qdq_conv": quantize.Int8Recipe(conv_as_matmul=False, op_types=("MatMul", "Gemm", "Conv"))})
+            "ort_int8_conv_float": quantize.Int8Recipe(conv_as_matmul=False, exact_pixels=False),
+            "ort_int8_qdq_conv": quantize.Int8Recipe(conv_as_matmul=False, exact_pixels=False,
+                                                     op_types=("MatMul", "Gemm", "Conv"))})
     for name, recipe in recipes.items():
         reader.rewind()
         out = work / f"{name}.onnx"
-        quantize.quantize_int8(raw, out, reader, recipe)
+        quantize.quantize_int8(raw, out, reader, recipe, preprocess=fp32.preprocess)
         paths[name] = out
     return paths, export_s, fp32, int8
 

@@ -554,7 +554,8 @@ def _quantize(job: _Job, raw: _Graphs, fp32: _Fp32, calib: _Calibration) -> _Int
     with progress.bar(total=len(calib.reader), desc=f"calibrating ({recipe.calibrate_method})", unit="frame") as bar:
         errors = quantize.quantize_int8(raw.image, qdq_img, _TickingReader(calib.reader, bar), recipe,
                                         smooth_quant=job.opts.smooth_quant,
-                                        error_frames=min(ERROR_TABLE_FRAMES, len(calib.reader)))
+                                        error_frames=min(ERROR_TABLE_FRAMES, len(calib.reader)),
+                                        preprocess=calib.preprocess)
     calib.reader.rewind()
     qdq = quantize.qdq_report(qdq_img)
     log.info("int8 QDQ image encoder %s: %d QuantizeLinear, %d DequantizeLinear, quantized %s; %s calibration",

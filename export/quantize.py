@@ -8,7 +8,8 @@ score MatMuls (activation x activation) and the final L2 normalization stay floa
 uint8 asymmetric on the cpu platform (ONNX Runtime's fast U8S8 VNNI kernels) and int8 symmetric on
 TensorRT platforms (TensorRT only accepts symmetric QDQ). On the cpu platform the patch-embedding
 Conv (kernel == stride) is first rewritten as patchify + MatMul (``conv_as_matmul``) so that it is
-quantized like the other projections; ONNX Runtime's ``MultiHeadAttention`` fusion of the float
+quantized like the other projections, and that MatMul reads the 8-bit pixels themselves (``exact_pixels``,
+:func:`exact_pixel_input`); ONNX Runtime's ``MultiHeadAttention`` fusion of the float
 attention core (``fuse_attention``) is opt-in: it slowed ViT-B/16-sized towers down on a small CPU
 (``benchmarks/bench_export.py`` times it).
 
@@ -31,6 +32,7 @@ import onnx
 from vlmedge.errors import BackendUnavailable, ConfigError
 from vlmedge.export.onnx_export import check_single_file
 from vlmedge.platforms import CALIBRATION_METHODS, Int8Recipe  # noqa: F401  (the recipe is platform data)
+from vlmedge.spec import PreprocessSpec
 
 log = logging.getLogger(__name__)
 
@@ -62,13 +64,14 @@ class LayerError:
 
 
 def quantize_int8(src: str | Path, dst: str | Path, reader, recipe: Int8Recipe, *, smooth_quant: float | None = None,
-                  error_frames: int = 0) -> list[LayerError]:
+                  error_frames: int = 0, preprocess: PreprocessSpec | None = None) -> list[LayerError]:
     """Static QDQ quantization of ``src`` into ``dst`` calibrated with ``reader``.
 
     Biases stay float (``QuantizeBias`` off): TensorRT's parser takes only int8 DequantizeLinear inputs, and
     ONNX Runtime's CPU form folds a float bias into its int8 MatMul. ``smooth_quant``: SmoothQuant's alpha
     (ONNX Runtime runs it through Intel Neural Compressor). ``error_frames`` > 0: return the per-layer
-    error table (:func:`layer_errors`, worst first) on that many calibration frames.
+    error table (:func:`layer_errors`, worst first) on that many calibration frames. ``preprocess``: the
+    bundle's preprocessing (its mean and std), needed by ``recipe.exact_pixels`` (:func:`exact_pixel_input`).
     """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -89,6 +92,19 @@ def quantize_int8(src: str | Path, dst: str | Path, reader, recipe: Int8Recipe, 
         changed = unshare_initializers(model.graph, recipe.op_types)
         if recipe.conv_as_matmul:
             changed += patch_conv_as_matmul(model.graph)
+        pixels = None
+        if recipe.exact_pixels:
+            if preprocess is None:
+                raise ConfigError("quantize_int8: recipe.exact_pixels needs the bundle's preprocess spec")
+            pixels = exact_pixel_input(model.graph, model.graph.input[0].name, preprocess.mean, preprocess.std)
+            if pixels is None:
+                log.warning("int8: the patch embedding keeps a calibrated input range (no patchify MatMul on the "
+                            "image input, or mean/std that do not map 8-bit values back to themselves)")
+            else:
+                # the pixels 0..255 as they are; uint8 with scale 1 and zero point 0 holds them exactly
+                extra["TensorQuantOverrides"] = {
+                    pixels.input: [{"scale": np.array(1.0, np.float32), "zero_point": np.array(0, np.uint8)}]}
+                changed += 1
         if recipe.fuse_attention:
             fused = fuse_attention(model.graph)
             log.info("fused %d attention cores into MultiHeadAttention", fused)
@@ -106,6 +122,11 @@ def quantize_int8(src: str | Path, dst: str | Path, reader, recipe: Int8Recipe, 
             weight_type=QuantType.QInt8, calibrate_method=methods[recipe.calibrate_method],
             nodes_to_exclude=exclude, extra_options=extra,
         )
+        if pixels is not None:
+            quantized = onnx.load(str(dst))
+            log.info("int8: patch embedding reads 8-bit pixels; bias settled on its int8 weights (moved %.2e)",
+                     settle_exact_pixel_bias(quantized, pixels))
+            onnx.save(quantized, str(dst))
         check_single_file(dst)
         if error_frames <= 0:
             return []
@@ -368,6 +389,111 @@ def patch_conv_as_matmul(graph: onnx.GraphProto) -> int:
             graph.initializer.remove(w)
         done += 1
     return done
+
+
+@dataclass(frozen=True)
+class ExactPixels:
+    """What ``exact_pixel_input`` changed, for pinning the quantizer and settling the bias afterwards."""
+
+    input: str  # the patch MatMul's input: uint8, scale 1, zero point 0
+    matmul: str  # the patch MatMul node
+    bias: str  # the bias initializer that carries the normalization's offset
+    base_bias: np.ndarray  # the patch embedding's own bias (zeros when it has none), [out]
+    row_offsets: np.ndarray  # 255 * mean of each weight row's channel, [C * kh * kw]
+
+
+def exact_pixel_input(graph: onnx.GraphProto, input_name: str, mean, std) -> ExactPixels | None:
+    """Let the patch embedding's uint8 input be the camera's own 8-bit pixel values.
+
+    ``pixel_values`` is ``(v / 255 - mean_c) / std_c`` of a uint8 pixel ``v`` (``vlmedge.preprocess``). Quantized
+    per tensor over a calibrated range, those 3 x 256 values fall between the steps of the uint8 grid: noise at the
+    very input of the tower (ViT-B/16, random weights: the largest single source of int8's patch disagreement with
+    fp32, benchmarks/results/int8-exact-pixels-*). Here the graph first maps them back to ``v`` (one Mul and one
+    Add per channel, values 0..255), the rows of the patch MatMul's weight and its bias absorb the normalization,
+    and the caller pins that MatMul input's quantization to scale 1, zero point 0: the uint8 it reads is the
+    pixel itself. Needs ``patch_conv_as_matmul``'s patchify (channel-major rows) as the input's only reader.
+    Once the weights are quantized, :func:`settle_exact_pixel_bias` recomputes the bias from them. Returns what
+    changed, or None (graph unchanged) when the graph does not have that form or the normalization does not map
+    every 8-bit value back to itself in float32."""
+    from onnx import helper, numpy_helper
+
+    from vlmedge.preprocess import normalize_table
+
+    mean, std = np.asarray(mean, np.float64), np.asarray(std, np.float64)
+    scale, offset = (255.0 * std).astype(np.float32), (255.0 * mean).astype(np.float32)
+    table = normalize_table(tuple(float(m) for m in mean), tuple(float(s) for s in std))  # what preprocess writes
+    if not np.array_equal(np.rint(table * scale[:, None] + offset[:, None]), np.tile(np.arange(256.0), (3, 1))):
+        return None
+    g = _GraphIndex(graph)
+    r6 = g.only_user(input_name)
+    tr = g.only_user(r6.output[0]) if r6 is not None and r6.op_type == "Reshape" else None
+    r3 = g.only_user(tr.output[0]) if tr is not None and tr.op_type == "Transpose" else None
+    mm = g.only_user(r3.output[0]) if r3 is not None and r3.op_type == "Reshape" else None
+    shape6 = g.const(r6.input[1]) if r6 is not None else None
+    if mm is None or mm.op_type != "MatMul" or mm.input[0] != r3.output[0] or mm.input[1] not in g.inits \
+            or list(g.attr(tr, "perm", [])) != [0, 2, 4, 1, 3, 5] or shape6 is None or len(shape6) != 6 \
+            or int(shape6[1]) != len(mean):
+        return None
+    weight = numpy_helper.to_array(g.inits[mm.input[1]]).astype(np.float64)  # [C * kh * kw, out], rows c-major
+    rows = weight.shape[0] // len(mean)
+    per_row_scale = np.repeat(scale.astype(np.float64), rows)[:, None]
+    per_row_offset = np.repeat(offset.astype(np.float64), rows)[:, None]
+    # x = (v - offset_c) / scale_c, so x @ W = v @ (W / scale_c) - sum_k (offset_c / scale_c) W_k
+    correction = -(weight * (per_row_offset / per_row_scale)).sum(axis=0)
+    pre = f"{mm.name or mm.output[0]}/exact_pixels"
+    graph.initializer.remove(g.inits[mm.input[1]])
+    graph.initializer.extend([
+        numpy_helper.from_array((weight / per_row_scale).astype(np.float32), mm.input[1]),
+        numpy_helper.from_array(scale.reshape(1, -1, 1, 1), f"{pre}/scale"),
+        numpy_helper.from_array(offset.reshape(1, -1, 1, 1), f"{pre}/offset")])
+    pixels = f"{pre}/pixels"
+    head = [helper.make_node("Mul", [input_name, f"{pre}/scale"], [f"{pre}/scaled"], name=f"{pre}/Mul"),
+            helper.make_node("Add", [f"{pre}/scaled", f"{pre}/offset"], [pixels], name=f"{pre}/Add")]
+    r6.input[0] = pixels
+    bias_add = g.only_user(mm.output[0])
+    bias = None
+    if bias_add is not None and bias_add.op_type == "Add":
+        other = bias_add.input[1] if bias_add.input[0] == mm.output[0] else bias_add.input[0]
+        bias = g.inits.get(other)
+    base = np.zeros(weight.shape[1])
+    if bias is not None and len(bias.dims) == 1 and bias.dims[0] == weight.shape[1]:
+        base = numpy_helper.to_array(bias).astype(np.float64)  # a new tensor below: this one may be shared
+        graph.initializer.append(numpy_helper.from_array((base + correction).astype(np.float32), f"{pre}/bias"))
+        bias_add.input[list(bias_add.input).index(bias.name)] = f"{pre}/bias"
+    else:  # no bias (CLIP's patch Conv has none): one that carries the normalization's offset
+        graph.initializer.append(numpy_helper.from_array(correction.astype(np.float32), f"{pre}/bias"))
+        out = mm.output[0]
+        mm.output[0] = f"{pre}/matmul"
+        at = list(graph.node).index(mm)
+        graph.node.insert(at + 1, helper.make_node("Add", [mm.output[0], f"{pre}/bias"], [out], name=f"{pre}/Bias"))
+    for j, n in enumerate(head):
+        graph.node.insert(j, n)
+    return ExactPixels(mm.input[0], mm.name, f"{pre}/bias", base, per_row_offset[:, 0])
+
+
+def settle_exact_pixel_bias(model: onnx.ModelProto, plan: ExactPixels) -> float:
+    """The bias of ``exact_pixel_input`` from the weights as quantized: pixels 0..255 carry a large constant part
+    (255 * mean), and the int8 error of each weight times that constant adds up to a fixed offset per output (on
+    ViT-B/16: 36 of 1568 patches disagreed with fp32 without this step, 22 with it). Exact once computed from the
+    dequantized weights. Returns the largest change to the bias."""
+    from onnx import numpy_helper
+
+    g = _GraphIndex(model.graph)
+    mm = next(n for n in model.graph.node if n.name == plan.matmul)
+    dq = g.producer.get(mm.input[1])
+    if dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] not in g.inits or plan.bias not in g.inits:
+        raise ConfigError(f"int8: the patch MatMul {plan.matmul} lost its quantized weight or bias {plan.bias}; "
+                          "the exact-pixel input needs both (quantize_static changed its output?)")
+    q = numpy_helper.to_array(g.inits[dq.input[0]]).astype(np.float64)
+    scale = np.asarray(g.const(dq.input[1]), np.float64)
+    zero = np.asarray(g.const(dq.input[2]), np.float64) if len(dq.input) > 2 and dq.input[2] else np.zeros(1)
+    axis = int(g.attr(dq, "axis", 1)) % 2
+    shape = (1, -1) if axis == 1 else (-1, 1)
+    weight = (q - zero.reshape(shape)) * scale.reshape(shape) if scale.size > 1 else (q - zero) * scale
+    bias = plan.base_bias - plan.row_offsets @ weight
+    old = numpy_helper.to_array(g.inits[plan.bias]).astype(np.float64)
+    g.inits[plan.bias].CopyFrom(numpy_helper.from_array(bias.astype(np.float32), plan.bias))
+    return float(np.abs(bias - old).max())
 
 
 def _use_ms_domain(model: onnx.ModelProto) -> None:

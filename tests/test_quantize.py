@@ -111,8 +111,9 @@ def test_int8_cpu_bundle_is_ort_fused_form_of_the_same_quantization(bundles):
     assert ops.count("MatMulIntegerToFloat") == m.extra["int8"]["qdq"]["weight_matmuls"]
     assert "DequantizeLinear" not in ops and "LayerNormalization" in ops and "Softmax" in ops
     inits = {i.name: i for i in graph.initializer}
-    # biases folded into the int8 MatMuls (2 layers x 6 projections with bias)
-    assert sum(1 for n in graph.node if n.op_type == "MatMulIntegerToFloat" and len(n.input) == 7) == 12
+    # biases folded into the int8 MatMuls (2 layers x 6 projections with bias, and the patch embedding's, which
+    # carries the pixel normalization's offset: exact_pixels)
+    assert sum(1 for n in graph.node if n.op_type == "MatMulIntegerToFloat" and len(n.input) == 7) == 13
     # uint8 activations (U8S8, the fast x86 path) and int8 weights
     zps = {inits[n.input[2]].data_type for n in graph.node if n.op_type == "QuantizeLinear"}
     assert zps == {onnx.TensorProto.UINT8}
@@ -191,6 +192,10 @@ def test_calibration_errors(tmp_path):
         calibration.calibration_frames("synthetic", 0)
     with pytest.raises(ConfigError, match="activation"):
         Int8Recipe(activation="uint8", symmetric_activations=True)
+    with pytest.raises(ConfigError, match="exact_pixels needs conv_as_matmul"):
+        Int8Recipe(conv_as_matmul=False)
+    with pytest.raises(ConfigError, match="exact_pixels needs"):
+        Int8Recipe(activation="int8", symmetric_activations=True)
 
 
 def test_int8_export_from_an_image_folder(tmp_path):
@@ -388,3 +393,99 @@ def test_two_different_producers_of_one_value_are_an_error_not_merged():
     with pytest.raises(ValueError, match="'b_cast_to_fp32' is produced by two different nodes"):
         drop_duplicate_nodes(model)
     assert len(model.graph.node) == 4  # nothing removed
+
+
+# ---------------------------------------------------------------------------------------- exact pixels
+CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
+
+
+def _patch_conv_graph(bias: bool) -> onnx.ModelProto:
+    """pixel_values [1, 3, 32, 32] -> a 16x16 stride-16 patch Conv (8 channels), random weights."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(3)
+    inits = [numpy_helper.from_array(rng.normal(0, 0.05, (8, 3, 16, 16)).astype(np.float32), "w")]
+    inputs = ["pixel_values", "w"]
+    if bias:
+        inits.append(numpy_helper.from_array(rng.normal(0, 0.5, 8).astype(np.float32), "b"))
+        inputs.append("b")
+    conv = helper.make_node("Conv", inputs, ["y"], kernel_shape=[16, 16], strides=[16, 16])
+    graph = helper.make_graph([conv], "patch", [helper.make_tensor_value_info("pixel_values", TensorProto.FLOAT,
+                                                                               [1, 3, 32, 32])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 2, 2])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return onnx.shape_inference.infer_shapes(model)
+
+
+def _run(model: onnx.ModelProto, x: np.ndarray, outputs: list[str] | None = None) -> list[np.ndarray]:
+    import onnxruntime as ort
+
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    for name in outputs or []:
+        m.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+    s = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    return s.run(None, {"pixel_values": x})
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_exact_pixel_input_maps_pixel_values_back_to_8_bit_and_keeps_the_function(bias):
+    """The rewrite computes the same Conv, and the patch MatMul's input holds the 8-bit pixels themselves."""
+    from vlmedge.export.quantize import exact_pixel_input, patch_conv_as_matmul
+
+    spec = PreprocessSpec(size=(32, 32), mean=CLIP_MEAN, std=CLIP_STD)
+    frame = np.random.default_rng(4).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    frame[0, :3] = [[0, 0, 0], [255, 255, 255], [1, 128, 254]]  # the ends of the range
+    x = preprocess(frame, spec)
+    model = _patch_conv_graph(bias)
+    want = _run(model, x)[0]
+    assert patch_conv_as_matmul(model.graph) == 1
+    plan = exact_pixel_input(model.graph, "pixel_values", spec.mean, spec.std)
+    assert plan is not None
+    got, pixels = _run(model, x, [plan.input])
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    rgb = frame[:, :, ::-1].transpose(2, 0, 1).astype(np.float32)  # what the patches were cut from
+    patches = rgb.reshape(3, 2, 16, 2, 16).transpose(1, 3, 0, 2, 4).reshape(4, 3 * 256)
+    assert np.array_equal(np.rint(pixels[0]), patches)
+    assert np.abs(pixels[0] - patches).max() < 1e-3  # float32 rounding only, far from a rounding boundary
+
+
+def test_exact_pixel_input_leaves_other_graphs_alone():
+    """No patchify on the input, or a mean/std that does not map the 8-bit values back: the graph is unchanged."""
+    from vlmedge.export.quantize import exact_pixel_input, patch_conv_as_matmul
+
+    model = _patch_conv_graph(bias=False)
+    before = model.SerializeToString()
+    assert exact_pixel_input(model.graph, "pixel_values", CLIP_MEAN, CLIP_STD) is None  # still a Conv
+    assert model.SerializeToString() == before
+    patch_conv_as_matmul(model.graph)
+    before = model.SerializeToString()
+    # mean 1e5: v / 255 - mean in float32 (ulp 0.008 there) loses the 8-bit value
+    assert exact_pixel_input(model.graph, "pixel_values", (1e5, 1e5, 1e5), CLIP_STD) is None
+    assert model.SerializeToString() == before
+
+
+def test_int8_cpu_bundle_reads_the_pixels_at_scale_1_with_a_bias_from_its_int8_weights(bundles):
+    """The exported cpu bundle: the patch embedding's uint8 input is the frame's pixels (scale 1, zero point 0:
+    before exact_pixels it was a calibrated grid of the normalized values), and its bias is the normalization's
+    offset through the weights as quantized (exact), not as they were in float."""
+    from onnx import numpy_helper
+
+    m, path = bundles["int8"]
+    assert m.extra["int8"]["recipe"]["exact_pixels"] is True
+    model = onnx.load(str(path / "image_encoder.onnx"))
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    producer = {o: n for n in model.graph.node for o in n.output}
+    patch = next(n for n in model.graph.node if n.op_type == "MatMulIntegerToFloat" and "patch_embed" in n.name)
+    q = producer[patch.input[0]]
+    while q.op_type != "QuantizeLinear":  # the patchify Reshape/Transpose run on the uint8 pixels
+        q = producer[q.input[0]]
+    assert float(inits[q.input[1]]) == 1.0 and int(inits[q.input[2]]) == 0
+    frame = np.random.default_rng(5).integers(0, 256, (80, 100, 3), dtype=np.uint8)
+    x = preprocess(frame, m.preprocess)
+    pixels = _run(model, x, [q.input[0]])[-1]  # the float tensor quantized: 8-bit values, float32 rounding
+    assert np.abs(pixels - np.rint(pixels)).max() < 1e-3 and pixels.min() > -1e-3 and pixels.max() < 255 + 1e-3
+    weight = inits[patch.input[1]].astype(np.float64) * inits[patch.input[3]].astype(np.float64)
+    offsets = np.repeat(255.0 * np.asarray(m.preprocess.mean, np.float32).astype(np.float64),
+                        weight.shape[0] // 3)
+    np.testing.assert_allclose(inits[patch.input[6]], -(offsets @ weight), rtol=0, atol=1e-5)  # no Conv bias

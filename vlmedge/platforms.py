@@ -38,12 +38,19 @@ class Int8Recipe:
     # Rewrite the patch-embedding Conv (kernel == stride) as patchify + MatMul, so that it is
     # quantized like the other projections (ORT has no fast int8 path for a QDQ Conv here).
     conv_as_matmul: bool = True
+    # The patch MatMul reads the 8-bit pixel values themselves (scale 1, zero point 0), its weights absorbing
+    # the normalization, instead of the normalized values on a calibrated grid (export/quantize.py
+    # exact_pixel_input). Needs conv_as_matmul and uint8 activations.
+    exact_pixels: bool = True
 
     def __post_init__(self):
         check_choice("Int8Recipe.activation", self.activation, ("uint8", "int8"))
         check_choice("Int8Recipe.calibrate_method", self.calibrate_method, CALIBRATION_METHODS)
         if self.activation == "uint8" and self.symmetric_activations:
             raise ConfigError("Int8Recipe: symmetric activations need activation='int8'")
+        if self.exact_pixels and not (self.conv_as_matmul and self.activation == "uint8"):
+            raise ConfigError("Int8Recipe: exact_pixels needs conv_as_matmul=True and activation='uint8' "
+                              f"(got conv_as_matmul={self.conv_as_matmul}, activation={self.activation!r})")
 
     def to_dict(self) -> dict:
         return {"format": "QDQ", "activation": self.activation, "weight": "int8",
@@ -52,7 +59,7 @@ class Int8Recipe:
                 "const_weight_matmuls_only": self.const_weight_matmuls_only,
                 "quantize_outputs": self.quantize_outputs,
                 "calibrate_method": self.calibrate_method, "fuse_attention": self.fuse_attention,
-                "conv_as_matmul": self.conv_as_matmul}
+                "conv_as_matmul": self.conv_as_matmul, "exact_pixels": self.exact_pixels}
 
 
 @dataclass(frozen=True)
@@ -81,7 +88,8 @@ class Platform:
 
 # TensorRT only accepts symmetric QDQ (int8, zero point 0) and standard ONNX ops (no com.microsoft fusion);
 # the Conv rewrite works around ONNX Runtime CPU kernels, so TensorRT gets the patch Conv as exported.
-_TENSORRT_INT8 = Int8Recipe(activation="int8", symmetric_activations=True, fuse_attention=False, conv_as_matmul=False)
+_TENSORRT_INT8 = Int8Recipe(activation="int8", symmetric_activations=True, fuse_attention=False, conv_as_matmul=False,
+                            exact_pixels=False)
 _TENSORRT_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 
 PLATFORMS: dict[str, Platform] = {p.name: p for p in (

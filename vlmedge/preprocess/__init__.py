@@ -83,8 +83,9 @@ def crop_box(frame_shape: tuple[int, ...], spec: PreprocessSpec) -> tuple[float,
 
 
 @functools.lru_cache(maxsize=16)
-def _normalize_lut(mean: tuple[float, float, float], std: tuple[float, float, float]) -> np.ndarray:
-    """[3, 256] float32: (v * (1/255) - mean) / std, computed the way HF's numpy path does (f64 rescale, f32 rest)."""
+def normalize_table(mean: tuple[float, float, float], std: tuple[float, float, float]) -> np.ndarray:
+    """[3, 256] float32: (v * (1/255) - mean) / std, computed the way HF's numpy path does (f64 rescale, f32 rest):
+    every value ``preprocess`` writes for an 8-bit pixel ``v`` (the int8 export maps them back to ``v``)."""
     x = (np.arange(256, dtype=np.float64) * (1 / 255)).astype(np.float32)
     m = np.asarray(mean, dtype=np.float32)[:, None]
     s = np.asarray(std, dtype=np.float32)[:, None]
@@ -130,14 +131,14 @@ def preprocess(frame_bgr: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     if _native.normalize_planar is not None:
         if values.strides[1:] != (values.shape[2], 1):
             values = np.ascontiguousarray(values)
-        lut = _normalize_lut(spec.mean, spec.std)
+        lut = normalize_table(spec.mean, spec.std)
         planes = _GRAY_PLANES if values.shape[2] == 1 else _BGR_PLANES
         rc = _native.normalize_planar(values.ctypes.data, values.strides[0], values.shape[0], values.shape[1],
                                       values.shape[2], planes.ctypes.data, lut.ctypes.data, out.ctypes.data)
         if rc != 0:
             raise RuntimeError(f"normalization kernel failed (code {rc}) on {values.shape}")
     elif values.shape[2] == 1:  # grayscale: the same plane for R, G and B
-        lut = _normalize_lut(spec.mean, spec.std)
+        lut = normalize_table(spec.mean, spec.std)
         for c in range(3):
             out[0, c] = cv2.LUT(values[:, :, 0], lut[c])
     else:
@@ -149,10 +150,10 @@ def preprocess(frame_bgr: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
 
 @functools.lru_cache(maxsize=16)
 def _bgr_lut(mean: tuple[float, float, float], std: tuple[float, float, float]) -> np.ndarray:
-    """[1, 256, 3] float32 for cv2.LUT on BGR pixels: channel 0 (blue) gets the blue row of _normalize_lut."""
-    lut = np.ascontiguousarray(_normalize_lut(mean, std)[::-1].T).reshape(1, 256, 3)
+    """[1, 256, 3] float32 for cv2.LUT on BGR pixels: channel 0 (blue) gets the blue row of normalize_table."""
+    lut = np.ascontiguousarray(normalize_table(mean, std)[::-1].T).reshape(1, 256, 3)
     lut.flags.writeable = False
     return lut
 
 
-__all__ = ["preprocess", "crop_box", "plan", "ResizePlan", "kernels_backend"]
+__all__ = ["preprocess", "crop_box", "plan", "ResizePlan", "kernels_backend", "normalize_table"]
