@@ -1,10 +1,10 @@
-"""Why the int8 image encoders' patch agreement with fp32 stops near 98% on random ViT-B/16 weights (issue #17's
-">= 99%" goal), and which int8 recipes move it. Not a unit test: heavy (one ViT-B/16 export per recipe, ~1.5 min
-each), run it by hand after ``python benchmarks/alternatives.py make --out ALT`` (its fp32 bundle, evaluation
+"""How close the int8 image encoders' patch agreement with fp32 comes to issue #17's ">= 99%" on random ViT-B/16
+weights, and which int8 recipes move it. Not a unit test: heavy (one ViT-B/16 export per recipe, ~2.5 min each
+with GPTQ), run it by hand after ``python benchmarks/alternatives.py make --out ALT`` (its fp32 bundle, evaluation
 frames and fp32 reference outputs are the yardstick, so the figures line up with the alternatives table).
 
     python benchmarks/int8_agreement.py --alt /tmp/alt-bench --work /tmp/int8-recipes \\
-        [--recipes minmax32,percentile32,entropy32,minmax128,calibrated-pixels32] [--scenes 48] [--ablate] \\
+        [--recipes minmax32,gptq-int8out32,nearest-int8out32,calibrated-pixels32] [--scenes 48] [--ablate] \\
         [--time-rounds 12] [--json OUT]
 
 Per recipe: the int8 bundle exported from the same seeded random model (``contention.build_model``), then on
@@ -32,10 +32,17 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 # export_bundle options per recipe; "recipe": fields of the cpu platform's Int8Recipe changed for that export only.
-# entropy32 is minmax32 in disguise as ONNX Runtime runs it (export/quantize.py ENTROPY_WARNING): kept to show it.
-# calibrated-pixels32: the recipe before exact_pixels (the patch embedding's input on a calibrated uint8 grid)
+# minmax32 is the cpu platform's default. entropy32 is minmax32 in disguise as ONNX Runtime runs it
+# (export/quantize.py ENTROPY_WARNING): kept to show it. The earlier defaults, newest first:
+# gptq-int8out32: GPTQ rounding, the output projections int8 too; nearest-int8out32: the recipe of 2026-11-30
+# (nearest rounding, exact pixels); calibrated-pixels32: before exact_pixels (the patch embedding's input on a
+# calibrated uint8 grid)
+_INT8_OUT = {"float_output_projections": False}
 RECIPES = {"minmax32": {}, "percentile32": {"calib_method": "percentile"}, "entropy32": {"calib_method": "entropy"},
-           "minmax128": {"calib_count": 128}, "calibrated-pixels32": {"recipe": {"exact_pixels": False}}}
+           "minmax128": {"calib_count": 128},
+           "gptq-int8out32": {"recipe": _INT8_OUT},
+           "nearest-int8out32": {"recipe": {**_INT8_OUT, "weight_rounding": "nearest"}},
+           "calibrated-pixels32": {"recipe": {**_INT8_OUT, "weight_rounding": "nearest", "exact_pixels": False}}}
 
 
 @contextlib.contextmanager

@@ -43,7 +43,15 @@ from vlmedge.manifest import (
     file_entry,
     open_bundle,
 )
-from vlmedge.platforms import CALIBRATION_METHODS, DEFAULT_PLATFORM, PLATFORMS, Int8Recipe, Platform, fp16_platforms
+from vlmedge.platforms import (
+    CALIBRATION_METHODS,
+    DEFAULT_PLATFORM,
+    PLATFORMS,
+    WEIGHT_ROUNDINGS,
+    Int8Recipe,
+    Platform,
+    fp16_platforms,
+)
 from vlmedge.spec import RESIZE_MODES, PreprocessSpec, hw_pair
 
 log = logging.getLogger(__name__)
@@ -105,6 +113,8 @@ class ExportOptions:
     calib_count: int = DEFAULT_CALIB_COUNT
     calib_method: str | None = None  # minmax, percentile, entropy; None: the platform recipe's (minmax)
     smooth_quant: float | None = None  # SmoothQuant alpha (ONNX Runtime + Intel Neural Compressor); None: off
+    weight_rounding: str | None = None  # nearest, gptq; None: the platform recipe's
+    int8_outputs: bool | None = None  # True: the output projections int8 too; None: the platform recipe's
     vocab: tuple[str, ...] | None = None
     preprocess_mode: str | None = None
     grounding: GroundingDefaults = dataclasses.field(default_factory=GroundingDefaults)
@@ -128,6 +138,10 @@ class ExportOptions:
                               "or 'synthetic'")
         if self.calib_method is not None:
             check_choice("calibration method", self.calib_method, CALIBRATION_METHODS)
+        if self.weight_rounding is not None:
+            check_choice("weight rounding", self.weight_rounding, WEIGHT_ROUNDINGS)
+        if self.int8_outputs is not None and not isinstance(self.int8_outputs, bool):
+            raise ConfigError(f"int8_outputs must be True, False or None, got {self.int8_outputs!r}")
         if self.smooth_quant is not None and self.precision == "int8":
             quantize.check_smooth_quant(self.smooth_quant)
         if isinstance(self.grounding, dict):
@@ -258,7 +272,8 @@ def _step(name: str):
 def export_bundle(source, out: str | Path, *, image_size=None, dense: str = "naive", precision: str = "fp32",
                   platform: str | None = None, calib: str | Path | None = None,
                   calib_count: int = DEFAULT_CALIB_COUNT, calib_method: str | None = None,
-                  smooth_quant: float | None = None, vocab: str | Path | list[str] | None = None,
+                  smooth_quant: float | None = None, weight_rounding: str | None = None,
+                  int8_outputs: bool | None = None, vocab: str | Path | list[str] | None = None,
                   preprocess_mode: str | None = None, grounding: GroundingDefaults | dict | None = None,
                   force: bool = False, act: str | None = None, target: str | None = None) -> Manifest:
     """Export ``source`` into the bundle directory ``out`` for ``platform`` (default "cpu").
@@ -270,6 +285,8 @@ def export_bundle(source, out: str | Path, *, image_size=None, dense: str = "nai
     int8: ``calib`` is an image folder or video of the robot's own frames, or "synthetic" (rendered
     tabletop scenes); None is "synthetic" for the embedded demo model and refused for any other model.
     ``calib_method``: minmax (default), percentile or entropy; ``smooth_quant``: SmoothQuant alpha.
+    ``weight_rounding``: nearest or gptq, ``int8_outputs``: quantize the output projections too (None: the
+    platform's int8 recipe, ``vlmedge.platforms``).
     ``act``: the MLP activation of a bare OpenAI/OpenCLIP state dict (see ``load_clip``).
     Returns the written manifest. Raises ConfigError for bad options before any work is done.
     """
@@ -281,7 +298,8 @@ def export_bundle(source, out: str | Path, *, image_size=None, dense: str = "nai
     opts = ExportOptions(image_size=image_size, dense=dense, precision=precision,
                          platform=_platform_arg(platform, target), calib=None if calib is None else str(calib),
                          calib_count=calib_count, calib_method=calib_method, smooth_quant=smooth_quant,
-                         vocab=queries, preprocess_mode=preprocess_mode,
+                         weight_rounding=weight_rounding, int8_outputs=int8_outputs, vocab=queries,
+                         preprocess_mode=preprocess_mode,
                          grounding=grounding if grounding is not None else GroundingDefaults())
     out = Path(out)
     _check_out(out, force)
@@ -549,6 +567,10 @@ def _quantize(job: _Job, raw: _Graphs, fp32: _Fp32, calib: _Calibration) -> _Int
     recipe = job.platform.int8
     if job.opts.calib_method is not None:
         recipe = dataclasses.replace(recipe, calibrate_method=job.opts.calib_method)
+    if job.opts.weight_rounding is not None:
+        recipe = dataclasses.replace(recipe, weight_rounding=job.opts.weight_rounding)
+    if job.opts.int8_outputs is not None:
+        recipe = dataclasses.replace(recipe, float_output_projections=not job.opts.int8_outputs)
     qdq_img, encoders = job.work / "image_int8_qdq.onnx", _Graphs(job.tmp / IMAGE_FILE, job.tmp / TEXT_FILE)
     calib.reader.rewind()
     with progress.bar(total=len(calib.reader), desc=f"calibrating ({recipe.calibrate_method})", unit="frame") as bar:

@@ -179,3 +179,17 @@ def io_shapes(path: str | Path) -> tuple[list[tuple[str, str, tuple]], list[tupl
         return out
 
     return describe(model.graph.input), describe(model.graph.output)
+
+
+def session_with_outputs(model: onnx.ModelProto, names: list[str], path: Path):
+    """A CPU session of ``model`` (optimizations off: the graph as written) that also outputs ``names``."""
+    import onnxruntime as ort
+
+    have = {o.name for o in model.graph.output}
+    model.graph.output.extend(onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None)
+                              for n in names if n not in have)
+    onnx.save(model, str(path))
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    so.log_severity_level = 3
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])

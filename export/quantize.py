@@ -3,8 +3,11 @@
 int8 recipe (image encoder; ``Int8Recipe``, one per platform in ``vlmedge.platforms.PLATFORMS``):
 ``quant_pre_process`` (shape inference + basic optimization), then ``quantize_static`` in QDQ format
 over the MatMuls with a constant weight (q/k/v/out projections, MLP, final projection); per-channel
-weights; Q/DQ on the MatMul inputs only. LayerNorm, Softmax, GELU, residual Adds, the attention
-score MatMuls (activation x activation) and the final L2 normalization stay float. Activations are
+weights, their integers then chosen again for each layer's output (GPTQ, ``vlmedge.export.gptq``,
+``weight_rounding``); Q/DQ on the MatMul inputs only. LayerNorm, Softmax, GELU, residual Adds, the attention
+score MatMuls (activation x activation) and the final L2 normalization stay float, and on the cpu platform the
+two output projections too (``float_output_projections``: their input's int8 noise reaches the embeddings
+unaveraged). Activations are
 uint8 asymmetric on the cpu platform (ONNX Runtime's fast U8S8 VNNI kernels) and int8 symmetric on
 TensorRT platforms (TensorRT only accepts symmetric QDQ). On the cpu platform the patch-embedding
 Conv (kernel == stride) is first rewritten as patchify + MatMul (``conv_as_matmul``) so that it is
@@ -30,7 +33,7 @@ import numpy as np
 import onnx
 
 from vlmedge.errors import BackendUnavailable, ConfigError
-from vlmedge.export.onnx_export import check_single_file
+from vlmedge.export.onnx_export import check_single_file, session_with_outputs
 from vlmedge.platforms import CALIBRATION_METHODS, Int8Recipe  # noqa: F401  (the recipe is platform data)
 from vlmedge.spec import PreprocessSpec
 
@@ -74,7 +77,6 @@ def quantize_int8(src: str | Path, dst: str | Path, reader, recipe: Int8Recipe, 
     bundle's preprocessing (its mean and std), needed by ``recipe.exact_pixels`` (:func:`exact_pixel_input`).
     """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
                "entropy": CalibrationMethod.Entropy}
@@ -87,7 +89,7 @@ def quantize_int8(src: str | Path, dst: str | Path, reader, recipe: Int8Recipe, 
         extra.update(SmoothQuant=True, SmoothQuantAlpha=float(smooth_quant), SmoothQuantFolding=True)
     with tempfile.TemporaryDirectory(prefix="vlmedge-quant-") as tmp:
         pre = Path(tmp) / "preprocessed.onnx"
-        quant_pre_process(str(src), str(pre), skip_symbolic_shape=False)
+        _pre_process(src, pre)
         model = onnx.load(str(pre))
         changed = unshare_initializers(model.graph, recipe.op_types)
         if recipe.conv_as_matmul:
@@ -114,6 +116,8 @@ def quantize_int8(src: str | Path, dst: str | Path, reader, recipe: Int8Recipe, 
         if changed:
             onnx.save(model, str(pre))
         exclude = activation_matmuls(pre) if recipe.const_weight_matmuls_only else []
+        if recipe.float_output_projections:
+            exclude += output_matmuls(pre)
         quantize_static(
             str(pre), str(dst), reader, quant_format=QuantFormat.QDQ,
             op_types_to_quantize=list(recipe.op_types), per_channel=recipe.per_channel,
@@ -122,15 +126,80 @@ def quantize_int8(src: str | Path, dst: str | Path, reader, recipe: Int8Recipe, 
             weight_type=QuantType.QInt8, calibrate_method=methods[recipe.calibrate_method],
             nodes_to_exclude=exclude, extra_options=extra,
         )
-        if pixels is not None:
+        if recipe.weight_rounding == "gptq" or pixels is not None:
             quantized = onnx.load(str(dst))
-            log.info("int8: patch embedding reads 8-bit pixels; bias settled on its int8 weights (moved %.2e)",
-                     settle_exact_pixel_bias(quantized, pixels))
+            if recipe.weight_rounding == "gptq":
+                _gptq(pre, quantized, reader, recipe, pixels)
+            if pixels is not None:  # after GPTQ: the bias is settled on the integers as they end up
+                log.info("int8: patch embedding reads 8-bit pixels; bias settled on its int8 weights (moved %.2e)",
+                         settle_exact_pixel_bias(quantized, pixels))
             onnx.save(quantized, str(dst))
         check_single_file(dst)
         if error_frames <= 0:
             return []
         return layer_errors(pre, dst, reader, error_frames, Path(tmp))
+
+
+# what onnxruntime's symbolic shape inference writes into the working directory when it cannot infer every shape
+_SYMBOLIC_DEBRIS = "sym_shape_infer_temp.onnx"
+
+
+def _pre_process(src: str | Path, dst: Path) -> None:
+    """``quant_pre_process`` with symbolic shape inference, or without it (ONNX's own) where that fails.
+
+    When symbolic inference stops short, ONNX Runtime saves its partial model into the *current directory* (the
+    graph plus a uuid-named external data file as large as the weights) and raises a bare ``Exception``. Those
+    files are removed again, and the graph is pre-processed with ONNX's shape inference instead, with a warning."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    cwd = Path.cwd()
+    before = set(cwd.iterdir())
+    try:
+        quant_pre_process(str(src), str(dst), skip_symbolic_shape=False)
+        return
+    except Exception as e:  # noqa: BLE001  (onnxruntime raises a bare Exception here)
+        if "symbolic shape inference" not in str(e):
+            raise
+        _remove_debris(cwd / _SYMBOLIC_DEBRIS, before)
+        log.warning("int8: ONNX Runtime's symbolic shape inference could not infer every shape of %s (%s); "
+                    "pre-processing with ONNX's shape inference instead", Path(src).name, e)
+    quant_pre_process(str(src), str(dst), skip_symbolic_shape=True)
+
+
+def _remove_debris(model: Path, before: set[Path]) -> None:
+    """Delete ``model`` and the external data files it names, if the failed call wrote them (not in ``before``)."""
+    if model in before or not model.is_file():
+        return
+    try:
+        files = {e.value for t in onnx.load(str(model), load_external_data=False).graph.initializer
+                 for e in t.external_data if e.key == "location"}
+    except Exception:  # noqa: BLE001  (a half-written file: delete what is certainly ours)
+        files = set()
+    for name in files:
+        path = model.parent / name
+        if path.parent == model.parent and path not in before:
+            path.unlink(missing_ok=True)
+    model.unlink(missing_ok=True)
+
+
+def _gptq(pre: Path, quantized: onnx.ModelProto, reader, recipe: Int8Recipe, pixels: ExactPixels | None) -> None:
+    from onnxruntime.quantization.quant_utils import get_qmin_qmax_for_qType
+
+    from vlmedge.export import gptq
+
+    qmin, qmax = (int(v) for v in get_qmin_qmax_for_qType(onnx.TensorProto.INT8, recipe.reduce_range, True))
+    # the exact-pixel input's constant part (255 * mean) is carried by the settled bias, not by the weights
+    centered = {pixels.input: pixels.row_offsets} if pixels is not None else {}
+    rows = gptq.round_weights(pre, quantized, reader, centered=centered, qmin=qmin, qmax=qmax)
+    if rows:
+        before = np.array([r.nearest_error for r in rows])
+        after = np.array([r.gptq_error for r in rows])
+        log.info("int8: GPTQ rounding of %d weights: output error on the calibration frames %.1f dB -> %.1f dB "
+                 "(median over layers), %.1f%% of the int8 values moved off nearest",
+                 len(rows), -10 * np.log10(np.median(before)), -10 * np.log10(np.median(after)),
+                 100 * np.mean([r.changed for r in rows]))
+    else:
+        log.warning("int8: GPTQ rounding found no per-channel symmetric int8 MatMul weight; nearest rounding kept")
 
 
 def check_smooth_quant(alpha) -> None:
@@ -174,8 +243,8 @@ def layer_errors(float_path: str | Path, qdq_path: str | Path, reader, frames: i
         return []
     pre = sorted({x[1] for x in layers})
     post = sorted({x[2] for x in layers})
-    ref_sess = _session_with_outputs(onnx.load(str(float_path), load_external_data=False), pre, work / "float_dbg.onnx")
-    qdq_sess = _session_with_outputs(qdq, pre + post, work / "qdq_dbg.onnx")
+    ref_sess = session_with_outputs(onnx.load(str(float_path), load_external_data=False), pre, work / "float_dbg.onnx")
+    qdq_sess = session_with_outputs(qdq, pre + post, work / "qdq_dbg.onnx")
     signal: dict[str, float] = {}
     noise: dict[str, float] = {}
 
@@ -200,20 +269,6 @@ def layer_errors(float_path: str | Path, qdq_path: str | Path, reader, frames: i
                        None if weights.get(w) is None else round(float(weights[w]), 2))
             for name, p, d, w in layers]
     return sorted(rows, key=lambda r: r.cumulative_db)
-
-
-def _session_with_outputs(model: onnx.ModelProto, names: list[str], path: Path):
-    """A CPU session of ``model`` (optimizations off: the graph as written) that also outputs ``names``."""
-    import onnxruntime as ort
-
-    have = {o.name for o in model.graph.output}
-    model.graph.output.extend(onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None)
-                              for n in names if n not in have)
-    onnx.save(model, str(path))
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    so.log_severity_level = 3
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
 def _first(reader, count: int) -> list[dict]:
@@ -482,8 +537,9 @@ def settle_exact_pixel_bias(model: onnx.ModelProto, plan: ExactPixels) -> float:
     mm = next(n for n in model.graph.node if n.name == plan.matmul)
     dq = g.producer.get(mm.input[1])
     if dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] not in g.inits or plan.bias not in g.inits:
-        raise ConfigError(f"int8: the patch MatMul {plan.matmul} lost its quantized weight or bias {plan.bias}; "
-                          "the exact-pixel input needs both (quantize_static changed its output?)")
+        # not a user's configuration: quantize_static wrote another form than the one this code was written for
+        raise RuntimeError(f"int8: the patch MatMul {plan.matmul} lost its quantized weight or bias {plan.bias}; "
+                           "the exact-pixel input needs both (quantize_static changed its output?)")
     q = numpy_helper.to_array(g.inits[dq.input[0]]).astype(np.float64)
     scale = np.asarray(g.const(dq.input[1]), np.float64)
     zero = np.asarray(g.const(dq.input[2]), np.float64) if len(dq.input) > 2 and dq.input[2] else np.zeros(1)
@@ -618,6 +674,28 @@ def activation_matmuls(path: str | Path) -> list[str]:
     graph = onnx.load(str(path), load_external_data=False).graph
     consts = {i.name for i in graph.initializer} | {o for n in graph.node if n.op_type == "Constant" for o in n.output}
     return [n.name for n in graph.node if n.op_type == "MatMul" and n.input[1] not in consts]
+
+
+def output_matmuls(path: str | Path) -> list[str]:
+    """Names of the MatMul/Gemm nodes with a constant weight that write the graph's outputs: those reached from an
+    output going upstream without passing another MatMul/Gemm (a CLIP image encoder's output projections)."""
+    graph = onnx.load(str(path), load_external_data=False).graph
+    consts = {i.name for i in graph.initializer} | {o for n in graph.node if n.op_type == "Constant" for o in n.output}
+    # a weight used twice is traced as an Identity of the first use's initializer
+    consts |= {n.output[0] for n in graph.node if n.op_type == "Identity" and n.input[0] in consts}
+    producer = {o: n for n in graph.node for o in n.output}
+    found, seen, todo = [], set(), [o.name for o in graph.output]
+    while todo:
+        n = producer.get(todo.pop())
+        if n is None or id(n) in seen or n.op_type in ("Shape", "Size"):  # these read a shape, not the values
+            continue
+        seen.add(id(n))
+        if n.op_type in ("MatMul", "Gemm"):
+            if len(n.input) > 1 and n.input[1] in consts:
+                found.append(n.name)
+            continue
+        todo.extend(n.input)
+    return sorted(found)
 
 
 def convert_fp16(src: str | Path, dst: str | Path, block_ops: tuple[str, ...] = FP16_BLOCK_OPS,

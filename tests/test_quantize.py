@@ -68,15 +68,15 @@ def test_int8_matches_fp32_on_calibration_like_frames(bundles, name):
     assert stored["text_cosine_min"] >= 0.995  # the int8 text encoder vs the torch model's text embeddings
 
 
-def _check_qdq_counts(rep: dict, layers: int = 2, conv_as_matmul: bool = False) -> None:
+def _check_qdq_counts(rep: dict, layers: int = 2, conv_as_matmul: bool = False, float_outputs: int = 0) -> None:
     assert rep["QuantizeLinear"] > 0 and rep["DequantizeLinear"] > 0
-    # every weight MatMul (q, k, v, out, fc1, fc2 per block + final projection; + the patch
-    # embedding when its Conv was rewritten as a MatMul) reads int8 inputs
-    # (static-batch graphs hold them as Gemm after the basic optimization)
+    # every weight MatMul (q, k, v, out, fc1, fc2 per block + the output projections unless they stay float
+    # (float_outputs: image and patch); + the patch embedding when its Conv was rewritten as a MatMul) reads int8
+    # inputs (static-batch graphs hold them as Gemm after the basic optimization)
     quantized = rep["quantized"].get("MatMul", 0) + rep["quantized"].get("Gemm", 0)
-    assert quantized >= layers * 6 + 1 + int(conv_as_matmul)
-    assert rep["weight_matmuls"] == quantized  # q @ k^T and attn @ v stay float
-    assert rep["float"].get("MatMul", 0) == 2 * layers
+    assert quantized >= layers * 6 + int(conv_as_matmul) + (0 if float_outputs else 1)
+    assert rep["weight_matmuls"] == quantized + float_outputs  # q @ k^T and attn @ v stay float
+    assert rep["float"].get("MatMul", 0) == 2 * layers + float_outputs
     for op in ("LayerNormalization", "Softmax", "Sigmoid", "ReduceL2", "Conv"):
         assert op not in rep["quantized"], f"{op} must stay float"
         if op != "Conv" or not conv_as_matmul:
@@ -103,12 +103,18 @@ def test_int8_qdq_graph_quantizes_weight_matmuls_and_keeps_norms_float(bundles):
 
 def test_int8_cpu_bundle_is_ort_fused_form_of_the_same_quantization(bundles):
     m, path = bundles["int8"]
-    _check_qdq_counts(m.extra["int8"]["qdq"], conv_as_matmul=True)  # the QDQ graph it was fused from
+    # the QDQ graph it was fused from; the image and patch output projections stay float
+    _check_qdq_counts(m.extra["int8"]["qdq"], conv_as_matmul=True, float_outputs=2)
     assert m.extra["int8"]["recipe"]["conv_as_matmul"] is True
+    assert m.extra["int8"]["recipe"]["float_output_projections"] is True
     assert m.extra["int8"]["form"].startswith("onnxruntime-cpu")
     graph = onnx.load(str(path / "image_encoder.onnx")).graph
     ops = [n.op_type for n in graph.node]
-    assert ops.count("MatMulIntegerToFloat") == m.extra["int8"]["qdq"]["weight_matmuls"]
+    assert ops.count("MatMulIntegerToFloat") == m.extra["int8"]["qdq"]["weight_matmuls"] - 2
+    inits_f = {i.name: i.data_type for i in graph.initializer}
+    outputs = [n for n in graph.node if n.name in ("/visual/proj/MatMul", "/visual/proj_1/MatMul")]
+    assert [n.op_type for n in outputs] == ["MatMul", "MatMul"]  # float, weights float32
+    assert all(inits_f[n.input[1]] == onnx.TensorProto.FLOAT for n in outputs)
     assert "DequantizeLinear" not in ops and "LayerNormalization" in ops and "Softmax" in ops
     inits = {i.name: i for i in graph.initializer}
     # biases folded into the int8 MatMuls (2 layers x 6 projections with bias, and the patch embedding's, which
@@ -275,9 +281,10 @@ def test_export_log_prints_the_per_layer_error_table_worst_first(tmp_path, capsy
     assert "cumulative dB" in log_text and "this Q/DQ dB" in log_text and "weight dB" in log_text
     m = open_bundle(tmp_path / "b")
     rows = m.extra["int8"]["layer_errors"]
-    # every quantized weight MatMul has a row (2 blocks x 6, the projections of the class token and of the
-    # patches, the patch embedding)
-    assert len(rows) == m.extra["int8"]["qdq"]["weight_matmuls"] == 15
+    # every quantized weight MatMul has a row (2 blocks x 6, the patch embedding); the projections of the class
+    # token and of the patches stay float (the cpu recipe's float_output_projections)
+    assert m.extra["int8"]["qdq"]["weight_matmuls"] == 15
+    assert len(rows) == 13 and not any("/visual/proj" in r["layer"] for r in rows)
     cumulative = [r["cumulative_db"] for r in rows]
     assert cumulative == sorted(cumulative)  # worst first
     assert all(np.isfinite(r["qdq_db"]) and r["qdq_db"] > 10 and r["weight_db"] > 20 for r in rows)
@@ -489,3 +496,26 @@ def test_int8_cpu_bundle_reads_the_pixels_at_scale_1_with_a_bias_from_its_int8_w
     offsets = np.repeat(255.0 * np.asarray(m.preprocess.mean, np.float32).astype(np.float64),
                         weight.shape[0] // 3)
     np.testing.assert_allclose(inits[patch.input[6]], -(offsets @ weight), rtol=0, atol=1e-5)  # no Conv bias
+
+
+def test_int8_of_a_graph_symbolic_inference_cannot_finish_leaves_no_debris_in_the_working_directory(
+        tmp_path, monkeypatch, caplog):
+    """An ORT-optimized graph (com.microsoft ops) stops ONNX Runtime's symbolic shape inference, which then saves its
+    partial model, with an external data file the size of the weights, into the current directory and raises a
+    bare Exception. quantize_int8 removes both and pre-processes with ONNX's shape inference instead."""
+    from vlmedge.export.quantize import quantize_int8
+    from vlmedge.platforms import PLATFORMS
+
+    m = export_bundle(tiny_clip(seed=2), tmp_path / "fp32")
+    fused = tmp_path / "fp32" / m.image_encoder.file
+    assert any(n.domain == "com.microsoft" for n in onnx.load(str(fused)).graph.node)
+    work = tmp_path / "cwd"
+    work.mkdir()
+    (work / "mine.data").write_bytes(b"x")  # a user's file in the same directory stays
+    monkeypatch.chdir(work)
+    reader = calibration.frame_reader(calibration.frames_synthetic(4, seed=0), m.preprocess)
+    with caplog.at_level(logging.WARNING, logger="vlmedge.export.quantize"):
+        quantize_int8(fused, tmp_path / "q.onnx", reader, PLATFORMS["cpu"].int8, preprocess=m.preprocess)
+    assert sorted(p.name for p in work.iterdir()) == ["mine.data"]
+    assert "symbolic shape inference could not infer every shape" in caplog.text
+    assert qdq_report(tmp_path / "q.onnx")["quantized"].get("MatMul", 0) > 0

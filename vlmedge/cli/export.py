@@ -10,7 +10,7 @@ import time
 
 from vlmedge.errors import ConfigError
 from vlmedge.manifest import DENSE_HEADS, PRECISIONS
-from vlmedge.platforms import CALIBRATION_METHODS, DEFAULT_PLATFORM, PLATFORMS, fp16_platforms
+from vlmedge.platforms import CALIBRATION_METHODS, DEFAULT_PLATFORM, PLATFORMS, WEIGHT_ROUNDINGS, fp16_platforms
 from vlmedge.spec import ACTIVATIONS
 
 
@@ -40,6 +40,12 @@ def register(subparsers) -> None:
     p.add_argument("--calib-method", default=None, metavar="M",
                    help=f"int8 activation ranges: {', '.join(CALIBRATION_METHODS)} (default: minmax; percentile "
                         "clips the outlier channels of CLIP ViTs; entropy, as ONNX Runtime runs it, equals minmax)")
+    p.add_argument("--weight-rounding", default=None, metavar="R",
+                   help=f"int8 weight values: {', '.join(WEIGHT_ROUNDINGS)} (default: gptq, chosen for each layer's "
+                        "output on the calibration frames; nearest exports faster: ViT-B/16 ~75 s less)")
+    p.add_argument("--int8-outputs", action="store_true", default=None,
+                   help="int8: quantize the output projections too (default on cpu: float, for ~1%% of the time "
+                        "and patch agreement with fp32 98.6%% -> 99.3%% on ViT-B/16)")
     p.add_argument("--smooth-quant", type=float, default=None, metavar="ALPHA",
                    help="int8: SmoothQuant with this alpha (e.g. 0.5) before quantizing; needs neural-compressor")
     p.add_argument("--act", default=None, metavar="A",
@@ -92,7 +98,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         manifest = export_bundle(
             args.source, args.out, image_size=args.image_size, dense=args.dense, precision=args.precision,
             platform=_platform_from(args), calib=args.calib, calib_count=args.calib_count or DEFAULT_CALIB_COUNT,
-            calib_method=args.calib_method, smooth_quant=args.smooth_quant, vocab=args.vocab,
+            calib_method=args.calib_method, smooth_quant=args.smooth_quant, weight_rounding=args.weight_rounding,
+            int8_outputs=args.int8_outputs, vocab=args.vocab,
             preprocess_mode=args.preprocess, force=args.force, act=args.act)
     print(summarize(manifest, args.out, seconds=time.perf_counter() - t0))
     return 0
@@ -105,7 +112,8 @@ def _warn_misread(args: argparse.Namespace) -> None:
         print(f"vlmedge export: warning: --image-size {args.image_size} is height x width: a portrait input "
               f"{int(w)} wide and {int(h)} high; for a landscape camera give {w.strip()}x{h.strip()}", file=sys.stderr)
     if args.precision != "int8":
-        given = [f"--{n.replace('_', '-')}" for n in ("calib", "calib_count", "calib_method", "smooth_quant")
+        given = [f"--{n.replace('_', '-')}" for n in ("calib", "calib_count", "calib_method", "smooth_quant",
+                                                       "weight_rounding", "int8_outputs")
                  if getattr(args, n, None) is not None]
         if given:
             print(f"vlmedge export: warning: {', '.join(given)} ignored with --precision {args.precision} "
