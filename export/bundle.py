@@ -559,6 +559,9 @@ class _TickingReader(calibration.CalibrationDataReader):
     def rewind(self) -> None:
         self.reader.rewind()
 
+    def __len__(self) -> int:
+        return len(self.reader)
+
 
 @_step("quantize")
 def _quantize(job: _Job, raw: _Graphs, fp32: _Fp32, calib: _Calibration) -> _Int8:

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from vlmedge.export import progress
 from vlmedge.export.onnx_export import session_with_outputs
 
 log = logging.getLogger(__name__)
@@ -121,7 +122,7 @@ def round_weights(float_path: str | Path, quantized: onnx.ModelProto, reader, *,
         return []
     hessians = input_hessians(fmodel, sorted({j[1] for j in jobs}), reader, centered)
     rows = []
-    for name, x, weight, init, scale, flip in jobs:
+    for name, x, weight, init, scale, flip in progress.bar(jobs, desc="int8 weights: GPTQ rounding", unit="layer"):
         h = hessians[x]
         stored = numpy_helper.to_array(init).astype(np.float64)
         nearest = (stored.T if flip else stored) * scale
@@ -146,7 +147,10 @@ def input_hessians(model: onnx.ModelProto, names: list[str], reader, centered: d
     with tempfile.TemporaryDirectory(prefix="vlmedge-gptq-") as tmp:
         model = onnx.ModelProto.FromString(model.SerializeToString())
         session = session_with_outputs(model, names, Path(tmp) / "inputs.onnx")
+        frames = progress.bar(total=len(reader) if hasattr(reader, "__len__") else None,
+                              desc="int8 weights: GPTQ input statistics", unit="frame")
         while (feed := reader.get_next()) is not None:
+            frames.update(1)
             got = session.run(names, feed)
             for name, x in zip(names, got):
                 x = x.reshape(-1, x.shape[-1])
@@ -155,5 +159,6 @@ def input_hessians(model: onnx.ModelProto, names: list[str], reader, centered: d
                 sums[name] = sums.get(name, 0.0) + (x.T @ x).astype(np.float64)  # one frame's sum: float32 is enough
                 rows[name] = rows.get(name, 0) + x.shape[0]
         del session
+        frames.close()
     reader.rewind()
     return {k: v / rows[k] for k, v in sums.items()}

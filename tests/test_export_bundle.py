@@ -383,6 +383,9 @@ def test_cli_export_shows_progress_and_reports_one_duration(clip, tmp_path):
                           capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "calibrating (minmax):" in proc.stderr and "/4 [" in proc.stderr  # the calibration frames, counted
+    # GPTQ's pass over the frames and its layers (ViT-B/16: ~75 s that showed nothing before)
+    assert "int8 weights: GPTQ input statistics" in proc.stderr and "int8 weights: GPTQ rounding" in proc.stderr
+    assert re.search(r"GPTQ rounding: +\d+%\|.*\| \d+/13 \[", proc.stderr), proc.stderr[-2000:]  # per layer
     for step in ("trace", "optimize", "quantize", "compare", "verify"):
         assert f"{step}: 00:" in proc.stderr, step  # the step's line with its elapsed time
     durations = re.findall(r"\d+\.\d+ s\b", proc.stdout)
