@@ -45,7 +45,7 @@ def register(subparsers) -> None:
                         "output on the calibration frames; nearest exports faster: ViT-B/16 ~75 s less)")
     p.add_argument("--int8-outputs", action="store_true", default=None,
                    help="int8: quantize the output projections too (default on cpu: float, for ~1%% of the time "
-                        "and patch agreement with fp32 98.6%% -> 99.3%% on ViT-B/16)")
+                        "and patch agreement with fp32 98.6%% -> 99.1-99.3%% on ViT-B/16)")
     p.add_argument("--smooth-quant", type=float, default=None, metavar="ALPHA",
                    help="int8: SmoothQuant with this alpha (e.g. 0.5) before quantizing; needs neural-compressor")
     p.add_argument("--act", default=None, metavar="A",
