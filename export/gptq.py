@@ -77,28 +77,28 @@ def gptq_int8(weight: np.ndarray, scale: np.ndarray, hessian: np.ndarray, qmin: 
     return out.astype(np.int8)
 
 
-def output_error(weight: np.ndarray, approx: np.ndarray, hessian: np.ndarray) -> float:
-    """Relative output error of ``approx`` for ``weight`` on inputs with second moment ``hessian``."""
+def output_errors(weight: np.ndarray, hessian: np.ndarray, *approx: np.ndarray) -> tuple[float, ...]:
+    """Relative output error of each ``approx`` for ``weight`` on inputs with second moment ``hessian``."""
     w = np.asarray(weight, np.float64)
-    d = w - approx
-    return float(np.sum(d * (hessian @ d)) / max(float(np.sum(w * (hessian @ w))), 1e-30))
+    signal = max(float(np.sum(w * (hessian @ w))), 1e-30)
+    return tuple(float(np.sum((w - a) * (hessian @ (w - a)))) / signal for a in approx)
 
 
-def round_weights(float_path: str | Path, quantized: onnx.ModelProto, reader, *, centered: dict | None = None,
+def round_weights(float_model: onnx.ModelProto, quantized: onnx.ModelProto, reader, *, centered: dict | None = None,
                   qmin: int = -127, qmax: int = 127) -> list[RoundedLayer]:
     """Replace, in place, every per-channel int8 weight of a MatMul in ``quantized`` (``quantize_static``'s QDQ
-    graph of ``float_path``) by GPTQ's integers for the same scales.
+    graph of ``float_model``) by GPTQ's integers for the same scales.
 
-    ``H`` of each MatMul's input comes from ``float_path`` run over ``reader``'s frames. ``centered``: MatMul input
+    ``H`` of each MatMul's input comes from ``float_model`` run over ``reader``'s frames (it gets those inputs as
+    extra outputs). ``centered``: MatMul input
     name -> a per-row offset subtracted from that input before ``H`` (the exact-pixel patch embedding, whose
     constant part the settled bias carries exactly: only the rest needs the weights). Returns per layer the
     output error before and after, on those frames."""
     from onnx import numpy_helper
 
     centered = centered or {}
-    fmodel = onnx.load(str(float_path))
-    finits = {i.name: i for i in fmodel.graph.initializer}
-    fnodes = {n.name: n for n in fmodel.graph.node if n.op_type in ("MatMul", "Gemm") and n.name}
+    finits = {i.name: i for i in float_model.graph.initializer}
+    fnodes = {n.name: n for n in float_model.graph.node if n.op_type in ("MatMul", "Gemm") and n.name}
     inits = {i.name: i for i in quantized.graph.initializer}
     producer = {o: n for n in quantized.graph.node for o in n.output}
     jobs = []  # (node, float input, float weight [in, out], int8 initializer, scale, stored transposed)
@@ -120,7 +120,7 @@ def round_weights(float_path: str | Path, quantized: onnx.ModelProto, reader, *,
         jobs.append((n.name, f.input[0], weight, inits[dq.input[0]], scale, flip))
     if not jobs:
         return []
-    hessians = input_hessians(fmodel, sorted({j[1] for j in jobs}), reader, centered)
+    hessians = input_hessians(float_model, sorted({j[1] for j in jobs}), reader, centered)
     rows = []
     for name, x, weight, init, scale, flip in progress.bar(jobs, desc="int8 weights: GPTQ rounding", unit="layer"):
         h = hessians[x]
@@ -128,8 +128,7 @@ def round_weights(float_path: str | Path, quantized: onnx.ModelProto, reader, *,
         nearest = (stored.T if flip else stored) * scale
         q = gptq_int8(weight, scale, h, qmin, qmax)
         init.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(q.T) if flip else q, init.name))
-        rows.append(RoundedLayer(name, output_error(weight, nearest, h),
-                                 output_error(weight, q.astype(np.float64) * scale, h),
+        rows.append(RoundedLayer(name, *output_errors(weight, h, nearest, q.astype(np.float64) * scale),
                                  float(np.mean(q != np.rint(nearest / scale)))))
     return rows
 

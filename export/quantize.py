@@ -33,6 +33,7 @@ import numpy as np
 import onnx
 
 from vlmedge.errors import BackendUnavailable, ConfigError
+from vlmedge.export import gptq
 from vlmedge.export.onnx_export import check_single_file, session_with_outputs
 from vlmedge.platforms import CALIBRATION_METHODS, Int8Recipe  # noqa: F401  (the recipe is platform data)
 from vlmedge.spec import PreprocessSpec
@@ -115,9 +116,9 @@ def quantize_int8(src: str | Path, dst: str | Path, reader, recipe: Int8Recipe, 
             changed += fused
         if changed:
             onnx.save(model, str(pre))
-        exclude = activation_matmuls(pre) if recipe.const_weight_matmuls_only else []
+        exclude = activation_matmuls(model.graph) if recipe.const_weight_matmuls_only else []
         if recipe.float_output_projections:
-            exclude += output_matmuls(pre)
+            exclude += output_matmuls(model.graph)
         quantize_static(
             str(pre), str(dst), reader, quant_format=QuantFormat.QDQ,
             op_types_to_quantize=list(recipe.op_types), per_channel=recipe.per_channel,
@@ -129,7 +130,7 @@ def quantize_int8(src: str | Path, dst: str | Path, reader, recipe: Int8Recipe, 
         if recipe.weight_rounding == "gptq" or pixels is not None:
             quantized = onnx.load(str(dst))
             if recipe.weight_rounding == "gptq":
-                _gptq(pre, quantized, reader, recipe, pixels)
+                _gptq(model, quantized, reader, recipe, pixels)  # the float graph as saved in ``pre``
             if pixels is not None:  # after GPTQ: the bias is settled on the integers as they end up
                 log.info("int8: patch embedding reads 8-bit pixels; bias settled on its int8 weights (moved %.2e)",
                          settle_exact_pixel_bias(quantized, pixels))
@@ -182,15 +183,14 @@ def _remove_debris(model: Path, before: set[Path]) -> None:
     model.unlink(missing_ok=True)
 
 
-def _gptq(pre: Path, quantized: onnx.ModelProto, reader, recipe: Int8Recipe, pixels: ExactPixels | None) -> None:
+def _gptq(float_model: onnx.ModelProto, quantized: onnx.ModelProto, reader, recipe: Int8Recipe,
+          pixels: ExactPixels | None) -> None:
     from onnxruntime.quantization.quant_utils import get_qmin_qmax_for_qType
-
-    from vlmedge.export import gptq
 
     qmin, qmax = (int(v) for v in get_qmin_qmax_for_qType(onnx.TensorProto.INT8, recipe.reduce_range, True))
     # the exact-pixel input's constant part (255 * mean) is carried by the settled bias, not by the weights
     centered = {pixels.input: pixels.row_offsets} if pixels is not None else {}
-    rows = gptq.round_weights(pre, quantized, reader, centered=centered, qmin=qmin, qmax=qmax)
+    rows = gptq.round_weights(float_model, quantized, reader, centered=centered, qmin=qmin, qmax=qmax)
     if rows:
         before = np.array([r.nearest_error for r in rows])
         after = np.array([r.gptq_error for r in rows])
@@ -666,23 +666,26 @@ def _attention_core(g: _GraphIndex, sm):
     return mha, merge, q[2] + k[2] + v[2] + extra + [qk, sm, av, back, merge]
 
 
-def activation_matmuls(path: str | Path) -> list[str]:
+def _constant_names(graph: onnx.GraphProto) -> set[str]:
+    """Initializers, Constant outputs, and Identities of those (a weight used twice is traced as an Identity of the
+    first use's initializer)."""
+    consts = {i.name for i in graph.initializer} | {o for n in graph.node if n.op_type == "Constant" for o in n.output}
+    return consts | {n.output[0] for n in graph.node if n.op_type == "Identity" and n.input[0] in consts}
+
+
+def activation_matmuls(graph: onnx.GraphProto) -> list[str]:
     """Names of MatMul nodes whose B input is computed (not a weight), e.g. q @ k^T and attn @ v.
 
     (``MatMulConstBOnly`` is ignored by the QDQ quantizer, hence this explicit exclusion list.)
     """
-    graph = onnx.load(str(path), load_external_data=False).graph
-    consts = {i.name for i in graph.initializer} | {o for n in graph.node if n.op_type == "Constant" for o in n.output}
+    consts = _constant_names(graph)
     return [n.name for n in graph.node if n.op_type == "MatMul" and n.input[1] not in consts]
 
 
-def output_matmuls(path: str | Path) -> list[str]:
+def output_matmuls(graph: onnx.GraphProto) -> list[str]:
     """Names of the MatMul/Gemm nodes with a constant weight that write the graph's outputs: those reached from an
     output going upstream without passing another MatMul/Gemm (a CLIP image encoder's output projections)."""
-    graph = onnx.load(str(path), load_external_data=False).graph
-    consts = {i.name for i in graph.initializer} | {o for n in graph.node if n.op_type == "Constant" for o in n.output}
-    # a weight used twice is traced as an Identity of the first use's initializer
-    consts |= {n.output[0] for n in graph.node if n.op_type == "Identity" and n.input[0] in consts}
+    consts = _constant_names(graph)
     producer = {o: n for n in graph.node for o in n.output}
     found, seen, todo = [], set(), [o.name for o in graph.output]
     while todo:

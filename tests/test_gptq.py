@@ -11,7 +11,7 @@ import pytest
 pytest.importorskip("torch")
 
 from vlmedge.export import calibration  # noqa: E402
-from vlmedge.export.gptq import gptq_int8, output_error  # noqa: E402
+from vlmedge.export.gptq import gptq_int8, output_errors  # noqa: E402
 from vlmedge.export.onnx_export import export_image_encoder  # noqa: E402
 from vlmedge.export.quantize import output_matmuls, quantize_int8  # noqa: E402
 from vlmedge.platforms import PLATFORMS, Int8Recipe  # noqa: E402
@@ -42,7 +42,7 @@ def test_gptq_lowers_the_output_error_on_held_out_inputs_with_the_same_scales():
     q = gptq_int8(w, s, calib.T @ calib / len(calib))
     assert q.dtype == np.int8 and q.shape == w.shape and np.abs(q.astype(int)).max() <= 127
     h = held_out.T @ held_out / len(held_out)
-    nearest, gptq = output_error(w, _nearest(w, s) * s, h), output_error(w, q * s, h)
+    nearest, gptq = output_errors(w, h, _nearest(w, s) * s, q * s)
     assert gptq < 0.8 * nearest, (nearest, gptq)
     assert 0.02 < np.mean(q != _nearest(w, s)) < 0.5  # the same grid: most values stay, some move one step
 
@@ -82,7 +82,7 @@ def test_output_matmuls_are_the_projections_found_through_the_outputs_not_throug
     # following that edge would also call the patch embedding an output projection
     graph = onnx.load(str(path)).graph
     assert any(n.op_type == "Shape" for n in graph.node)
-    assert output_matmuls(path) == ["/visual/proj/MatMul", "/visual/proj_1/MatMul"]
+    assert output_matmuls(graph) == ["/visual/proj/MatMul", "/visual/proj_1/MatMul"]
 
 
 def _patch_embeds(model_path, pixels: np.ndarray) -> np.ndarray:
@@ -130,7 +130,8 @@ def test_gptq_keeps_the_graph_and_scales_and_brings_the_patch_embeddings_closer_
     err = {k: float(np.mean((_patch_embeds(v, pixels) - ref) ** 2)) for k, v in out.items()}
     assert err["gptq"] < err["nearest"], err
     if platform == "cpu":  # the output projections stay float: float32 weights, no Q/DQ
-        projections = [n for n in models["gptq"].graph.node if n.name in output_matmuls(path)]
+        outputs = output_matmuls(onnx.load(str(path)).graph)
+        projections = [n for n in models["gptq"].graph.node if n.name in outputs]
         assert [n.op_type for n in projections] == ["MatMul", "MatMul"]
         assert all(inits["gptq"][n.input[1]].dtype == np.float32 for n in projections)
 
