@@ -36,13 +36,39 @@ HERE = Path(__file__).resolve().parent
 # (export/quantize.py ENTROPY_WARNING): kept to show it. The earlier defaults, newest first:
 # gptq-int8out32: GPTQ rounding, the output projections int8 too; nearest-int8out32: the recipe of 2026-11-30
 # (nearest rounding, exact pixels); calibrated-pixels32: before exact_pixels (the patch embedding's input on a
-# calibrated uint8 grid)
+# calibrated uint8 grid). int8-attention32: the default with q@k^T and attn@v int8 too; int8-qk32: q@k^T only
+# (as NNCF quantizes a transformer); int8-qk-s8-32: that with signed symmetric activations (exact pixels need uint8)
 _INT8_OUT = {"float_output_projections": False}
 RECIPES = {"minmax32": {}, "percentile32": {"calib_method": "percentile"}, "entropy32": {"calib_method": "entropy"},
-           "minmax128": {"calib_count": 128},
+           "minmax128": {"calib_count": 128}, "int8-attention32": {"recipe": {"const_weight_matmuls_only": False}},
+           "int8-qk32": {"qk_only": True},
+           "int8-qk-s8-32": {"qk_only": True, "recipe": {"activation": "int8", "symmetric_activations": True,
+                                                          "exact_pixels": False}},
            "gptq-int8out32": {"recipe": _INT8_OUT},
            "nearest-int8out32": {"recipe": {**_INT8_OUT, "weight_rounding": "nearest"}},
            "calibrated-pixels32": {"recipe": {**_INT8_OUT, "weight_rounding": "nearest", "exact_pixels": False}}}
+
+
+@contextlib.contextmanager
+def qk_only(on: bool):
+    """While an export runs: of the activation x activation MatMuls, only attn@v (A input from a Softmax) left
+    float, q@k^T quantized (the recipe has no such option: a benchmark's variant)."""
+    from vlmedge.export import quantize
+
+    saved = quantize.activation_matmuls
+
+    def attn_v_only(graph):
+        producer = {o: n for n in graph.node for o in n.output}
+        names = set(saved(graph))
+        return [n.name for n in graph.node if n.name in names and getattr(producer.get(n.input[0]), "op_type", "")
+                == "Softmax"]
+
+    if on:
+        quantize.activation_matmuls = attn_v_only
+    try:
+        yield
+    finally:
+        quantize.activation_matmuls = saved
 
 
 @contextlib.contextmanager
@@ -229,8 +255,8 @@ def main(argv: list[str] | None = None) -> int:
         dst = args.work / name
         t = time.time()
         if not (dst / "manifest.json").is_file():
-            options = {k: v for k, v in RECIPES[name].items() if k != "recipe"}
-            with cpu_recipe(**RECIPES[name].get("recipe", {})):
+            options = {k: v for k, v in RECIPES[name].items() if k not in ("recipe", "qk_only")}
+            with cpu_recipe(**RECIPES[name].get("recipe", {})), qk_only(RECIPES[name].get("qk_only", False)):
                 export_bundle(build_model(16, 1, 0), dst, precision="int8", calib="synthetic", force=True, **options)
         s = ort.InferenceSession(str(dst / "image_encoder.onnx"), providers=["CPUExecutionProvider"])
         patches = np.concatenate([_split(s.run(None, {"pixel_values": evals[i:i + 1]}))[1] for i in range(len(evals))])
