@@ -90,7 +90,8 @@ VARIANTS = {
                  "ONNX Runtime, int8 bundle, spinning off (project default)"),
     "ort-int8-spin": ("onnxruntime", "int8/image_encoder.onnx", {"spinning": True},
                       "ONNX Runtime, int8 bundle, spinning on"),
-    "openvino-bundle": ("openvino", "int8/image_encoder.onnx", {}, "OpenVINO on the int8 bundle's ONNX"),
+    "openvino-bundle": ("openvino", "int8/image_encoder.onnx", {},
+                        "OpenVINO on the int8 bundle's ONNX (its image_encoder_openvino.onnx when it has one)"),
     "openvino-nncf": ("openvino", "nncf/image_encoder.xml", {}, "OpenVINO on the NNCF int8 IR"),
     # OpenVINO's TBB work split named (openvino-bundle: the runtime's OPENVINO_PARTITIONER)
     "openvino-bundle-tbb-static": ("openvino", "int8/image_encoder.onnx", {"partitioner": "STATIC"},
@@ -387,6 +388,10 @@ def _open(spec: dict, build: dict):
         frames = np.load(vit / "frames.npz")
         return _open_torch_pt2e(vit, spec["meta"], threads, frames["calib"], build)
     path = vit / rel
+    if runner == "openvino" and rel == "int8/image_encoder.onnx":  # the file the runtime's OpenVINO runs: the
+        from vlmedge.manifest import read_manifest  # bundle's own QDQ graph for it when it has one
+
+        path = vit / "int8" / read_manifest(vit / "int8").image_file("openvino")
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist (run make first)")
     from vlmedge.runtime.grounding.backends import OpenVinoSession, OrtSession

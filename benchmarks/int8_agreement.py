@@ -36,14 +36,20 @@ HERE = Path(__file__).resolve().parent
 # (export/quantize.py ENTROPY_WARNING): kept to show it. The earlier defaults, newest first:
 # gptq-int8out32: GPTQ rounding, the output projections int8 too; nearest-int8out32: the recipe of 2026-11-30
 # (nearest rounding, exact pixels); calibrated-pixels32: before exact_pixels (the patch embedding's input on a
-# calibrated uint8 grid). int8-attention32: the default with q@k^T and attn@v int8 too; int8-qk32: q@k^T only
-# (as NNCF quantizes a transformer); int8-qk-s8-32: that with signed symmetric activations (exact pixels need uint8)
-_INT8_OUT = {"float_output_projections": False}
+# calibrated uint8 grid). Experiments of 2026-12-01 (before int8_attention_scores, in one file): int8-attention32,
+# q@k^T and attn@v int8; int8-qk32: q@k^T only (as NNCF quantizes a transformer); int8-qk-s8-32: that with signed
+# symmetric activations (exact pixels need uint8). float-qk-one-file32: the default until int8_attention_scores and
+# openvino_qdq (q@k^T float, one file for both backends). _ONE_FILE: the fields that came after these recipes, as
+# they were
+_ONE_FILE = {"int8_attention_scores": False, "openvino_qdq": False}
+_INT8_OUT = {**_ONE_FILE, "float_output_projections": False}
 RECIPES = {"minmax32": {}, "percentile32": {"calib_method": "percentile"}, "entropy32": {"calib_method": "entropy"},
-           "minmax128": {"calib_count": 128}, "int8-attention32": {"recipe": {"const_weight_matmuls_only": False}},
-           "int8-qk32": {"qk_only": True},
-           "int8-qk-s8-32": {"qk_only": True, "recipe": {"activation": "int8", "symmetric_activations": True,
-                                                          "exact_pixels": False}},
+           "minmax128": {"calib_count": 128},
+           "float-qk-one-file32": {"recipe": _ONE_FILE},
+           "int8-attention32": {"recipe": {**_ONE_FILE, "const_weight_matmuls_only": False}},
+           "int8-qk32": {"qk_only": True, "recipe": _ONE_FILE},
+           "int8-qk-s8-32": {"qk_only": True, "recipe": {**_ONE_FILE, "activation": "int8",
+                                                          "symmetric_activations": True, "exact_pixels": False}},
            "gptq-int8out32": {"recipe": _INT8_OUT},
            "nearest-int8out32": {"recipe": {**_INT8_OUT, "weight_rounding": "nearest"}},
            "calibrated-pixels32": {"recipe": {**_INT8_OUT, "weight_rounding": "nearest", "exact_pixels": False}}}
@@ -200,12 +206,13 @@ def time_bundles(bundles: dict[str, Path], rounds: int, per_round: int = 10) -> 
     """Batch-1 encode time of each bundle's image encoder on ONNX Runtime (2 threads, spinning on) and OpenVINO
     (2 threads), in rounds whose order alternates (``interleaved_times``, auto's measurement); per bundle the
     median and the per-round ratio of medians over the first bundle."""
+    from vlmedge.manifest import read_manifest
     from vlmedge.runtime.grounding.backends import interleaved_times, open_session, openvino_version
 
     x = np.random.default_rng(0).normal(0, 1, (1, 3, 224, 224)).astype(np.float32)
     out = {}
     for backend in ("onnxruntime", "openvino") if openvino_version() else ("onnxruntime",):
-        sessions = {n: open_session(backend, b / "image_encoder.onnx", threads=2, spinning=True)
+        sessions = {n: open_session(backend, b / read_manifest(b).image_file(backend), threads=2, spinning=True)
                     for n, b in bundles.items()}
         for s in sessions.values():
             for _ in range(3):
@@ -241,6 +248,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from vlmedge.errors import check_choice
     from vlmedge.export.bundle import export_bundle
+    from vlmedge.manifest import read_manifest
     from vlmedge.runtime.grounding.backends import open_session, openvino_version
 
     names = args.recipes.split(",")
@@ -263,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
         results[name] = {"recipe": RECIPES[name], **near_ties(ref_scores, _unit_scores(patches, texts)),
                          "seconds": round(time.time() - t, 1)}
         if openvino_version():  # the same file as OpenVINO runs it (auto's choice for ViT-B here)
-            ov = open_session("openvino", dst / "image_encoder.onnx", threads=2)
+            ov = open_session("openvino", dst / read_manifest(dst).image_file("openvino"), threads=2)
             patches = np.concatenate([_split(ov.run(evals[i:i + 1]))[1] for i in range(len(evals))])
             results[name]["openvino"] = near_ties(ref_scores, _unit_scores(patches, texts))
             del ov

@@ -58,6 +58,7 @@ log = logging.getLogger(__name__)
 
 IMAGE_FILE, TEXT_FILE, TOKENIZER_FILE, VOCAB_FILE = (
     "image_encoder.onnx", "text_encoder.onnx", "tokenizer.json", "text_embeddings.npz")
+IMAGE_OPENVINO_FILE = "image_encoder_openvino.onnx"  # the QDQ graph beside the ORT CPU form (recipe.openvino_qdq)
 DEFAULT_CALIB_COUNT = 32
 EVAL_FRAMES = 8
 ERROR_TABLE_FRAMES = 4  # calibration frames the per-layer int8 error table is measured on
@@ -115,6 +116,7 @@ class ExportOptions:
     smooth_quant: float | None = None  # SmoothQuant alpha (ONNX Runtime + Intel Neural Compressor); None: off
     weight_rounding: str | None = None  # nearest, gptq; None: the platform recipe's
     int8_outputs: bool | None = None  # True: the output projections int8 too; None: the platform recipe's
+    openvino_file: bool | None = None  # the QDQ graph for OpenVINO beside the ORT CPU form; None: the recipe's
     vocab: tuple[str, ...] | None = None
     preprocess_mode: str | None = None
     grounding: GroundingDefaults = dataclasses.field(default_factory=GroundingDefaults)
@@ -142,6 +144,11 @@ class ExportOptions:
             check_choice("weight rounding", self.weight_rounding, WEIGHT_ROUNDINGS)
         if self.int8_outputs is not None and not isinstance(self.int8_outputs, bool):
             raise ConfigError(f"int8_outputs must be True, False or None, got {self.int8_outputs!r}")
+        if self.openvino_file is not None and not isinstance(self.openvino_file, bool):
+            raise ConfigError(f"openvino_file must be True, False or None, got {self.openvino_file!r}")
+        if self.openvino_file and PLATFORMS[self.platform].ort_level != "extended":
+            raise ConfigError(f"openvino_file: --platform {self.platform} saves the QDQ graph itself, which OpenVINO "
+                              "runs as it is; the extra OpenVINO file is for --platform cpu (ONNX Runtime's CPU form)")
         if self.smooth_quant is not None and self.precision == "int8":
             quantize.check_smooth_quant(self.smooth_quant)
         if isinstance(self.grounding, dict):
@@ -218,10 +225,11 @@ class _Int8(_Result):
     qdq: dict  # Q/DQ node counts of the QDQ graph (quantize.qdq_report)
     form: str  # "QDQ", or the ONNX Runtime CPU form it was fused into
     layer_errors: list  # quantize.LayerError per quantized layer, worst first
+    openvino: Path | None = None  # the QDQ graph saved for OpenVINO beside the ORT CPU form (recipe.openvino_qdq)
 
     @property
     def files(self) -> tuple[Path, ...]:
-        return self.graphs.files
+        return self.graphs.files + ((self.openvino,) if self.openvino else ())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -273,7 +281,8 @@ def export_bundle(source, out: str | Path, *, image_size=None, dense: str = "nai
                   platform: str | None = None, calib: str | Path | None = None,
                   calib_count: int = DEFAULT_CALIB_COUNT, calib_method: str | None = None,
                   smooth_quant: float | None = None, weight_rounding: str | None = None,
-                  int8_outputs: bool | None = None, vocab: str | Path | list[str] | None = None,
+                  int8_outputs: bool | None = None, openvino_file: bool | None = None,
+                  vocab: str | Path | list[str] | None = None,
                   preprocess_mode: str | None = None, grounding: GroundingDefaults | dict | None = None,
                   force: bool = False, act: str | None = None, target: str | None = None) -> Manifest:
     """Export ``source`` into the bundle directory ``out`` for ``platform`` (default "cpu").
@@ -285,8 +294,9 @@ def export_bundle(source, out: str | Path, *, image_size=None, dense: str = "nai
     int8: ``calib`` is an image folder or video of the robot's own frames, or "synthetic" (rendered
     tabletop scenes); None is "synthetic" for the embedded demo model and refused for any other model.
     ``calib_method``: minmax (default), percentile or entropy; ``smooth_quant``: SmoothQuant alpha.
-    ``weight_rounding``: nearest or gptq, ``int8_outputs``: quantize the output projections too (None: the
-    platform's int8 recipe, ``vlmedge.platforms``).
+    ``weight_rounding``: nearest or gptq, ``int8_outputs``: quantize the output projections too,
+    ``openvino_file``: save the QDQ graph for OpenVINO beside ONNX Runtime's CPU form (None: the platform's int8
+    recipe, ``vlmedge.platforms``).
     ``act``: the MLP activation of a bare OpenAI/OpenCLIP state dict (see ``load_clip``).
     Returns the written manifest. Raises ConfigError for bad options before any work is done.
     """
@@ -298,7 +308,8 @@ def export_bundle(source, out: str | Path, *, image_size=None, dense: str = "nai
     opts = ExportOptions(image_size=image_size, dense=dense, precision=precision,
                          platform=_platform_arg(platform, target), calib=None if calib is None else str(calib),
                          calib_count=calib_count, calib_method=calib_method, smooth_quant=smooth_quant,
-                         weight_rounding=weight_rounding, int8_outputs=int8_outputs, vocab=queries,
+                         weight_rounding=weight_rounding, int8_outputs=int8_outputs, openvino_file=openvino_file,
+                         vocab=queries,
                          preprocess_mode=preprocess_mode,
                          grounding=grounding if grounding is not None else GroundingDefaults())
     out = Path(out)
@@ -574,6 +585,8 @@ def _quantize(job: _Job, raw: _Graphs, fp32: _Fp32, calib: _Calibration) -> _Int
         recipe = dataclasses.replace(recipe, weight_rounding=job.opts.weight_rounding)
     if job.opts.int8_outputs is not None:
         recipe = dataclasses.replace(recipe, float_output_projections=not job.opts.int8_outputs)
+    if job.opts.openvino_file is not None:
+        recipe = dataclasses.replace(recipe, openvino_qdq=job.opts.openvino_file)
     qdq_img, encoders = job.work / "image_int8_qdq.onnx", _Graphs(job.tmp / IMAGE_FILE, job.tmp / TEXT_FILE)
     calib.reader.rewind()
     with progress.bar(total=len(calib.reader), desc=f"calibrating ({recipe.calibrate_method})", unit="frame") as bar:
@@ -592,6 +605,7 @@ def _quantize(job: _Job, raw: _Graphs, fp32: _Fp32, calib: _Calibration) -> _Int
     log.info("int8 text encoder (dynamic activation scales, per-channel weights): %s -> %s",
              _mb(fp32.graphs.text), _mb(encoders.text))
     form = "QDQ"
+    openvino = None
     if job.platform.ort_level == "extended":  # a platform that runs ONNX Runtime's CPU ops: save its fused form
         folded = quantize.fuse_for_cpu(qdq_img, encoders.image)
         from vlmedge.export import optimize  # graph passes kept only when measured faster (none now), #17
@@ -602,11 +616,15 @@ def _quantize(job: _Job, raw: _Graphs, fp32: _Fp32, calib: _Calibration) -> _Int
         if diff <= 1e-4:
             form = f"onnxruntime-cpu (MatMulIntegerToFloat, {folded} biases folded)"
             log.info("saved ORT CPU form: %s, max |d| vs QDQ %.1e", form, diff)
+            if recipe.openvino_qdq:
+                openvino = job.tmp / IMAGE_OPENVINO_FILE
+                shutil.copyfile(qdq_img, openvino)
+                log.info("saved the QDQ graph for OpenVINO: %s (%s)", openvino.name, _mb(openvino))
         else:
             log.warning("ORT CPU fusion moved outputs by %.2e; keeping the QDQ graph", diff)
     if form == "QDQ":
         shutil.copyfile(qdq_img, encoders.image)
-    return _Int8(encoders, recipe, qdq, form, errors)
+    return _Int8(encoders, recipe, qdq, form, errors, openvino)
 
 
 @_step("fp16")
@@ -689,6 +707,9 @@ def _manifest(job: _Job, clip: LoadedClip, built: _Built) -> Manifest:
                               TensorSpec(IMAGE_OUTPUTS[1], "float32", (batch, gh, gw, d))))
     txt_entry = EncoderEntry(TEXT_FILE, (TensorSpec(TEXT_INPUT, "int64", ("batch", ctx)),),
                              (TensorSpec(TEXT_OUTPUTS[0], "float32", ("batch", d)),))
+    ov_entry = None
+    if built.int8 is not None and built.int8.openvino is not None:
+        ov_entry = dataclasses.replace(img_entry, file=built.int8.openvino.name)  # the same inputs and outputs
     # The summary keeps the manifest's JSON key "target" for the platform (see vlmedge.manifest).
     summary = {"format_version": 1, "vlmedge_version": __version__, "model_id": clip.source["id"],
                "source": clip.source, "precision": opts.precision, "target": opts.platform,
@@ -696,7 +717,7 @@ def _manifest(job: _Job, clip: LoadedClip, built: _Built) -> Manifest:
                "opset": job.platform.opset, "preprocess": clip.preprocess.to_dict()}
     precision = _encoder_precision(opts.precision)
     islands = _islands(job, tmp / IMAGE_FILE)
-    for entry, role in ((img_entry, "image"), (txt_entry, "text")):
+    for entry, role in ((img_entry, "image"), (txt_entry, "text")) + (((ov_entry, "image"),) if ov_entry else ()):
         _check_io(tmp / entry.file, entry)
         props = {"vlmedge.manifest": summary, "vlmedge.role": role, "vlmedge.precision": precision[role]}
         if role == "image" and islands is not None:
@@ -708,7 +729,8 @@ def _manifest(job: _Job, clip: LoadedClip, built: _Built) -> Manifest:
         model_id=clip.source["id"], source=clip.source, spec=model.spec, image_size=(h, w), patch_grid=(gh, gw),
         embed_dim=d, logit_scale=float(model.logit_scale.detach().exp()), dense_head=opts.dense,
         precision=opts.precision, platform=opts.platform, opset=job.platform.opset, preprocess=clip.preprocess,
-        image_encoder=img_entry, text_encoder=txt_entry, tokenizer=built.tokenizer.name, context_length=ctx,
+        image_encoder=img_entry, text_encoder=txt_entry, image_openvino=ov_entry, tokenizer=built.tokenizer.name,
+        context_length=ctx,
         text_embeddings=built.vocab.name if built.vocab else None, grounding=opts.grounding, files=files,
         vlmedge_version=__version__, extra=_extra(job, built, files, islands))
     path = tmp / MANIFEST_NAME

@@ -117,6 +117,16 @@ def quantize_int8(src: str | Path, dst: str | Path, reader, recipe: Int8Recipe, 
         if changed:
             onnx.save(model, str(pre))
         exclude = activation_matmuls(model.graph) if recipe.const_weight_matmuls_only else []
+        if recipe.int8_attention_scores:
+            scores = attention_score_matmuls(model.graph)
+            if not scores:
+                log.warning("int8: no q@k^T MatMul found (activation x activation, its output read by a Softmax): "
+                            "attention stays float")
+            exclude = [n for n in exclude if n not in {s.name for s in scores}]
+            # signed, zero point 0: the form OpenVINO's int8 attention kernel takes (uint8 activations elsewhere)
+            overrides = extra.setdefault("TensorQuantOverrides", {})
+            for t in {t for s in scores for t in s.input[:2]}:
+                overrides[t] = [{"quant_type": QuantType.QInt8, "symmetric": True}]
         if recipe.float_output_projections:
             exclude += output_matmuls(model.graph)
         quantize_static(
@@ -682,6 +692,25 @@ def activation_matmuls(graph: onnx.GraphProto) -> list[str]:
     return [n.name for n in graph.node if n.op_type == "MatMul" and n.input[1] not in consts]
 
 
+def attention_score_matmuls(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
+    """The q @ k^T MatMuls: activation x activation, their output read by a Softmax directly or through the
+    scale/mask elementwise ops (Mul, Div, Add). attn @ v (whose input is the Softmax's output) is not one."""
+    names = set(activation_matmuls(graph))
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for n in graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+
+    def reaches_softmax(tensor: str, steps: int = 3) -> bool:
+        for c in consumers.get(tensor, []):
+            if c.op_type == "Softmax" or (steps > 0 and c.op_type in ("Mul", "Div", "Add")
+                                           and reaches_softmax(c.output[0], steps - 1)):
+                return True
+        return False
+
+    return [n for n in graph.node if n.name in names and reaches_softmax(n.output[0])]
+
+
 def output_matmuls(graph: onnx.GraphProto) -> list[str]:
     """Names of the MatMul/Gemm nodes with a constant weight that write the graph's outputs: those reached from an
     output going upstream without passing another MatMul/Gemm (a CLIP image encoder's output projections)."""
@@ -787,16 +816,20 @@ def op_counts(path: str | Path) -> Counter:
 def qdq_report(path: str | Path) -> dict:
     """Q/DQ node counts, and for each op type how many nodes read a DequantizeLinear output."""
     graph = onnx.load(str(path), load_external_data=False).graph
-    producer = {o: n.op_type for n in graph.node for o in n.output}
+    producer = {o: n for n in graph.node for o in n.output}
     inits = {i.name for i in graph.initializer}
     quantized, float_ = Counter(), Counter()
     for n in graph.node:
         if n.op_type in ("QuantizeLinear", "DequantizeLinear"):
             continue
-        reads_dq = any(producer.get(i) == "DequantizeLinear" for i in n.input)
+        reads_dq = any(getattr(producer.get(i), "op_type", None) == "DequantizeLinear" for i in n.input)
         (quantized if reads_dq else float_)[n.op_type] += 1
     counts = Counter(n.op_type for n in graph.node)
-    const_matmuls = sum(1 for n in graph.node if n.op_type in ("MatMul", "Gemm") and
-                        (n.input[1] in inits or producer.get(n.input[1]) == "DequantizeLinear"))
+
+    def constant(name: str) -> bool:  # an initializer, or one dequantized (q @ k^T's B is a dequantized activation)
+        dq = producer.get(name)
+        return name in inits or (dq is not None and dq.op_type == "DequantizeLinear" and dq.input[0] in inits)
+
+    const_matmuls = sum(1 for n in graph.node if n.op_type in ("MatMul", "Gemm") and constant(n.input[1]))
     return {"QuantizeLinear": counts["QuantizeLinear"], "DequantizeLinear": counts["DequantizeLinear"],
             "quantized": dict(quantized), "float": dict(float_), "weight_matmuls": const_matmuls}

@@ -16,6 +16,7 @@ log = logging.getLogger(__name__)
 
 SAMPLE_TEXTS = ("a photo of a red cup", "the blue ball", "background")
 NORM_TOL = {"fp32": 1e-4, "fp16": 5e-3, "int8": 1e-3}  # |‖e‖ - 1| allowed per precision
+SAME_ENCODER_COS = 0.9999  # the two files of one image encoder (cpu int8: ORT CPU form, OpenVINO QDQ graph)
 
 
 def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -109,6 +110,8 @@ def verify_bundle(bundle_dir: str | Path, against=None, *, runs: int = 5, seed: 
     _check_unit("patch_embeds", patches, tol, (batch, gh, gw, d), where)
     report.checks.append(f"image encoder: [{batch},3,{h},{w}] -> image_embeds [{batch},{d}], "
                          f"patch_embeds [{batch},{gh},{gw},{d}], unit norm")
+    if m.image_openvino is not None:
+        report.checks.append(_same_encoder(Path(bundle_dir), m, pixels))
     ids = np.asarray(enc.tokenizer.encode(list(SAMPLE_TEXTS)), dtype=np.int64)
     text = enc.encode_ids(ids)
     where = str(Path(bundle_dir) / m.text_encoder.file)
@@ -128,6 +131,23 @@ def verify_bundle(bundle_dir: str | Path, against=None, *, runs: int = 5, seed: 
     if against is not None:
         report.parity, report.latency_ms = _against_torch(enc, against, pixels, ids, runs)
     return report
+
+
+def _same_encoder(root: Path, m, pixels: np.ndarray) -> str:
+    """OpenVINO's image encoder file is the image encoder in another form: both files on ONNX Runtime, the same
+    outputs (cosine >= SAME_ENCODER_COS), or an ArtifactError naming the file."""
+    from vlmedge.runtime.grounding.backends import open_session
+
+    outs = [open_session("onnxruntime", root / f, threads=1).run(pixels)[:2]
+            for f in (m.image_encoder.file, m.image_openvino.file)]
+    d = m.embed_dim
+    worst = min(float(cosine_rows(a.reshape(-1, d), b.reshape(-1, d)).min()) for a, b in zip(*outs))
+    if not worst >= SAME_ENCODER_COS:  # NaN included
+        raise ArtifactError(f"{root / m.image_openvino.file}: OpenVINO's image encoder disagrees with "
+                            f"{m.image_encoder.file} (cosine {worst:.5f} < {SAME_ENCODER_COS}); they must be one "
+                            "encoder in two forms: re-export the bundle")
+    return (f"{m.image_openvino.file} (OpenVINO's image encoder): the outputs of {m.image_encoder.file} "
+            f"(ONNX Runtime on both, cos min {worst:.6f})")
 
 
 def _against_torch(enc, against, pixels: np.ndarray, ids: np.ndarray, runs: int) -> tuple[dict, dict]:

@@ -287,11 +287,11 @@ def compare_backends(encoders, pixels: np.ndarray, text_embeds: np.ndarray, roun
         return {"measured": False, "error": "the encoders run on a GPU; OpenVINO here is the CPU's"}
     if B.openvino_version() is None:
         return {"measured": False, "error": f"OpenVINO is not installed ({B.OPENVINO_HINT})"}
-    path = encoders.bundle_dir / encoders.manifest.image_encoder.file
+    path = {b: encoders.bundle_dir / encoders.manifest.image_file(b) for b in ("onnxruntime", "openvino")}
     try:
-        sessions = {"onnxruntime": B.open_session("onnxruntime", path, threads=encoders.threads,
+        sessions = {"onnxruntime": B.open_session("onnxruntime", path["onnxruntime"], threads=encoders.threads,
                                                   spinning=encoders.spinning),
-                    "openvino": B.open_session("openvino", path, threads=encoders.threads)}
+                    "openvino": B.open_session("openvino", path["openvino"], threads=encoders.threads)}
     except (ArtifactError, BackendUnavailable) as e:
         return {"measured": False, "error": str(e)}
     outs = {k: s.run(pixels) for k, s in sessions.items()}

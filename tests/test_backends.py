@@ -7,6 +7,7 @@ TensorRT cannot run here (no GPU): its selection is a pure function of the engin
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -52,6 +53,10 @@ def test_openvino_runs_the_bundle_files_as_they_are_and_agrees_with_onnxruntime(
     ort_enc = BundleEncoders(bundle, backend="onnxruntime", threads=2)
     ov_enc = BundleEncoders(bundle, backend="openvino", threads=2, verify=False)
     assert (ort_enc.backend, ov_enc.backend, ov_enc.text_backend) == ("onnxruntime", "openvino", "openvino")
+    # a cpu int8 bundle made now has OpenVINO's own image encoder (the QDQ graph beside ONNX Runtime's CPU form):
+    # OpenVINO runs it, ONNX Runtime the CPU form; the shipped demo bundle predates it and has one file for both
+    ov_file = "image_encoder_openvino.onnx" if which == "tiny-int8" else "image_encoder.onnx"
+    assert (ort_enc.image_file, ov_enc.image_file) == ("image_encoder.onnx", ov_file)
     texts = ort_enc.encode_text(QUERIES)
     ov_texts = ov_enc.encode_text(QUERIES)
     assert _cos(texts, ov_texts).min() > 0.999
@@ -460,3 +465,31 @@ def test_without_tensorrt_the_engine_backend_says_why_and_auto_falls_back(tiny_b
     with caplog.at_level(logging.WARNING):
         enc = BundleEncoders(tiny_bundle_dir, backend="auto", providers=["CPUExecutionProvider"], verify=False)
     assert enc.backend == "onnxruntime" and enc.engine is None
+
+
+@needs_openvino
+def test_auto_measures_each_backend_on_the_file_it_would_run(tiny_bundles, tmp_path):
+    """A cpu int8 bundle has OpenVINO's own image encoder: auto's measurement (the real child processes) times
+    and weighs OpenVINO on that file and ONNX Runtime on the CPU form, not both on one of them."""
+    from vlmedge.manifest import open_bundle
+
+    bundle = tiny_bundles(precision="int8")
+    manifest = open_bundle(bundle)
+    assert manifest.image_file("openvino") != manifest.image_file("onnxruntime")
+    seen = []
+
+    def measure(files, shape, threads, spinning):
+        seen.append(files)
+        return B.measure_in_child(files, shape, threads, spinning)
+
+    choice = B.resolve_backend("auto", bundle, manifest, threads=1, spinning=False, cache=tmp_path / "c.json",
+                               measure=measure, budget_mb="none")
+    assert seen == [{"onnxruntime": bundle / "image_encoder.onnx", "openvino": bundle / "image_encoder_openvino.onnx"}]
+    ms = choice.measured_ms
+    assert ms["onnxruntime"] > 0 and ms["openvino"] > 0 and not ms.get("openvino_error")
+    assert ms["resident_mb"]["onnxruntime"] is not None and ms["resident_mb"]["openvino"] is not None
+    # a bundle with one file for both (exported with --no-openvino-file, or before 2026-12-01) passes that file
+    one = B.resolve_backend("auto", bundle, dataclasses.replace(manifest, image_openvino=None), threads=1,
+                            spinning=False, cache=tmp_path / "d.json", budget_mb="none",
+                            measure=lambda files, *a: seen.append(files) or dict(ms))
+    assert seen[-1] == bundle / "image_encoder.onnx" and one.backend in ("onnxruntime", "openvino")

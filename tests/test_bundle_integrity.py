@@ -446,3 +446,50 @@ def test_the_external_data_scan_passes_the_shipped_bundles(embedded_int8):
 
     for name in ("image_encoder.onnx", "text_encoder.onnx"):
         assert read_onnx(embedded_int8 / name).external_data == ()
+
+
+# -- OpenVINO's own image encoder (encoders.image_openvino) ----------------------------------------------------------
+
+@pytest.fixture
+def int8_bundle(tiny_bundles, tmp_path) -> Path:
+    out = _copy(tiny_bundles(precision="int8"), tmp_path)
+    assert "image_openvino" in _read(out)["encoders"]  # a cpu int8 bundle has one
+    return out
+
+
+def _ov_other_outputs(data: dict) -> None:
+    data["encoders"]["image_openvino"]["outputs"][0]["name"] = "image_embeddings"
+
+
+def _ov_is_the_text_encoder(data: dict) -> None:
+    data["encoders"]["image_openvino"]["file"] = "text_encoder.onnx"
+
+
+OPENVINO_CASES = [
+    ("other-outputs", _ov_other_outputs, "encoders.image_openvino must have the inputs and outputs of encoders.image"),
+    ("text-file", _ov_is_the_text_encoder, "encoders.image_openvino.file 'text_encoder.onnx' is also another"),
+    ("not-hashed", _drop(("files", "image_encoder_openvino.onnx")), "image_encoder_openvino.onnx"),
+    ("no-file-name", _drop("encoders.image_openvino.file"), "encoders.image_openvino"),
+]
+
+
+@pytest.mark.parametrize("mutate, needle", [c[1:] for c in OPENVINO_CASES], ids=[c[0] for c in OPENVINO_CASES])
+def test_a_bad_openvino_image_encoder_entry_is_refused(int8_bundle, capsys, mutate, needle):
+    data = _read(int8_bundle)
+    mutate(data)
+    _write(int8_bundle, data)
+    _refused(int8_bundle, capsys, needle)
+
+
+def test_an_openvino_image_encoder_that_is_another_graph_is_refused(int8_bundle, capsys):
+    """The file's own metadata says which encoder it is: the text encoder under the OpenVINO image encoder's name
+    (re-hashed, so only the graph check can tell) is refused naming the field and the file."""
+    shutil.copyfile(int8_bundle / "text_encoder.onnx", int8_bundle / "image_encoder_openvino.onnx")
+    _rehash(int8_bundle, "image_encoder_openvino.onnx")
+    _refused(int8_bundle, capsys, "this is the text encoder", "encoders.image_openvino.file",
+             str(int8_bundle / "image_encoder_openvino.onnx"))
+
+
+def test_a_missing_openvino_image_encoder_is_refused(int8_bundle, capsys):
+    (int8_bundle / "image_encoder_openvino.onnx").unlink()
+    _refused(int8_bundle, capsys, str(int8_bundle / "image_encoder_openvino.onnx"), "missing from the bundle")

@@ -116,7 +116,8 @@ def test_gptq_keeps_the_graph_and_scales_and_brings_the_patch_embeddings_closer_
     inits = {k: {i.name: numpy_helper.to_array(i) for i in m.graph.initializer} for k, m in models.items()}
     producer = {o: n for n in models["gptq"].graph.node for o in n.output}
     weights = [producer[n.input[1]] for n in models["gptq"].graph.node if n.op_type in ("MatMul", "Gemm")
-               and n.input[1] in producer and producer[n.input[1]].op_type == "DequantizeLinear"]
+               and n.input[1] in producer and producer[n.input[1]].op_type == "DequantizeLinear"
+               and producer[n.input[1]].input[0] in inits["gptq"]]  # not q @ k^T's dequantized k (cpu)
     # 2 blocks x 6 projections, + the patch embedding (cpu: a MatMul) or + the output projections (TensorRT)
     assert len(weights) >= 13
     moved = {}
@@ -155,12 +156,16 @@ def test_cli_export_chooses_the_weight_rounding_and_int8_outputs(tmp_path, capsy
 
     src = str(save_clip(tiny_clip(seed=4), tmp_path / "checkpoint"))
     assert main(["export", src, "--out", str(tmp_path / "b"), "--precision", "int8", "--calib", "synthetic",
-                 "--calib-count", "4", "--weight-rounding", "nearest", "--int8-outputs"]) == 0
+                 "--calib-count", "4", "--weight-rounding", "nearest", "--int8-outputs", "--no-openvino-file"]) == 0
     m = open_bundle(tmp_path / "b")
     recipe = m.extra["int8"]["recipe"]
     assert recipe["weight_rounding"] == "nearest" and recipe["float_output_projections"] is False
+    assert recipe["openvino_qdq"] is False and m.image_openvino is None
+    assert not (tmp_path / "b" / "image_encoder_openvino.onnx").exists()
     rows = m.extra["int8"]["layer_errors"]
-    assert len(rows) == m.extra["int8"]["qdq"]["weight_matmuls"] == 15  # the output projections quantized too
+    weights = [r for r in rows if r["weight_db"] is not None]  # the others: each block's q @ k^T
+    assert len(weights) == m.extra["int8"]["qdq"]["weight_matmuls"] == 15  # the output projections quantized too
+    assert len(rows) == 17
     capsys.readouterr()
     assert main(["export", src, "--out", str(tmp_path / "c"), "--precision", "int8", "--calib", "synthetic",
                  "--weight-rounding", "adaround"]) != 0

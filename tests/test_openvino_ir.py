@@ -25,7 +25,10 @@ linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="re
 
 
 def _image_encoder(bundle: Path) -> Path:
-    return bundle / "image_encoder.onnx"
+    """The image encoder file OpenVINO runs (a cpu int8 bundle's own QDQ graph, else image_encoder.onnx)."""
+    from vlmedge.manifest import read_manifest
+
+    return bundle / read_manifest(bundle).image_file("openvino")
 
 
 def _mapped_kb(path: Path) -> int:
@@ -166,10 +169,11 @@ def test_a_verified_bundle_file_is_not_hashed_again_to_find_its_ir(tiny_bundles,
     enc = BundleEncoders(bundle, backend="openvino", threads=1)
     enc.encode_ids(np.asarray(enc.tokenizer.encode(["a red cup"]), dtype=np.int64))  # opens the text encoder
     assert hashed == [] and enc._image.compiled_from is not None
-    sha = enc.manifest.files[enc.manifest.image_encoder.file]["sha256"]
+    sha = enc.manifest.files[enc.image_file]["sha256"]
+    assert enc.image_file == "image_encoder_openvino.onnx"  # OpenVINO's own file, its IR named by its sha256
     assert enc._image.compiled_from.parent.name.startswith(sha[:24])
     BundleEncoders(bundle, backend="openvino", threads=1, verify=False)
-    assert hashed == ["image_encoder.onnx"]
+    assert hashed == ["image_encoder_openvino.onnx"]
 
 
 @needs_openvino

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections import Counter
 
 import cv2
 import numpy as np
@@ -34,6 +35,8 @@ def bundles(tmp_path_factory):
         "fp32": (export_bundle(model, root / "fp32"), root / "fp32"),
         "int8": (export_bundle(model, root / "int8", precision="int8", calib="synthetic", calib_count=16),
                  root / "int8"),
+        "int8-no-ov": (export_bundle(model, root / "int8-no-ov", precision="int8", calib="synthetic",
+                                     calib_count=16, openvino_file=False), root / "int8-no-ov"),
         "int8-trt": (export_bundle(model, root / "int8-trt", precision="int8", platform="jetson-orin-jp6",
                                    calib="synthetic", calib_count=16), root / "int8-trt"),
         "fp16": (export_bundle(model, root / "fp16", precision="fp16", platform="cuda"), root / "fp16"),
@@ -68,15 +71,17 @@ def test_int8_matches_fp32_on_calibration_like_frames(bundles, name):
     assert stored["text_cosine_min"] >= 0.995  # the int8 text encoder vs the torch model's text embeddings
 
 
-def _check_qdq_counts(rep: dict, layers: int = 2, conv_as_matmul: bool = False, float_outputs: int = 0) -> None:
+def _check_qdq_counts(rep: dict, layers: int = 2, conv_as_matmul: bool = False, float_outputs: int = 0,
+                      int8_scores: bool = False) -> None:
     assert rep["QuantizeLinear"] > 0 and rep["DequantizeLinear"] > 0
     # every weight MatMul (q, k, v, out, fc1, fc2 per block + the output projections unless they stay float
     # (float_outputs: image and patch); + the patch embedding when its Conv was rewritten as a MatMul) reads int8
-    # inputs (static-batch graphs hold them as Gemm after the basic optimization)
-    quantized = rep["quantized"].get("MatMul", 0) + rep["quantized"].get("Gemm", 0)
+    # inputs (static-batch graphs hold them as Gemm after the basic optimization); q @ k^T too with int8_scores
+    scores = layers if int8_scores else 0
+    quantized = rep["quantized"].get("MatMul", 0) + rep["quantized"].get("Gemm", 0) - scores
     assert quantized >= layers * 6 + int(conv_as_matmul) + (0 if float_outputs else 1)
-    assert rep["weight_matmuls"] == quantized + float_outputs  # q @ k^T and attn @ v stay float
-    assert rep["float"].get("MatMul", 0) == 2 * layers + float_outputs
+    assert rep["weight_matmuls"] == quantized + float_outputs  # attn @ v (and q @ k^T unless int8_scores) float
+    assert rep["float"].get("MatMul", 0) == 2 * layers - scores + float_outputs
     for op in ("LayerNormalization", "Softmax", "Sigmoid", "ReduceL2", "Conv"):
         assert op not in rep["quantized"], f"{op} must stay float"
         if op != "Conv" or not conv_as_matmul:
@@ -101,16 +106,81 @@ def test_int8_qdq_graph_quantizes_weight_matmuls_and_keeps_norms_float(bundles):
     assert all(len(inits[dq.input[1]].dims) == 1 and inits[dq.input[1]].dims[0] > 1 for dq in weight_dq)
 
 
+def test_int8_cpu_bundle_has_the_qdq_graph_with_int8_attention_scores_for_openvino(bundles):
+    """The cpu default saves, beside ONNX Runtime's CPU form, the QDQ graph it was fused from for OpenVINO
+    (encoders.image_openvino): standard QDQ ops with q@k^T in int8 on signed symmetric grids, the form OpenVINO
+    runs in its int8 attention kernel (the CPU form turns int8 q and k into uint8 with a zero point); attn@v and
+    the output projections float; uint8 activations and int8 per-channel weights elsewhere."""
+    from onnx import numpy_helper
+
+    m, path = bundles["int8"]
+    recipe = m.extra["int8"]["recipe"]
+    assert m.extra["int8"]["form"].startswith("onnxruntime-cpu") and recipe["openvino_qdq"] is True
+    assert recipe["int8_attention_scores"] is True and recipe["float_output_projections"] is True
+    assert m.image_openvino is not None and m.image_openvino.file == "image_encoder_openvino.onnx"
+    assert (m.image_openvino.inputs, m.image_openvino.outputs) == (m.image_encoder.inputs, m.image_encoder.outputs)
+    assert m.image_file("openvino") in m.files and m.image_file("onnxruntime") == "image_encoder.onnx"
+    graph = onnx.load(str(path / "image_encoder_openvino.onnx")).graph
+    inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    producer = {o: n for n in graph.node for o in n.output}
+    ops = Counter(n.op_type for n in graph.node)
+    assert ops["MatMulIntegerToFloat"] == 0 and ops["Softmax"] == 2
+
+    def dq_of(tensor):
+        n = producer.get(tensor)
+        return n if n is not None and n.op_type == "DequantizeLinear" else None
+
+    consts = set(inits)
+    activation_mm = [n for n in graph.node if n.op_type == "MatMul" and dq_of(n.input[1]) is not None
+                     and dq_of(n.input[1]).input[0] not in consts]
+    scores = [n for n in activation_mm if producer[n.input[0]].op_type == "DequantizeLinear"]
+    assert len(scores) == 2 == len(activation_mm)  # one q@k^T per layer; nothing else activation x activation
+    for n in scores:
+        for t in n.input[:2]:
+            dq = dq_of(t)
+            assert inits[dq.input[2]].dtype == np.int8 and int(inits[dq.input[2]]) == 0  # signed, symmetric
+    attn_v = [n for n in graph.node if n.op_type == "MatMul" and producer[n.input[0]].op_type == "Softmax"]
+    assert len(attn_v) == 2 and all(dq_of(n.input[1]) is None for n in attn_v)  # float
+    weight_dq = [dq_of(n.input[1]) for n in graph.node if n.op_type == "MatMul" and dq_of(n.input[1]) is not None
+                 and dq_of(n.input[1]).input[0] in consts]
+    _check_qdq_counts(m.extra["int8"]["qdq"], conv_as_matmul=True, float_outputs=2, int8_scores=True)
+    assert len(weight_dq) == m.extra["int8"]["qdq"]["weight_matmuls"] - 2  # the output projections float
+    assert {inits[dq.input[0]].dtype for dq in weight_dq} == {np.dtype(np.int8)}
+    assert all(inits[dq.input[1]].ndim == 1 for dq in weight_dq)  # per output channel
+    # every other activation: uint8 (the U8S8 kernels); the patch embedding reads the pixels at scale 1
+    act_zps = [inits[dq.input[2]] for n in graph.node if n.op_type == "MatMul" and n not in scores
+               for dq in [dq_of(n.input[0])] if dq is not None]
+    assert act_zps and {z.dtype for z in act_zps} == {np.dtype(np.uint8)}
+
+
+def test_the_openvino_file_is_the_same_quantization_and_can_be_left_out(bundles):
+    """The two image encoder files of a cpu bundle compute the same numbers (one quantization, two forms: ONNX
+    Runtime runs both here); --no-openvino-file leaves the second out and the manifest says so."""
+    import onnxruntime as ort
+
+    m, path = bundles["int8"]
+    x = _eval_pixels(m.preprocess, 2)
+    outs = [ort.InferenceSession(str(path / f), providers=["CPUExecutionProvider"]).run(None, {"pixel_values": x})
+            for f in (m.image_encoder.file, m.image_openvino.file)]
+    for a, b in zip(*outs):
+        np.testing.assert_allclose(a, b, atol=1e-4)
+    m2, path2 = bundles["int8-no-ov"]
+    assert m2.image_openvino is None and m2.extra["int8"]["recipe"]["openvino_qdq"] is False
+    assert not (path2 / "image_encoder_openvino.onnx").exists() and m2.image_file("openvino") == "image_encoder.onnx"
+    assert m2.extra["int8"]["recipe"]["int8_attention_scores"] is True  # the same quantization recipe otherwise
+
+
 def test_int8_cpu_bundle_is_ort_fused_form_of_the_same_quantization(bundles):
     m, path = bundles["int8"]
     # the QDQ graph it was fused from; the image and patch output projections stay float
-    _check_qdq_counts(m.extra["int8"]["qdq"], conv_as_matmul=True, float_outputs=2)
+    _check_qdq_counts(m.extra["int8"]["qdq"], conv_as_matmul=True, float_outputs=2, int8_scores=True)
     assert m.extra["int8"]["recipe"]["conv_as_matmul"] is True
     assert m.extra["int8"]["recipe"]["float_output_projections"] is True
     assert m.extra["int8"]["form"].startswith("onnxruntime-cpu")
     graph = onnx.load(str(path / "image_encoder.onnx")).graph
     ops = [n.op_type for n in graph.node]
-    assert ops.count("MatMulIntegerToFloat") == m.extra["int8"]["qdq"]["weight_matmuls"] - 2
+    # the int8 weight MatMuls (all but the 2 float output projections) and the 2 layers' q @ k^T
+    assert ops.count("MatMulIntegerToFloat") == m.extra["int8"]["qdq"]["weight_matmuls"] - 2 + 2
     inits_f = {i.name: i.data_type for i in graph.initializer}
     outputs = [n for n in graph.node if n.name in ("/visual/proj/MatMul", "/visual/proj_1/MatMul")]
     assert [n.op_type for n in outputs] == ["MatMul", "MatMul"]  # float, weights float32
@@ -123,8 +193,8 @@ def test_int8_cpu_bundle_is_ort_fused_form_of_the_same_quantization(bundles):
     # uint8 activations (U8S8, the fast x86 path) and int8 weights
     zps = {inits[n.input[2]].data_type for n in graph.node if n.op_type == "QuantizeLinear"}
     assert zps == {onnx.TensorProto.UINT8}
-    assert {inits[n.input[1]].data_type for n in graph.node if n.op_type == "MatMulIntegerToFloat"} == \
-        {onnx.TensorProto.INT8}
+    assert {inits[n.input[1]].data_type for n in graph.node if n.op_type == "MatMulIntegerToFloat"
+            and n.input[1] in inits} == {onnx.TensorProto.INT8}
     text_ops = {n.op_type for n in onnx.load(str(path / "text_encoder.onnx")).graph.node}
     assert "DynamicQuantizeLinear" in text_ops and "QuantizeLinear" not in text_ops  # dynamic scales, no calib
 
@@ -281,13 +351,17 @@ def test_export_log_prints_the_per_layer_error_table_worst_first(tmp_path, capsy
     assert "cumulative dB" in log_text and "this Q/DQ dB" in log_text and "weight dB" in log_text
     m = open_bundle(tmp_path / "b")
     rows = m.extra["int8"]["layer_errors"]
-    # every quantized weight MatMul has a row (2 blocks x 6, the patch embedding); the projections of the class
-    # token and of the patches stay float (the cpu recipe's float_output_projections)
+    # every quantized weight MatMul has a row (2 blocks x 6, the patch embedding), and each block's q @ k^T (q's
+    # error, no weight); the projections of the class token and of the patches stay float (the cpu recipe's
+    # float_output_projections)
     assert m.extra["int8"]["qdq"]["weight_matmuls"] == 15
-    assert len(rows) == 13 and not any("/visual/proj" in r["layer"] for r in rows)
+    assert len(rows) == 15 and not any("/visual/proj" in r["layer"] for r in rows)
+    scores = [r for r in rows if r["weight_db"] is None]
+    assert len(scores) == 2 and all("/attn/" in r["layer"] for r in scores)
     cumulative = [r["cumulative_db"] for r in rows]
     assert cumulative == sorted(cumulative)  # worst first
-    assert all(np.isfinite(r["qdq_db"]) and r["qdq_db"] > 10 and r["weight_db"] > 20 for r in rows)
+    assert all(np.isfinite(r["qdq_db"]) and r["qdq_db"] > 10 for r in rows)
+    assert all(r["weight_db"] > 20 for r in rows if r not in scores)
     assert rows[0]["layer"] in log_text.split("worst first):", 1)[1].splitlines()[2]  # the first row is the worst
     out = capsys.readouterr().out
     assert f"int8 worst layer: {rows[0]['layer']}" in out and out.count(" s\n") + out.count(" s  ") <= 1

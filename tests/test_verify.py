@@ -104,3 +104,26 @@ def test_stored_text_embeddings_that_disagree_are_refused(bundle):
     open_bundle(bundle)  # hashes are consistent again
     with pytest.raises(ArtifactError, match="disagree with the text encoder"):
         verify_bundle(bundle)
+
+
+def test_an_openvino_image_encoder_that_is_another_model_is_refused_by_verify(tiny_bundles, tmp_path):
+    """A cpu int8 bundle's two image encoder files are one encoder in two forms: verify runs both (ONNX Runtime)
+    and says so. Another model's OpenVINO file put in its place, re-hashed (same shapes, the image role: the
+    load-time checks pass), is refused by verify naming the file."""
+    from vlmedge.manifest import file_entry
+
+    src = tiny_bundles(precision="int8")
+    report = verify_bundle(src)
+    assert any("image_encoder_openvino.onnx (OpenVINO's image encoder): the outputs of image_encoder.onnx" in c
+               for c in report.checks), report.checks
+    bundle = tmp_path / "b"
+    shutil.copytree(src, bundle)
+    shutil.copyfile(tiny_bundles(precision="int8", seed=1) / "image_encoder_openvino.onnx",
+                    bundle / "image_encoder_openvino.onnx")
+    data = json.loads((bundle / "manifest.json").read_text())
+    data["files"]["image_encoder_openvino.onnx"] = file_entry(bundle / "image_encoder_openvino.onnx")
+    (bundle / "manifest.json").write_text(json.dumps(data))
+    open_bundle(bundle)  # hashes and graphs are consistent
+    with pytest.raises(ArtifactError, match="OpenVINO's image encoder disagrees with image_encoder.onnx") as err:
+        verify_bundle(bundle)
+    assert str(bundle / "image_encoder_openvino.onnx") in str(err.value)

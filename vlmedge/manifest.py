@@ -287,6 +287,9 @@ class Manifest:
     text_embeddings: str | None = None
     grounding: GroundingDefaults = field(default_factory=GroundingDefaults)
     files: dict = field(default_factory=dict)  # name -> {"sha256": hex, "bytes": int}
+    # the image encoder OpenVINO runs when the bundle has one of its own ("encoders.image_openvino": the QDQ graph
+    # beside ONNX Runtime's CPU form, same inputs and outputs); None: every backend runs image_encoder
+    image_openvino: EncoderEntry | None = None
     vlmedge_version: str = ""
     format_version: int = FORMAT_VERSION
     extra: dict = field(default_factory=dict)  # free-form, e.g. export timings, int8 cosine report
@@ -301,6 +304,9 @@ class Manifest:
                            ("image_encoder", EncoderEntry), ("text_encoder", EncoderEntry)):
             if not isinstance(getattr(self, name), kind):
                 raise ConfigError(f"{name} must be a {kind.__name__}, got {type(getattr(self, name)).__name__}")
+        if self.image_openvino is not None and not isinstance(self.image_openvino, EncoderEntry):
+            raise ConfigError(f"image_openvino must be an EncoderEntry or None, got "
+                              f"{type(self.image_openvino).__name__}")
         object.__setattr__(self, "image_size", _pair(self.image_size, "image_size"))
         object.__setattr__(self, "patch_grid", _pair(self.patch_grid, "patch_grid"))
         _int(self.embed_dim, "embed_dim")
@@ -322,6 +328,12 @@ class Manifest:
         if not _is_int(self.format_version) or self.format_version != FORMAT_VERSION:
             raise ConfigError(f"format_version must be {FORMAT_VERSION}, got {_show(self.format_version)}")
         self._check_consistency()
+
+    def image_file(self, backend: str) -> str:
+        """The image encoder file ``backend`` runs: OpenVINO its own when the bundle has one, else image_encoder."""
+        if backend == "openvino" and self.image_openvino is not None:
+            return self.image_openvino.file
+        return self.image_encoder.file
 
     def _check_consistency(self) -> None:
         (h, w), (gh, gw), d, p = self.image_size, self.patch_grid, self.embed_dim, self.spec.vision.patch_size
@@ -345,6 +357,13 @@ class Manifest:
                               f"{self.image_encoder.file!r}")
         self._check_encoder("image", self.image_encoder, [["B", 3, h, w]], [["B", d], ["B", gh, gw, d]],
                             ("float32",), ("float32", "float16"))
+        if self.image_openvino is not None:
+            ov, img = self.image_openvino, self.image_encoder
+            if ov.file in (img.file, self.text_encoder.file):
+                raise ConfigError(f"encoders.image_openvino.file {ov.file!r} is also another encoder's file")
+            if (ov.inputs, ov.outputs) != (img.inputs, img.outputs):
+                raise ConfigError("encoders.image_openvino must have the inputs and outputs of encoders.image (the "
+                                  "same encoder in another form)")
         self._check_encoder("text", self.text_encoder, [["B", self.context_length]], [["B", d]],
                             ("int64",), ("float32", "float16"))
 
@@ -385,7 +404,8 @@ class Manifest:
             "embed_dim": self.embed_dim, "logit_scale": self.logit_scale, "dense_head": self.dense_head,
             "precision": self.precision, "target": self.platform, "opset": self.opset,
             "preprocess": self.preprocess.to_dict(),
-            "encoders": {"image": self.image_encoder.to_dict(), "text": self.text_encoder.to_dict()},
+            "encoders": {"image": self.image_encoder.to_dict(), "text": self.text_encoder.to_dict(),
+                         **({"image_openvino": self.image_openvino.to_dict()} if self.image_openvino else {})},
             "tokenizer": {"file": self.tokenizer, "context_length": self.context_length},
             "text_embeddings": self.text_embeddings, "grounding": self.grounding.to_dict(),
             "files": self.files, "extra": self.extra,
@@ -435,6 +455,8 @@ class Manifest:
             opset=need(d, "opset"), preprocess=section("preprocess", PreprocessSpec.from_dict, need(d, "preprocess")),
             image_encoder=EncoderEntry.from_dict(need(enc, "image", "encoders."), "encoders.image"),
             text_encoder=EncoderEntry.from_dict(need(enc, "text", "encoders."), "encoders.text"),
+            image_openvino=None if enc.get("image_openvino") is None
+            else EncoderEntry.from_dict(enc["image_openvino"], "encoders.image_openvino"),
             tokenizer=tok.get("file", "tokenizer.json"), context_length=tok.get("context_length", 77),
             text_embeddings=d.get("text_embeddings"), grounding=GroundingDefaults.from_dict(d.get("grounding")),
             files=optional["files"], vlmedge_version=d.get("vlmedge_version", ""),
@@ -485,6 +507,8 @@ def verify_files(bundle_dir: str | Path, manifest: Manifest, *, hashes: bool = T
     ``hashes`` the recorded size and sha256."""
     root = Path(bundle_dir)
     needed = {manifest.image_encoder.file, manifest.text_encoder.file, manifest.tokenizer}
+    if manifest.image_openvino is not None:
+        needed.add(manifest.image_openvino.file)
     if manifest.text_embeddings:
         needed.add(manifest.text_embeddings)
     unlisted = sorted(needed - set(manifest.files))
@@ -516,14 +540,19 @@ def _shape_text(value: Any) -> str:
 
 
 def check_graph(bundle_dir: str | Path, manifest: Manifest, role: str, graph: OnnxFile | None = None) -> OnnxFile:
-    """The ONNX file of encoder ``role`` ("image" | "text") against the manifest: self-contained (no external
+    """The ONNX file of encoder ``role`` ("image" | "text" | "image_openvino", the image encoder's OpenVINO file when
+    the bundle has one) against the manifest: self-contained (no external
     data), its recorded role and shape summary (``vlmedge.*`` metadata, when present), and the names, element
     types and shapes of its inputs and outputs. ``graph``: the file as ``read_onnx`` read it (read here if None).
 
     A graph axis the file leaves symbolic accepts the manifest's number (ONNX Runtime's optimizer drops some
     static output shapes); a fixed graph axis must match, and a manifest axis name must be symbolic in the graph.
     """
-    entry = manifest.image_encoder if role == "image" else manifest.text_encoder
+    entry = {"image": manifest.image_encoder, "text": manifest.text_encoder,
+             "image_openvino": manifest.image_openvino}[role]
+    if entry is None:
+        raise ConfigError(f"the bundle has no {role} encoder")
+    encoder = "text" if role == "text" else "image"  # what the file's vlmedge.role metadata says
     root = Path(bundle_dir)
     path, mpath, field_ = root / entry.file, root / MANIFEST_NAME, f"encoders.{role}"
     graph = graph if graph is not None else read_onnx(path)
@@ -533,7 +562,7 @@ def check_graph(bundle_dir: str | Path, manifest: Manifest, role: str, graph: On
             "(weights stored outside the .onnx file); a bundle's ONNX files must be self-contained "
             "(docs/BUNDLE.md): re-export the bundle with `vlmedge export`")
     recorded = graph.metadata.get("vlmedge.role")
-    if recorded is not None and recorded != role:
+    if recorded is not None and recorded != encoder:
         raise ArtifactError(f"{path}: this is the {recorded} encoder (its vlmedge.role metadata), but {mpath} names "
                             f"it in {field_}.file")
     try:
@@ -541,7 +570,7 @@ def check_graph(bundle_dir: str | Path, manifest: Manifest, role: str, graph: On
     except ValueError:
         summary = None
     if isinstance(summary, dict):  # informative metadata; when present it must agree
-        for key in ("embed_dim", "image_size", "patch_grid") if role == "image" else ("embed_dim",):
+        for key in ("embed_dim", "image_size", "patch_grid") if encoder == "image" else ("embed_dim",):
             mine = getattr(manifest, key)
             if key in summary and _norm(summary[key]) != _norm(mine):
                 raise ArtifactError(f"{path}: the graph was exported with {key} {summary[key]} (its vlmedge.manifest "
@@ -597,7 +626,7 @@ def open_bundle(bundle_dir: str | Path, verify: bool = True) -> Manifest:
     (first, so that the graphs are read only once their bytes are known to be the recorded ones)."""
     manifest = read_manifest(bundle_dir)
     verify_files(bundle_dir, manifest, hashes=verify)
-    for role in ("image", "text"):
+    for role in ("image", "text") + (("image_openvino",) if manifest.image_openvino is not None else ()):
         check_graph(bundle_dir, manifest, role)
     check_vocabulary(bundle_dir, manifest)
     return manifest

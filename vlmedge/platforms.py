@@ -50,6 +50,16 @@ class Int8Recipe:
     # input's activation quantization reaches the embeddings with nothing after it to average it out (ViT-B/16:
     # patch agreement with fp32 98.6% -> 99.1-99.3% with GPTQ, ~1% encode time; benchmarks/results/int8-gptq-*).
     float_output_projections: bool = True
+    # q@k^T in int8 with q and k on signed symmetric grids (attn@v stays float): OpenVINO runs each block's
+    # attention in its int8 fused kernel from the QDQ graph, as it does for an NNCF-quantized model (ViT-B/16:
+    # 8.6 -> ~6.5 ms; benchmarks/results/openvino-profile-vitb16-vitb32-2026-12-01.md). Needs
+    # const_weight_matmuls_only. ONNX Runtime's CPU form of it measured level with float attention.
+    int8_attention_scores: bool = False
+    # Where the image encoder is saved in ONNX Runtime's CPU form (platforms with ort_level "extended"), also save
+    # the QDQ graph it was fused from as the OpenVINO image encoder (encoders.image_openvino): the CPU form makes
+    # int8 q and k uint8 with a zero point, which OpenVINO does not take into its int8 attention. One quantization,
+    # two files: each backend runs its own (ViT-B/16: +88 MB on disk, nothing more in memory).
+    openvino_qdq: bool = False
 
     def __post_init__(self):
         check_choice("Int8Recipe.activation", self.activation, ("uint8", "int8"))
@@ -60,6 +70,9 @@ class Int8Recipe:
         if self.exact_pixels and not (self.conv_as_matmul and self.activation == "uint8"):
             raise ConfigError("Int8Recipe: exact_pixels needs conv_as_matmul=True and activation='uint8' "
                               f"(got conv_as_matmul={self.conv_as_matmul}, activation={self.activation!r})")
+        if self.int8_attention_scores and not self.const_weight_matmuls_only:
+            raise ConfigError("Int8Recipe: int8_attention_scores picks q@k^T out of the activation MatMuls, which "
+                              "const_weight_matmuls_only=False quantizes all of; set one of the two")
 
     def to_dict(self) -> dict:
         return {"format": "QDQ", "activation": self.activation, "weight": "int8",
@@ -69,7 +82,8 @@ class Int8Recipe:
                 "quantize_outputs": self.quantize_outputs,
                 "calibrate_method": self.calibrate_method, "fuse_attention": self.fuse_attention,
                 "conv_as_matmul": self.conv_as_matmul, "exact_pixels": self.exact_pixels,
-                "weight_rounding": self.weight_rounding, "float_output_projections": self.float_output_projections}
+                "weight_rounding": self.weight_rounding, "float_output_projections": self.float_output_projections,
+                "int8_attention_scores": self.int8_attention_scores, "openvino_qdq": self.openvino_qdq}
 
 
 @dataclass(frozen=True)
@@ -105,7 +119,7 @@ _TENSORRT_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CP
 PLATFORMS: dict[str, Platform] = {p.name: p for p in (
     Platform("cpu", "ONNX Runtime on the CPU (x86 or ARM); uint8 activations for the fast U8S8 kernels",
              opset=17, dynamic_batch=True, ort_level="extended", providers=("CPUExecutionProvider",),
-             int8=Int8Recipe(), fp16=False),
+             int8=Int8Recipe(int8_attention_scores=True, openvino_qdq=True), fp16=False),
     Platform("cuda", "ONNX Runtime CUDA or TensorRT on a desktop or server NVIDIA GPU",
              opset=17, dynamic_batch=True, ort_level="basic",
              providers=("CUDAExecutionProvider", "CPUExecutionProvider"), int8=_TENSORRT_INT8, fp16=True),

@@ -302,8 +302,9 @@ def cache_dir() -> Path:
 
 
 def bundle_hash(manifest) -> str:
-    """The two encoders' sha256 from the (verified) manifest, hashed together: the bundle as the choice sees it."""
-    names = (manifest.image_encoder.file, manifest.text_encoder.file)
+    """The encoders' sha256 from the (verified) manifest, hashed together: the bundle as the choice sees it."""
+    names = (manifest.image_encoder.file, manifest.text_encoder.file) + (
+        (manifest.image_openvino.file,) if manifest.image_openvino is not None else ())
     text = "|".join(f"{n}={manifest.files.get(n, {}).get('sha256', '?')}" for n in names)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -447,14 +448,22 @@ def others_cpu_share(before: tuple[int, int] | None, after: tuple[int, int] | No
     return round(min(max(others / hz / (seconds * ncpu), 0.0), 1.0), 3)
 
 
-def measure_backends(image_encoder: str | Path, input_shape: tuple[int, ...], *, threads: int, spinning: bool,
+def _file_for(image_encoder, backend: str):
+    """The image encoder file of ``backend``: ``image_encoder`` is one file for both, or {backend: file} (a bundle
+    with an OpenVINO file of its own, ``Manifest.image_file``)."""
+    return image_encoder[backend] if isinstance(image_encoder, dict) else image_encoder
+
+
+def measure_backends(image_encoder, input_shape: tuple[int, ...], *, threads: int, spinning: bool,
                      rounds: int = MEASURE_ROUNDS, per_round: int = 2, warmup: int = 3) -> dict:
     """Median ms of batch-1 encodes on each backend, interleaved round by round (the order alternates), so that
-    load from other processes hits both alike. Loads both sessions: run it in a child (``measure_in_child``)."""
+    load from other processes hits both alike. Loads both sessions: run it in a child (``measure_in_child``).
+    ``image_encoder``: one file, or {backend: file} (``_file_for``)."""
     x = _input(input_shape)
-    sessions = {"onnxruntime": open_session("onnxruntime", image_encoder, threads=threads, spinning=spinning)}
+    sessions = {"onnxruntime": open_session("onnxruntime", _file_for(image_encoder, "onnxruntime"), threads=threads,
+                                            spinning=spinning)}
     try:
-        sessions["openvino"] = open_session("openvino", image_encoder, threads=threads)
+        sessions["openvino"] = open_session("openvino", _file_for(image_encoder, "openvino"), threads=threads)
     except (ArtifactError, BackendUnavailable) as e:  # e.g. an ONNX Runtime-only operator in the graph
         return {"onnxruntime": None, "openvino": None, "openvino_error": str(e)}
     for session in sessions.values():
@@ -486,14 +495,14 @@ def _input(input_shape) -> np.ndarray:
     return np.random.default_rng(0).normal(0, 1, shape).astype(np.float32)
 
 
-def measure_resident(image_encoder: str | Path, input_shape, backend: str, *, threads: int, spinning: bool,
+def measure_resident(image_encoder, input_shape, backend: str, *, threads: int, spinning: bool,
                      warmup: int = 3) -> float | None:
     """MB of resident memory one backend's image encoder adds to a process (loaded and run ``warmup`` times;
     OpenVINO's includes its libraries). Run it in a fresh child per backend (``measure_in_child``): measured
     one after the other in one process, the second reuses the heap the first freed (ViT-B/16 int8: OpenVINO
     +219 MB that way, +275 MB alone; see benchmarks/results)."""
     before = _rss_mb()
-    session = open_session(backend, image_encoder, threads=threads, spinning=spinning)
+    session = open_session(backend, _file_for(image_encoder, backend), threads=threads, spinning=spinning)
     x = _input(input_shape)
     for _ in range(warmup):
         session.run(x)
@@ -520,11 +529,12 @@ def _rss_mb() -> float | None:
     return memory_mb().get("VmRSS")
 
 
-def measure_in_child(image_encoder: Path, input_shape, threads: int, spinning: bool, timeout: float = 600) -> dict:
+def measure_in_child(image_encoder, input_shape, threads: int, spinning: bool, timeout: float = 600) -> dict:
     """``measure_backends`` in a child process (this process never holds the loser's session or its memory), then
-    each backend's resident memory (``measure_resident``) in a fresh child of its own."""
-    opts = {"image_encoder": str(image_encoder), "input_shape": list(input_shape), "threads": threads,
-            "spinning": spinning}
+    each backend's resident memory (``measure_resident``) in a fresh child of its own. ``image_encoder``: one file,
+    or {backend: file}."""
+    files = {k: str(v) for k, v in image_encoder.items()} if isinstance(image_encoder, dict) else str(image_encoder)
+    opts = {"image_encoder": files, "input_shape": list(input_shape), "threads": threads, "spinning": spinning}
     out = _child(opts, timeout)
     if not out.get("openvino_error"):
         out["resident_mb"] = {b: _child({**opts, "resident": b}, timeout) for b in ("onnxruntime", "openvino")}
@@ -572,13 +582,15 @@ def resolve_backend(requested: str, bundle_dir: Path, manifest, *, threads: int,
                                 budget_mb=budget)
         if choice is None:
             log.info("auto backend: measuring ONNX Runtime and OpenVINO on %s once for this CPU and these versions "
-                     "(a few seconds; cached in %s)", manifest.image_encoder.file, path)
+                     "(a few seconds; cached in %s)", manifest.image_file("openvino"), path)
             before = entries.get(key)
             before = before if isinstance(before, dict) and _loaded(before.get("measured_ms")) else None
             if before is not None:
                 log.info("auto backend: the cached measurement was taken while other processes used %.0f%% of the "
                          "CPUs; measuring again", 100 * before["measured_ms"]["others_cpu"])
-            ms = (measure or measure_in_child)(bundle_dir / manifest.image_encoder.file,
+            files = {b: bundle_dir / manifest.image_file(b) for b in ("onnxruntime", "openvino")}
+            one = files["openvino"] == files["onnxruntime"]  # each backend on the file it would run
+            ms = (measure or measure_in_child)(files["openvino"] if one else files,
                                                tuple(manifest.image_encoder.inputs[0].shape), threads, spinning)
             loaded = 1 + int(before.get("loaded_measurements", 1)) if before is not None else 1
             if before is not None and _loaded(ms) and (before["measured_ms"].get("others_cpu") or 0) <= \

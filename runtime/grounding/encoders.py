@@ -117,6 +117,9 @@ class BundleEncoders:
         self._provider_options = None
         self._image = self._image_session(backend, explicit_providers=bool(providers), cache=cache)
         self.backend = self._image.backend  # "onnxruntime" | "openvino" | "tensorrt"
+        # the bundle file the image encoder runs (a TensorRT engine is built from image_encoder.onnx): OpenVINO's
+        # own when the bundle has one (Manifest.image_file)
+        self.image_file = m.image_file(self.backend)
         # The text encoder runs on OpenVINO only when asked for by name: it runs once per new text, so what
         # counts is loading it (lazily, again after each idle release), and ONNX Runtime loaded the full CLIP
         # text tower 2-3.5x faster with ~150 MB less memory here. Never on a TensorRT engine: build-engine
@@ -158,7 +161,7 @@ class BundleEncoders:
                 "onnxruntime" if backend == "tensorrt" else backend, self.bundle_dir, m, threads=self.threads,
                 spinning=self.spinning, gpu_providers=gpu, cache=Path(cache) if cache else None,
                 budget_mb="none" if self.memory_budget_mb is None else self.memory_budget_mb)
-        return self._open(m.image_encoder.file, self.backend_choice.backend)
+        return self._open(m.image_file(self.backend_choice.backend), self.backend_choice.backend)
 
     def _tensorrt_session(self, backend: str):
         """(the prebuilt engine's session, None) or (None, why there is none); --backend tensorrt: an error."""

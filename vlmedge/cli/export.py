@@ -10,7 +10,13 @@ import time
 
 from vlmedge.errors import ConfigError
 from vlmedge.manifest import DENSE_HEADS, PRECISIONS
-from vlmedge.platforms import CALIBRATION_METHODS, DEFAULT_PLATFORM, PLATFORMS, WEIGHT_ROUNDINGS, fp16_platforms
+from vlmedge.platforms import (
+    CALIBRATION_METHODS,
+    DEFAULT_PLATFORM,
+    PLATFORMS,
+    WEIGHT_ROUNDINGS,
+    fp16_platforms,
+)
 from vlmedge.spec import ACTIVATIONS
 
 
@@ -46,6 +52,10 @@ def register(subparsers) -> None:
     p.add_argument("--int8-outputs", action="store_true", default=None,
                    help="int8: quantize the output projections too (default on cpu: float, for ~1%% of the time "
                         "and patch agreement with fp32 98.6%% -> 99.1-99.3%% on ViT-B/16)")
+    p.add_argument("--no-openvino-file", dest="openvino_file", action="store_false", default=None,
+                   help="int8 on cpu: no image_encoder_openvino.onnx (the QDQ graph OpenVINO runs with its int8 "
+                        "attention kernel, saved beside ONNX Runtime's CPU form; ViT-B/16: 88 MB) for a device that "
+                        "runs ONNX Runtime only; OpenVINO then runs image_encoder.onnx")
     p.add_argument("--smooth-quant", type=float, default=None, metavar="ALPHA",
                    help="int8: SmoothQuant with this alpha (e.g. 0.5) before quantizing; needs neural-compressor")
     p.add_argument("--act", default=None, metavar="A",
@@ -99,7 +109,7 @@ def cmd_export(args: argparse.Namespace) -> int:
             args.source, args.out, image_size=args.image_size, dense=args.dense, precision=args.precision,
             platform=_platform_from(args), calib=args.calib, calib_count=args.calib_count or DEFAULT_CALIB_COUNT,
             calib_method=args.calib_method, smooth_quant=args.smooth_quant, weight_rounding=args.weight_rounding,
-            int8_outputs=args.int8_outputs, vocab=args.vocab,
+            int8_outputs=args.int8_outputs, openvino_file=args.openvino_file, vocab=args.vocab,
             preprocess_mode=args.preprocess, force=args.force, act=args.act)
     print(summarize(manifest, args.out, seconds=time.perf_counter() - t0))
     return 0
@@ -113,7 +123,7 @@ def _warn_misread(args: argparse.Namespace) -> None:
               f"{int(w)} wide and {int(h)} high; for a landscape camera give {w.strip()}x{h.strip()}", file=sys.stderr)
     if args.precision != "int8":
         given = [f"--{n.replace('_', '-')}" for n in ("calib", "calib_count", "calib_method", "smooth_quant",
-                                                       "weight_rounding", "int8_outputs")
+                                                       "weight_rounding", "int8_outputs", "openvino_file")
                  if getattr(args, n, None) is not None]
         if given:
             print(f"vlmedge export: warning: {', '.join(given)} ignored with --precision {args.precision} "
