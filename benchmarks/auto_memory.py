@@ -33,11 +33,11 @@ from vlmedge.runtime.grounding import backends as B
 _SHARED = """
 import json, sys
 from vlmedge.runtime.grounding import backends as B
-path, shape = sys.argv[1], tuple(json.loads(sys.argv[2]))
+paths, shape = json.loads(sys.argv[1]), tuple(json.loads(sys.argv[2]))
 x = B._input(shape)
 rss = [B._rss_mb()]
 for b in ("onnxruntime", "openvino"):
-    s = B.open_session(b, path, threads=2)
+    s = B.open_session(b, paths[b], threads=2)
     for _ in range(3):
         s.run(x)
     rss.append(B._rss_mb())
@@ -79,15 +79,16 @@ def measure(bundle: str) -> dict:
 
     with open(f"{bundle}/manifest.json", encoding="utf-8") as f:
         m = Manifest.from_dict(json.load(f))
-    path = f"{bundle}/{m.image_encoder.file}"
+    # each backend on the file it runs (a cpu int8 bundle has OpenVINO's own: Manifest.image_file)
+    paths = {b: f"{bundle}/{m.image_file(b)}" for b in ("onnxruntime", "openvino")}
     shape = [d if isinstance(d, int) else 1 for d in m.image_encoder.inputs[0].shape]
     alone = {f: _run(f"import json, sys\nfrom vlmedge.runtime.grounding import backends as B\n"
                      f"print(json.dumps(B.measure_resident(sys.argv[1], {tuple(shape)}, '{b}', threads=2, "
-                     f"spinning=False)))", path, ir=ir) for f, (b, ir) in FORMS.items()}
+                     f"spinning=False)))", paths[b], ir=ir) for f, (b, ir) in FORMS.items()}
     real = {f: _run(_REAL, bundle, b, ir=ir) for f, (b, ir) in FORMS.items()}
     predicted = {f: round(real[f]["before_encoders"] + B.PIPELINE_RESERVE_MB + alone[f], 1) for f in alone}
-    shared = {**_run(_SHARED, path, json.dumps(shape)), "openvino-onnx": _run(_SHARED, path, json.dumps(shape),
-                                                                              ir="0")["openvino"]}
+    shared = {**_run(_SHARED, json.dumps(paths), json.dumps(shape)),
+              "openvino-onnx": _run(_SHARED, json.dumps(paths), json.dumps(shape), ir="0")["openvino"]}
     return {"bundle": bundle, "shared": shared, "alone": alone, "real": real,
             "predicted_total_mb": predicted, "budget_mb": B.MEMORY_BUDGET_MB}
 
