@@ -593,3 +593,27 @@ def test_int8_of_a_graph_symbolic_inference_cannot_finish_leaves_no_debris_in_th
     assert sorted(p.name for p in work.iterdir()) == ["mine.data"]
     assert "symbolic shape inference could not infer every shape" in caplog.text
     assert qdq_report(tmp_path / "q.onnx")["quantized"].get("MatMul", 0) > 0
+
+
+def test_attention_score_matmuls_are_the_ones_a_softmax_reads():
+    """q @ k^T: an activation x activation MatMul whose output reaches a Softmax, directly or through the scale
+    and mask (Mul, Div, Add); attn @ v (reading the Softmax) and any other activation product are not."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from vlmedge.export.quantize import attention_score_matmuls
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8])
+    w = numpy_helper.from_array(np.ones((8, 8), np.float32), "w")
+    s = numpy_helper.from_array(np.array(0.5, np.float32), "s")
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["q"], name="q_proj"),  # a weight: not an activation product
+             helper.make_node("Transpose", ["x"], ["kt"], perm=[0, 2, 1], name="kt"),
+             helper.make_node("MatMul", ["q", "kt"], ["scores"], name="qk"),
+             helper.make_node("Div", ["scores", "s"], ["scaled"], name="scale"),
+             helper.make_node("Add", ["scaled", "s"], ["masked"], name="mask"),
+             helper.make_node("Softmax", ["masked"], ["attn"], axis=-1, name="softmax"),
+             helper.make_node("MatMul", ["attn", "x"], ["ctx"], name="attn_v"),
+             helper.make_node("MatMul", ["ctx", "kt"], ["other"], name="other"),  # activations, no Softmax after
+             helper.make_node("MatMul", ["other", "x"], ["y"], name="out")]
+    graph = helper.make_graph(nodes, "g", [x], [y], [w, s])
+    assert [n.name for n in attention_score_matmuls(graph)] == ["qk"]
