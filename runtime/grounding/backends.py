@@ -582,7 +582,8 @@ def resolve_backend(requested: str, bundle_dir: Path, manifest, *, threads: int,
                                 budget_mb=budget)
         if choice is None:
             log.info("auto backend: measuring ONNX Runtime and OpenVINO on %s once for this CPU and these versions "
-                     "(a few seconds; cached in %s)", manifest.image_file("openvino"), path)
+                     "(a few seconds; cached in %s)",
+                     " and ".join(dict.fromkeys(manifest.image_file(b) for b in ("onnxruntime", "openvino"))), path)
             before = entries.get(key)
             before = before if isinstance(before, dict) and _loaded(before.get("measured_ms")) else None
             if before is not None:
