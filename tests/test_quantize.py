@@ -617,3 +617,14 @@ def test_attention_score_matmuls_are_the_ones_a_softmax_reads():
              helper.make_node("MatMul", ["other", "x"], ["y"], name="out")]
     graph = helper.make_graph(nodes, "g", [x], [y], [w, s])
     assert [n.name for n in attention_score_matmuls(graph)] == ["qk"]
+
+
+def test_the_openvino_file_option_is_checked_before_any_work(tmp_path):
+    """--platform jetson-* saves the QDQ graph itself (OpenVINO runs it as it is): asking for the extra file there
+    is refused, as is a value that is not a bool, before anything is exported."""
+    for kwargs, message in (({"platform": "jetson-orin-jp6", "openvino_file": True},
+                             "openvino_file: --platform jetson-orin-jp6 saves the QDQ graph itself"),
+                            ({"openvino_file": "yes"}, "openvino_file must be True, False or None, got 'yes'")):
+        with pytest.raises(ConfigError, match=message):
+            export_bundle(tiny_clip(seed=2), tmp_path / "b", precision="int8", calib="synthetic", **kwargs)
+        assert not (tmp_path / "b").exists()
