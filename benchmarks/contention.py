@@ -118,7 +118,7 @@ def child(spec: dict) -> dict:
     bundle = Path(spec["bundle"])
     m = open_bundle(bundle, verify=False)
     backend, opts = SETTINGS[spec["setting"]]
-    session = _open(backend, opts, bundle / m.image_encoder.file)
+    session = _open(backend, opts, bundle / m.image_file(backend))  # the file the runtime runs on it
     h, w = m.image_size
     x = np.random.default_rng(0).normal(0, 1, (1, 3, h, w)).astype(np.float32)
     for _ in range(3):
@@ -204,7 +204,7 @@ def compare(bundles: dict[str, Path], rounds: int, per_round: int) -> dict:
         for r in range(rounds):
             for key in order[r % len(order):] + order[:r % len(order)]:  # rotate: none always first
                 backend, spinning = variants[key]
-                s = open_session(backend, path / m.image_encoder.file, threads=2, spinning=spinning)
+                s = open_session(backend, path / m.image_file(backend), threads=2, spinning=spinning)
                 if backend not in outs:
                     outs[backend] = [s.run(x[i:i + 1]) for i in range(len(x))]
                 for _ in range(2):
