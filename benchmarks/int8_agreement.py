@@ -57,20 +57,20 @@ RECIPES = {"minmax32": {}, "percentile32": {"calib_method": "percentile"}, "entr
 
 @contextlib.contextmanager
 def qk_only(on: bool):
-    """While an export runs: of the activation x activation MatMuls, only attn@v (A input from a Softmax) left
-    float, q@k^T quantized (the recipe has no such option: a benchmark's variant)."""
+    """While an export runs: of the activation x activation MatMuls, only q@k^T quantized (attn@v left float), on
+    the graph's own activation grid (the recipe's int8_attention_scores puts q and k on signed symmetric ones; this
+    reproduces the one-file experiments that came before it)."""
     from vlmedge.export import quantize
 
     saved = quantize.activation_matmuls
 
-    def attn_v_only(graph):
-        producer = {o: n for n in graph.node for o in n.output}
-        names = set(saved(graph))
-        return [n.name for n in graph.node if n.name in names and getattr(producer.get(n.input[0]), "op_type", "")
-                == "Softmax"]
+    def all_but_scores(graph):
+        activation = saved(graph)
+        scores = {n.name for n in quantize.attention_score_matmuls(graph, activation)}
+        return [n for n in activation if n not in scores]
 
     if on:
-        quantize.activation_matmuls = attn_v_only
+        quantize.activation_matmuls = all_but_scores
     try:
         yield
     finally:

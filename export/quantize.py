@@ -117,12 +117,13 @@ def quantize_int8(src: str | Path, dst: str | Path, reader, recipe: Int8Recipe, 
         if changed:
             onnx.save(model, str(pre))
         exclude = activation_matmuls(model.graph) if recipe.const_weight_matmuls_only else []
-        if recipe.int8_attention_scores:
-            scores = attention_score_matmuls(model.graph)
+        if recipe.int8_attention_scores:  # (the recipe checks that const_weight_matmuls_only is on)
+            scores = attention_score_matmuls(model.graph, exclude)
             if not scores:
                 log.warning("int8: no q@k^T MatMul found (activation x activation, its output read by a Softmax): "
                             "attention stays float")
-            exclude = [n for n in exclude if n not in {s.name for s in scores}]
+            score_names = {s.name for s in scores}
+            exclude = [n for n in exclude if n not in score_names]
             # signed, zero point 0: the form OpenVINO's int8 attention kernel takes (uint8 activations elsewhere)
             overrides = extra.setdefault("TensorQuantOverrides", {})
             for t in {t for s in scores for t in s.input[:2]}:
@@ -692,10 +693,11 @@ def activation_matmuls(graph: onnx.GraphProto) -> list[str]:
     return [n.name for n in graph.node if n.op_type == "MatMul" and n.input[1] not in consts]
 
 
-def attention_score_matmuls(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
-    """The q @ k^T MatMuls: activation x activation, their output read by a Softmax directly or through the
-    scale/mask elementwise ops (Mul, Div, Add). attn @ v (whose input is the Softmax's output) is not one."""
-    names = set(activation_matmuls(graph))
+def attention_score_matmuls(graph: onnx.GraphProto, activation: list[str] | None = None) -> list[onnx.NodeProto]:
+    """The q @ k^T MatMuls: activation x activation (``activation``: their names, when already found by
+    :func:`activation_matmuls`), their output read by a Softmax directly or through the scale/mask elementwise ops
+    (Mul, Div, Add). attn @ v (whose input is the Softmax's output) is not one."""
+    names = set(activation_matmuls(graph) if activation is None else activation)
     consumers: dict[str, list[onnx.NodeProto]] = {}
     for n in graph.node:
         for i in n.input:
