@@ -6,19 +6,28 @@ rate measured here for its own GEMM shapes. Heavy-ish (a minute or two); run it 
 
 1. MACs: ``gemms(model)`` lists every matrix product of the ONNX graph (MatMul, Gemm, Conv, the
    integer matmuls, FusedMatMul, the com.microsoft attention ops), each as batch x (M x K) @ (K x N)
-   with ``weight`` saying whether B is a constant; symbolic dims (the batch) count as 1. Pure
-   function of the graph (``count_macs`` sums it), unit-tested in tests/test_gemm_floor.py.
+   with ``weight`` saying whether B is a constant; symbolic dims (the batch) count as 1. Shapes come
+   from shape inference, or, better, from one ONNX Runtime run of the graph (``observed_shapes``: an
+   int8 graph saved by ONNX Runtime records a Reshape whose target is computed at run time with
+   symbolic dims, which inference would count as 1). ``count_macs`` sums the products; both are
+   unit-tested in tests/test_gemm_floor.py.
 2. Rates: for each distinct shape, single-node models timed at ``--threads`` threads: ONNX Runtime
    ``MatMulInteger`` (uint8 x int8 -> int32) and ``MatMulIntegerToFloat`` (the op the int8 bundle
-   runs, per-column scales), and ``torch._int_mm`` (int8 x int8 -> int32) when torch is installed;
-   the best call of ``--repeats`` (a rate the hardware reaches, which load from other processes can
-   only lower). fp32 ``MatMul`` is timed too for the activation x activation products (the
-   attention scores and context, which the int8 bundle runs in float).
+   runs, per-column scales), ``torch._int_mm`` (int8 x int8 -> int32) when torch is installed, and
+   OpenVINO's int8 FullyConnected kernel when OpenVINO is installed (a QDQ MatMul with a constant
+   weight, compiled with the runtime's settings; its kernel time from OpenVINO's per-node profile,
+   without the call's own overhead); the best call of ``--repeats`` (a rate the hardware reaches,
+   which load from other processes can only lower). fp32 ``MatMul`` is timed too for the activation x
+   activation products (the attention scores and context, which the int8 bundle runs in float).
 3. Floor: ``floor_ms`` = sum over the graph's products of MACs / the best int8 rate for that shape;
    ``floor_ms_uniform`` = all MACs / the best rate of any shape (the issue's "MACs / rate").
 4. Encoder: the bundle's image encoder timed the same way (best and median call), and the sum of
    each node's fastest time in ONNX Runtime's profile of those calls (the load-robust figure on a
    shared machine: a 60 ms call is rarely left alone, a 1 ms node often is), as multiples of the floor.
+   With OpenVINO installed, also the file OpenVINO runs (a bundle's ``image_file("openvino")``: the
+   default CPU path, ``--backend auto``, on x86), in the same run: best and median call, and per call
+   the sum of its GEMM nodes (FullyConnected, MatMul, Convolution) and of the rest, from OpenVINO's
+   per-node profile, as multiples of the same floor.
 
 The floor file (JSON, format in ``vlmedge/floor.py``; ``$VLMEDGE_GEMM_FLOOR``, else ``gemm-floor.json``
 in the runtime's cache folder: ``$VLMEDGE_CACHE_DIR``, else ``~/.cache/vlmedge``) gets one entry per
@@ -35,6 +44,7 @@ import json
 import logging
 import math
 import os
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -44,6 +54,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # its sibling openvino_profile.py (not a package)
 log = logging.getLogger("gemm_floor")
 
 MATMUL_OPS = {"MatMul": (0, 1), "MatMulInteger": (0, 1), "MatMulIntegerToFloat": (0, 1), "FusedMatMul": (0, 1),
@@ -91,13 +102,49 @@ def _attr(node, name, default=None):
     return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
 
 
-def gemms(model: onnx.ModelProto, dims: dict[str, int] | None = None) -> list[Product]:
-    """Every matrix product of ``model``'s main graph (see the module docstring). ``dims`` gives values to
-    symbolic dimensions by name (default 1). Raises ValueError naming the node when a shape is unknown."""
+def _product_inputs(model: onnx.ModelProto) -> list[str]:
+    ops = {*MATMUL_OPS, "Gemm", "Conv", "ConvInteger", "QLinearConv", "QAttention", "Attention", "MultiHeadAttention"}
+    return list(dict.fromkeys(i for n in model.graph.node if n.op_type in ops for i in n.input if i))
+
+
+def observed_shapes(model: onnx.ModelProto, dims: dict[str, int] | None = None) -> dict[str, list[int]]:
+    """The shapes the inputs of ``model``'s matrix products have when ONNX Runtime runs it (graph
+    optimizations off) on zeros, symbolic input dims given by ``dims`` (default 1)."""
+    import onnxruntime as ort
+
     dims = dims or {}
-    shapes = _shapes(model, dims)
+    consts = {i.name for i in model.graph.initializer}
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    outputs = {o.name for o in probe.graph.output}
+    for name in _product_inputs(model):
+        if name not in consts and name not in outputs:  # ONNX Runtime infers the element type itself
+            probe.graph.output.append(helper.make_empty_tensor_value_info(name))
+    feeds = {}
+    for v in probe.graph.input:
+        if v.name not in consts:
+            t = v.type.tensor_type
+            shape = [d.dim_value if d.HasField("dim_value") else dims.get(d.dim_param, 1) for d in t.shape.dim]
+            feeds[v.name] = np.zeros(shape, helper.tensor_dtype_to_np_dtype(t.elem_type))
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    so.log_severity_level = 3
+    session = ort.InferenceSession(probe.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    return {n: list(a.shape) for n, a in zip(names, session.run(None, feeds))}
+
+
+def gemms(model: onnx.ModelProto, dims: dict[str, int] | None = None,
+          observed: dict[str, list[int]] | None = None) -> list[Product]:
+    """Every matrix product of ``model``'s main graph (see the module docstring). ``dims`` gives values to
+    symbolic dimensions by name (default 1); ``observed``: shapes seen in a run (``observed_shapes``), used
+    before inferred ones. Raises ValueError naming the node when a shape is unknown."""
+    dims = dims or {}
+    shapes = {**_shapes(model, dims), **(observed or {})}
     consts = {i.name for i in model.graph.initializer} | {
         o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+    # a QDQ graph's weight: an int8 constant dequantized (OpenVINO's form of the int8 bundles)
+    consts |= {n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in consts}
 
     def shape(node, i: int) -> list[int]:
         name = node.input[i] if i < len(node.input) else ""
@@ -165,10 +212,11 @@ def gemms(model: onnx.ModelProto, dims: dict[str, int] | None = None) -> list[Pr
     return found
 
 
-def count_macs(model: onnx.ModelProto, dims: dict[str, int] | None = None) -> dict:
+def count_macs(model: onnx.ModelProto, dims: dict[str, int] | None = None,
+               observed: dict[str, list[int]] | None = None) -> dict:
     """Multiply-accumulates of ``model``: total, in products with a constant B (``weight``) and in the rest
-    (``activation``), and per op type."""
-    products = gemms(model, dims)
+    (``activation``), and per op type (``dims``, ``observed``: as ``gemms``)."""
+    products = gemms(model, dims, observed)
     by_op: dict[str, int] = {}
     for p in products:
         by_op[p.op] = by_op.get(p.op, 0) + p.macs
@@ -265,6 +313,64 @@ def _torch_int_mm(batch: int, m: int, k: int, n: int, threads: int, repeats: int
     return _best(lambda: [torch._int_mm(a[i], b[i]) for i in range(batch)], repeats)
 
 
+def single_node_qdq(m: int, k: int, n: int, seed: int = 0):
+    """A QDQ model of one weight product as the int8 bundles write it for OpenVINO: float X [m, k] quantized
+    to uint8 (per tensor) and back, times an int8 weight [k, n] dequantized per column; and its feed."""
+    rng = np.random.default_rng(seed)
+    w = rng.integers(-127, 128, (k, n), dtype=np.int8)
+    inits = [numpy_helper.from_array(np.array(0.02, np.float32), "x_scale"),
+             numpy_helper.from_array(np.array(128, np.uint8), "x_zp"), numpy_helper.from_array(w, "W"),
+             numpy_helper.from_array(np.full(n, 0.01, np.float32), "w_scale"),
+             numpy_helper.from_array(np.zeros(n, np.int8), "w_zp")]
+    nodes = [helper.make_node("QuantizeLinear", ["X", "x_scale", "x_zp"], ["Xq"]),
+             helper.make_node("DequantizeLinear", ["Xq", "x_scale", "x_zp"], ["Xd"]),
+             helper.make_node("DequantizeLinear", ["W", "w_scale", "w_zp"], ["Wd"], axis=1),
+             helper.make_node("MatMul", ["Xd", "Wd"], ["Y"], name="product")]
+    graph = helper.make_graph(nodes, f"qdq_{m}x{k}x{n}",
+                              [helper.make_tensor_value_info("X", TensorProto.FLOAT, [m, k])],
+                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [m, n])], initializer=inits)
+    x = rng.normal(0, 1, (m, k)).astype(np.float32)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), {"X": x}
+
+
+GEMM_LAYERS = ("FullyConnected", "MatMul", "Convolution")  # OpenVINO layer types (prefixes) that run a product
+
+
+def is_gemm_layer(node_type: str) -> bool:
+    return node_type.startswith(GEMM_LAYERS)
+
+
+def _openvino_rate(m: int, k: int, n: int, threads: int, repeats: int):
+    """(best, median) seconds of OpenVINO's GEMM kernel for one weight product, from its per-node profile (the
+    call's own overhead, a fixed ~0.1-0.3 ms here, left out: inside an encoder there is one call per frame, not
+    per product); None without OpenVINO or when it runs no GEMM kernel."""
+    try:
+        from openvino_profile import compile_profiled
+    except ImportError:  # OpenVINO itself missing (the sibling script imports it lazily)
+        return None
+    from vlmedge.runtime.grounding.backends import openvino_version
+
+    if openvino_version() is None:
+        return None
+    model, feeds = single_node_qdq(m, k, n)
+    with tempfile.TemporaryDirectory(prefix="gemm-floor-ov-") as tmp:
+        path = Path(tmp) / "product.onnx"
+        onnx.save(model, str(path))
+        compiled, _, _ = compile_profiled(path, threads, ir_cache=False)
+        request = compiled.create_infer_request()
+    x = feeds["X"]
+    times = []
+    for i in range(max(repeats, 3) + 2):
+        request.infer({0: x})
+        kernel = sum(p.real_time.total_seconds() for p in request.get_profiling_info() if is_gemm_layer(p.node_type))
+        if i >= 2:  # two warm-up calls, as _best
+            times.append(kernel)
+    if not any(times):  # no GEMM node, or one under the profile's 1 us resolution
+        log.info("OpenVINO's profile timed no GEMM kernel for %dx%dx%d", m, k, n)
+        return None
+    return min(t for t in times if t > 0), float(np.median(times))
+
+
 def measure_rates(shapes: list[tuple[int, int, int, int, bool]], threads: int, repeats: int) -> list[dict]:
     """GMAC/s per shape (batch, m, k, n, weight) and method; best call of each."""
     rows = []
@@ -277,9 +383,11 @@ def measure_rates(shapes: list[tuple[int, int, int, int, bool]], threads: int, r
             best, med = _best(functools.partial(_session(model, threads).run, None, feeds), repeats)
             key = {"MatMul": "ort_fp32_matmul"}.get(op, f"ort_{op}")
             row["gmacs"][key], row["gmacs_median"][key] = macs / best / 1e9, macs / med / 1e9
-        t = _torch_int_mm(batch, m, k, n, threads, repeats)
-        if t is not None:
-            row["gmacs"]["torch_int_mm"], row["gmacs_median"]["torch_int_mm"] = macs / t[0] / 1e9, macs / t[1] / 1e9
+        timed = {"torch_int_mm": _torch_int_mm(batch, m, k, n, threads, repeats),
+                 "openvino_fc_kernel": _openvino_rate(m, k, n, threads, repeats) if weight and batch == 1 else None}
+        for key, t in timed.items():
+            if t is not None:
+                row["gmacs"][key], row["gmacs_median"][key] = macs / t[0] / 1e9, macs / t[1] / 1e9
         int8 = {kk: v for kk, v in row["gmacs"].items() if kk != "ort_fp32_matmul"}
         row["best_by"] = max(int8, key=int8.get)
         row["best_gmacs"] = int8[row["best_by"]]
@@ -300,12 +408,13 @@ def floor_of(products: list[Product], rates: list[dict]) -> dict:
 
 
 # ----------------------------------------------------------------------------- encoder, files
-def encoder_path(arg: str) -> Path:
+def encoder_path(arg: str, backend: str = "onnxruntime") -> Path:
+    """The image encoder file ``backend`` runs: a bundle's (``Manifest.image_file``), or the ONNX file given."""
     p = Path(arg)
     if p.is_dir():
         from vlmedge.manifest import read_manifest
 
-        return p / read_manifest(p).image_encoder.file
+        return p / read_manifest(p).image_file(backend)
     return p
 
 
@@ -346,6 +455,33 @@ def time_encoder(path: Path, threads: int, repeats: int) -> dict:
     gemm_min = sum(min(d[2:] or d) for op, d in per_node.values() if op in MATMUL_OPS)
     return {"best_ms": best * 1e3, "median_ms": med * 1e3, "kernel_min_ms": kernel_min,
             "matmul_kernel_min_ms": gemm_min, "calls": repeats}
+
+
+def time_encoder_openvino(path: Path, threads: int, repeats: int) -> dict | None:
+    """The encoder on OpenVINO, compiled as the runtime compiles it (its IR cache, its settings) with per-node
+    profiling: best and median call, and the median per call of its GEMM nodes' time and of the rest. None
+    without OpenVINO."""
+    from vlmedge.runtime.grounding.backends import openvino_version
+
+    if openvino_version() is None:
+        return None
+    from openvino_profile import compile_profiled, one_call
+
+    x = next(iter(_encoder_feeds(path).values()))
+    compiled, _, source = compile_profiled(path, threads)
+    request = compiled.create_infer_request()
+    for _ in range(3):
+        request.infer({0: x})
+    walls, gemm, rest = [], [], []
+    t_end = time.perf_counter() + 1.0
+    while len(walls) < repeats or time.perf_counter() < t_end:
+        wall, groups = one_call(request, x)
+        walls.append(wall)
+        gemm.append(sum(ms for (kind, _), ms in groups.items() if is_gemm_layer(kind)))
+        rest.append(sum(ms for (kind, _), ms in groups.items() if not is_gemm_layer(kind)))
+    return {"file": str(path), "compiled_from": str(source), "best_ms": min(walls),
+            "median_ms": float(np.median(walls)), "gemm_nodes_median_ms": float(np.median(gemm)),
+            "other_nodes_median_ms": float(np.median(rest)), "calls": len(walls)}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -389,19 +525,23 @@ def main(argv=None) -> int:
     run = {}
     for arg in args.encoders:
         path = encoder_path(arg)
-        model = onnx.load(str(path), load_external_data=False)
-        products = gemms(model)
-        macs = count_macs(model)
+        model = onnx.load(str(path))
+        observed = observed_shapes(model)
+        products = gemms(model, observed=observed)
+        macs = count_macs(model, observed=observed)
         shapes = sorted({(p.batch, p.m, p.k, p.n, p.weight) for p in products})
         rates = measure_rates(shapes, args.threads, args.repeats)
         floor = floor_of(products, rates)
         enc = time_encoder(path, args.threads, args.encoder_repeats)
+        ov_enc = time_encoder_openvino(encoder_path(arg, "openvino"), args.threads, args.encoder_repeats)
         entry = {"file": str(path), "macs": macs["total"], "weight_macs": macs["weight"],
                  "activation_macs": macs["activation"], **{k: round(v, 4) for k, v in floor.items()},
                  "encoder_best_ms": round(enc["best_ms"], 3), "encoder_median_ms": round(enc["median_ms"], 3),
                  "encoder_kernel_min_ms": round(enc["kernel_min_ms"], 3),
                  "matmul_kernel_min_ms": round(enc["matmul_kernel_min_ms"], 3),
                  "loadavg": list(os.getloadavg())}
+        if ov_enc is not None:
+            entry["openvino"] = {k: round(v, 3) if isinstance(v, float) else v for k, v in ov_enc.items()}
         entries[sha256_file(path)] = entry
         run[str(path)] = {**entry, "macs_by_op": macs["by_op"], "rates": rates,
                           "products": [asdict(p) for p in products]}
@@ -417,6 +557,12 @@ def main(argv=None) -> int:
             print(f"  {label:<36} {ms:8.2f} ms = {ms / floor['floor_ms']:.2f}x floor "
                   f"({ms / floor['floor_ms_uniform']:.2f}x uniform)")
         print(f"  encoder median call {enc['median_ms']:.2f} ms (load average {os.getloadavg()[0]:.1f})")
+        if ov_enc is not None:
+            print(f"  OpenVINO on {ov_enc['file']}:")
+            for label, ms in (("best call", ov_enc["best_ms"]), ("median call", ov_enc["median_ms"]),
+                              ("its GEMM nodes, median per call", ov_enc["gemm_nodes_median_ms"]),
+                              ("its other nodes, median per call", ov_enc["other_nodes_median_ms"])):
+                print(f"    {label:<34} {ms:8.2f} ms = {ms / floor['floor_ms']:.2f}x floor")
     floor_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = floor_path.with_suffix(".tmp")
     tmp.write_text(json.dumps(data, indent=1))

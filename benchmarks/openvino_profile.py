@@ -27,13 +27,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from alternatives import cpu_info, versions  # noqa: E402  (a sibling script, not a package)
 
 
-def compile_profiled(path: Path, threads: int):
-    """``path`` compiled as the runtime compiles it, with per-node profiling on; (compiled model, its config)."""
+def compile_profiled(path: Path, threads: int, ir_cache: bool | None = None):
+    """``path`` compiled as the runtime compiles it, with per-node profiling on; (compiled model, its config, the
+    file compiled). ``ir_cache``: as ``OpenVinoSession``'s ``ir`` (None: the runtime's default; False for
+    throw-away models, which then leave nothing in the runtime's cache)."""
     import openvino as ov
 
     from vlmedge.runtime.grounding.backends import OpenVinoSession
 
-    session = OpenVinoSession(path, threads=threads)  # finds or writes the IR the runtime would compile
+    session = OpenVinoSession(path, threads=threads, ir=ir_cache)  # finds or writes the IR the runtime would compile
     source = session.compiled_from or path
     config = dict(session.config, PERF_COUNT=True)
     del session

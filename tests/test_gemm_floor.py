@@ -17,6 +17,7 @@ from onnx import TensorProto, helper, numpy_helper
 from vlmedge.errors import ArtifactError
 from vlmedge.floor import FLOOR_SCHEMA, cpu_model, default_floor_path, floor_multiple, read_floor_file
 from vlmedge.manifest import sha256_file
+from vlmedge.runtime.grounding.backends import openvino_version
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -81,6 +82,52 @@ def test_count_macs_names_the_node_whose_shape_is_unknown(gf):
         gf.gemms(model)
 
 
+def _computed_reshape_graph() -> onnx.ModelProto:
+    """q [1,2,5,3] @ k, where k [1,2,3,4] is x [1,6,4] reshaped to a shape computed at run time (batch from
+    Shape(x), as a ViT's attention heads): shape inference leaves k's dims unknown, as in an int8 graph ONNX
+    Runtime saved, whose q @ k^T input it records with symbolic dims."""
+    nodes = [helper.make_node("Shape", ["x"], ["xs"]),
+             helper.make_node("Gather", ["xs", "zero"], ["b"], axis=0),
+             helper.make_node("Concat", ["b", "rest"], ["target"], axis=0),
+             helper.make_node("Reshape", ["x", "target"], ["k"]),
+             helper.make_node("MatMul", ["q", "k"], ["s"], name="scores")]
+    inits = [numpy_helper.from_array(np.array([0], np.int64), "zero"),
+             numpy_helper.from_array(np.array([2, 3, 4], np.int64), "rest")]
+    f = TensorProto.FLOAT
+    graph = helper.make_graph(nodes, "heads", [helper.make_tensor_value_info("x", f, [1, 6, 4]),
+                                               helper.make_tensor_value_info("q", f, [1, 2, 5, 3])],
+                              [helper.make_tensor_value_info("s", f, None)], initializer=inits,
+                              value_info=[helper.make_tensor_value_info("k", f, ["unk__1", "unk__2", "unk__3",
+                                                                                  "unk__4"])])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_observed_shapes_count_a_product_whose_operand_shape_inference_cannot_know(gf):
+    model = _computed_reshape_graph()
+    observed = gf.observed_shapes(model)
+    assert observed["k"] == [1, 2, 3, 4] and observed["q"] == [1, 2, 5, 3]
+    (p,) = gf.gemms(model, observed=observed)
+    assert (p.batch, p.m, p.k, p.n, p.weight) == (2, 5, 3, 4, False)
+    assert gf.count_macs(model, observed=observed)["total"] == 2 * 5 * 3 * 4
+    # from inference alone the symbolic dims count as 1: the product it would count is wrong
+    assert gf.count_macs(model)["total"] != 2 * 5 * 3 * 4
+
+
+def test_a_dequantized_int8_constant_counts_as_a_weight(gf):
+    """OpenVINO's QDQ file: the weight reaches the MatMul through DequantizeLinear."""
+    model, _ = gf.single_node_qdq(4, 8, 6)
+    (p,) = gf.gemms(model, observed=gf.observed_shapes(model))
+    assert (p.batch, p.m, p.k, p.n, p.weight) == (1, 4, 8, 6, True)
+
+
+def test_the_qdq_single_node_model_computes_the_product(gf):
+    model, feeds = gf.single_node_qdq(5, 16, 8)
+    (y,) = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
+    w = numpy_helper.to_array(next(i for i in model.graph.initializer if i.name == "W")).astype(np.float64)
+    xq = np.clip(np.round(feeds["X"] / 0.02) + 128, 0, 255) - 128
+    np.testing.assert_allclose(y, (xq * 0.02) @ (w * 0.01), rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("op", ["MatMulInteger", "MatMulIntegerToFloat"])
 @pytest.mark.parametrize("weight", [True, False])
 def test_the_timed_single_node_models_compute_the_product(gf, op, weight):
@@ -120,18 +167,49 @@ def _tiny_encoder(path: Path, name: str = "enc") -> Path:
 def test_the_floor_file_written_by_the_script_is_read_back(gf, tmp_path):
     enc, floor_file = _tiny_encoder(tmp_path / "enc.onnx"), tmp_path / "floor" / "gemm-floor.json"
     assert gf.main([str(enc), "--threads", "1", "--repeats", "3", "--encoder-repeats", "2",
-                    "--floor-file", str(floor_file)]) == 0
+                    "--floor-file", str(floor_file), "--json", str(tmp_path / "run.json")]) == 0
     data = read_floor_file(floor_file)
     entry = data["encoders"][sha256_file(enc)]
     assert data["cpu"] == cpu_model() and data["threads"] == 1 and entry["macs"] == 3 * 8 * 8 * 16
     got = floor_multiple(10.0, sha256_file(enc), floor_file)
     assert got is not None and got.floor_ms == entry["floor_ms"] and got.multiple == pytest.approx(10.0 / got.floor_ms)
     assert got.threads == 1 and got.path == str(floor_file)
+    if openvino_version() is not None:  # the file OpenVINO runs, timed in the same run
+        ov = entry["openvino"]
+        assert ov["file"] == str(enc) and 0 < ov["best_ms"] <= ov["median_ms"] and ov["calls"] >= 2
+        assert json.loads((tmp_path / "run.json").read_text())["run"][str(enc)]["openvino"] == ov
     # another encoder (another file content) is added to the same file, the first one kept
     enc2 = _tiny_encoder(tmp_path / "enc2.onnx", name="enc2")
     assert gf.main([str(enc2), "--threads", "1", "--repeats", "3", "--encoder-repeats", "2",
                     "--floor-file", str(floor_file)]) == 0
     assert set(read_floor_file(floor_file)["encoders"]) == {sha256_file(enc), sha256_file(enc2)}
+
+
+needs_openvino = pytest.mark.skipif(openvino_version() is None,
+                                    reason='OpenVINO is not installed (pip install "vlmedge[openvino]")')
+
+
+@needs_openvino
+def test_openvino_encoder_time_splits_gemm_nodes_from_the_rest(gf, tmp_path):
+    """A product big enough for OpenVINO's profile to time (a tiny one runs in under its 1 us resolution),
+    followed by a Sigmoid: the FullyConnected node counts as GEMM time, the Sigmoid as the rest."""
+    w = numpy_helper.from_array(np.random.default_rng(0).normal(0, 1, (256, 512)).astype(np.float32), "w")
+    nodes = [helper.make_node("MatMul", ["pixel_values", "w"], ["h"]), helper.make_node("Sigmoid", ["h"], ["y"])]
+    graph = helper.make_graph(nodes, "enc", [helper.make_tensor_value_info("pixel_values", TensorProto.FLOAT,
+                                                                          [1, 3, 256, 256])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], initializer=[w])
+    path = tmp_path / "enc.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    got = gf.time_encoder_openvino(path, threads=1, repeats=5)
+    assert got["gemm_nodes_median_ms"] > 0 and got["calls"] >= 5
+    assert 0 < got["best_ms"] <= got["median_ms"]
+    assert got["gemm_nodes_median_ms"] + got["other_nodes_median_ms"] <= got["median_ms"] * 1.5
+
+
+@needs_openvino
+def test_openvino_gemm_kernel_rate_of_a_weight_product(gf):
+    best, median = gf._openvino_rate(64, 256, 256, threads=1, repeats=5)
+    assert 0 < best <= median < 1.0  # seconds of OpenVINO's GEMM kernel alone: positive, and well under a second
 
 
 def _write(path: Path, data) -> Path:
