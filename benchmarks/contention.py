@@ -98,6 +98,10 @@ SETTINGS = {
     "ov-1t": ("openvino", {"threads": 1, "pinning": False}),
     "ov-2t-tbb-auto": ("openvino", {"threads": 2, "pinning": False, "partitioner": "AUTO"}),
     "ov-2t-tbb-static": ("openvino", {"threads": 2, "pinning": False, "partitioner": "STATIC"}),
+    "ov-3t": ("openvino", {"threads": 3, "pinning": False}),
+    "ov-4t": ("openvino", {"threads": 4, "pinning": False}),
+    "ort-3t-nospin": ("onnxruntime", {"threads": 3, "spinning": False}),
+    "ort-4t-nospin": ("onnxruntime", {"threads": 4, "spinning": False}),
 }
 BUSY = "while True:\n    pass\n"  # one core's worth of work, what a competing process does at its worst
 
@@ -111,8 +115,19 @@ def _open(backend: str, opts: dict, path: Path):
     return OrtSession(path, threads=opts["threads"], spinning=opts["spinning"])
 
 
+def _ticks(pid: int) -> int | None:
+    """CPU time (user + system, clock ticks) process ``pid`` has used, from /proc; None where there is none."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return int(fields[11]) + int(fields[12])  # utime, stime: fields 14 and 15 of stat(5)
+
+
 def child(spec: dict) -> dict:
-    """In a fresh process: one setting, quiet and busy rounds alternating (pairs), per-round medians."""
+    """In a fresh process: one setting, quiet and busy rounds alternating (pairs), per-round medians. Per
+    condition also the cores used: this process's CPU time (all its threads) over the wall time of the timed
+    encodes, and, beside the busy process, that process's (how the scheduler shared the two cores)."""
     from vlmedge.manifest import open_bundle
 
     bundle = Path(spec["bundle"])
@@ -123,6 +138,7 @@ def child(spec: dict) -> dict:
     x = np.random.default_rng(0).normal(0, 1, (1, 3, h, w)).astype(np.float32)
     for _ in range(3):
         session.run(x)
+    hz = os.sysconf("SC_CLK_TCK")
     rounds = []
     for r in range(spec["rounds"]):
         pair = {}
@@ -133,15 +149,24 @@ def child(spec: dict) -> dict:
                 time.sleep(0.3)  # running, and the scheduler has seen it
             try:
                 times = []
+                busy_ticks = _ticks(busy.pid) if busy is not None else None
+                cpu, wall = time.process_time(), time.perf_counter()
                 for _ in range(spec["per_round"]):
                     t = time.perf_counter()
                     session.run(x)
                     times.append((time.perf_counter() - t) * 1e3)
+                cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+                # clock ticks are 10 ms here: a share needs a window of a few tenths of a second to mean anything
+                if busy is not None and busy_ticks is not None and (end := _ticks(busy.pid)) is not None \
+                        and wall >= 0.2:
+                    pair["busy_process_cores"] = (end - busy_ticks) / hz / wall
             finally:
                 if busy is not None:
                     busy.kill()
                     busy.wait()
             pair[cond] = float(np.median(times))
+            pair[f"{cond}_cores"] = cpu / wall
+            pair[f"{cond}_cpu_ms"] = cpu * 1e3 / spec["per_round"]  # CPU time per encode, all threads
         rounds.append(pair)
     return {"rounds": rounds, "loadavg": list(os.getloadavg())}
 
@@ -169,14 +194,24 @@ def measure(bundles: dict[str, Path], rounds: int, per_round: int, passes: int, 
                          float(np.median(q)), float(np.median(bz)), out["loadavg"][0])
     for b in results.values():
         for e in b.values():
-            q = [r["quiet"] for r in e["rounds"]]
-            bz = [r["busy"] for r in e["rounds"]]
-            e["quiet_median_ms"] = round(float(np.median(q)), 2)
-            e["busy_median_ms"] = round(float(np.median(bz)), 2)
-            e["slowdown_median"] = round(float(np.median([r["busy"] / r["quiet"] for r in e["rounds"]])), 3)
-            e["load_avg_1min"] = [round(v, 2) for v in e["loadavg"]]
-            del e["loadavg"]
+            summarize(e)
     return results
+
+
+def summarize(e: dict) -> dict:
+    """One setting's rounds (and the load averages seen) -> its medians, in place: times, slowdown (the median of
+    the per-round busy/quiet ratios), and the CPU accounting where the rounds have it."""
+    q = [r["quiet"] for r in e["rounds"]]
+    bz = [r["busy"] for r in e["rounds"]]
+    e["quiet_median_ms"] = round(float(np.median(q)), 2)
+    e["busy_median_ms"] = round(float(np.median(bz)), 2)
+    e["slowdown_median"] = round(float(np.median([r["busy"] / r["quiet"] for r in e["rounds"]])), 3)
+    for key in ("quiet_cores", "busy_cores", "quiet_cpu_ms", "busy_cpu_ms", "busy_process_cores"):
+        values = [r[key] for r in e["rounds"] if key in r]
+        if values:
+            e[f"{key}_median"] = round(float(np.median(values)), 3)
+    e["load_avg_1min"] = [round(v, 2) for v in e.pop("loadavg")]
+    return e
 
 
 def compare(bundles: dict[str, Path], rounds: int, per_round: int) -> dict:
@@ -226,11 +261,19 @@ def compare(bundles: dict[str, Path], rounds: int, per_round: int) -> dict:
 
 
 def print_table(results: dict) -> None:
-    print(f"\n{'bundle':<14}{'setting':<16}{'quiet ms':>10}{'busy ms':>10}{'slowdown':>10}   load avg (1 min)")
+    """Times and slowdown, and why: the cores each side used (``cores``: CPU time over wall time; ``other``:
+    the busy process's), and the CPU time per encode (more beside the busy process: threads spinning or
+    waiting on each other)."""
+    print(f"\n{'bundle':<14}{'setting':<16}{'quiet ms':>10}{'busy ms':>10}{'slowdown':>10}{'cores q/b':>12}"
+          f"{'other':>7}{'cpu ms q/b':>14}   load avg (1 min)")
     for b_name, b in results.items():
         for setting, e in b.items():
+            cores = (f"{e['quiet_cores_median']:.2f}/{e['busy_cores_median']:.2f}"
+                     if "busy_cores_median" in e else "-")
+            cpu = f"{e['quiet_cpu_ms_median']:.0f}/{e['busy_cpu_ms_median']:.0f}" if "busy_cpu_ms_median" in e else "-"
+            other = f"{e['busy_process_cores_median']:.2f}" if "busy_process_cores_median" in e else "-"
             print(f"{b_name:<14}{setting:<16}{e['quiet_median_ms']:>10.1f}{e['busy_median_ms']:>10.1f}"
-                  f"{e['slowdown_median']:>9.2f}x   {e['load_avg_1min']}")
+                  f"{e['slowdown_median']:>9.2f}x{cores:>12}{other:>7}{cpu:>14}   {e['load_avg_1min']}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -407,6 +407,20 @@ def floor_of(products: list[Product], rates: list[dict]) -> dict:
     return {"floor_ms": floor_s * 1e3, "floor_ms_uniform": total / (top * 1e9) * 1e3, "best_rate_gmacs": top}
 
 
+def weight_gemms_by_method(products: list[Product], rates: list[dict]) -> dict[str, float]:
+    """Ms of the products with a constant weight at each method's own measured rate for their shapes (the best
+    call of each), for the methods measured at every one of those shapes; ``best`` at the best of them per shape.
+    Where an encoder's GEMM time comes from: the kernels a backend has, or how it runs them in the model."""
+    by_shape = {(r["batch"], r["m"], r["k"], r["n"], r["weight"]): r for r in rates}
+    weight = [p for p in products if p.weight]
+    methods = set.intersection(*(set(by_shape[(p.batch, p.m, p.k, p.n, True)]["gmacs"]) for p in weight)) \
+        if weight else set()
+    out = {m: sum(p.macs / (by_shape[(p.batch, p.m, p.k, p.n, True)]["gmacs"][m] * 1e9) for p in weight) * 1e3
+           for m in sorted(methods)}
+    out["best"] = sum(p.macs / (by_shape[(p.batch, p.m, p.k, p.n, True)]["best_gmacs"] * 1e9) for p in weight) * 1e3
+    return out
+
+
 # ----------------------------------------------------------------------------- encoder, files
 def encoder_path(arg: str, backend: str = "onnxruntime") -> Path:
     """The image encoder file ``backend`` runs: a bundle's (``Manifest.image_file``), or the ONNX file given."""
@@ -532,6 +546,7 @@ def main(argv=None) -> int:
         shapes = sorted({(p.batch, p.m, p.k, p.n, p.weight) for p in products})
         rates = measure_rates(shapes, args.threads, args.repeats)
         floor = floor_of(products, rates)
+        weight_ms = weight_gemms_by_method(products, rates)
         enc = time_encoder(path, args.threads, args.encoder_repeats)
         ov_enc = time_encoder_openvino(encoder_path(arg, "openvino"), args.threads, args.encoder_repeats)
         entry = {"file": str(path), "macs": macs["total"], "weight_macs": macs["weight"],
@@ -539,6 +554,7 @@ def main(argv=None) -> int:
                  "encoder_best_ms": round(enc["best_ms"], 3), "encoder_median_ms": round(enc["median_ms"], 3),
                  "encoder_kernel_min_ms": round(enc["kernel_min_ms"], 3),
                  "matmul_kernel_min_ms": round(enc["matmul_kernel_min_ms"], 3),
+                 "weight_gemms_ms_by_method": {k: round(v, 3) for k, v in weight_ms.items()},
                  "loadavg": list(os.getloadavg())}
         if ov_enc is not None:
             entry["openvino"] = {k: round(v, 3) if isinstance(v, float) else v for k, v in ov_enc.items()}
@@ -552,6 +568,8 @@ def main(argv=None) -> int:
                   + ", ".join(f"{k} {v:.0f}" for k, v in r["gmacs"].items()) + " GMAC/s")
         print(f"  floor {floor['floor_ms']:.2f} ms (per-shape best rates); {floor['floor_ms_uniform']:.2f} ms at the "
               f"best rate of any shape ({floor['best_rate_gmacs']:.0f} GMAC/s)")
+        print("  weight GEMMs alone at each method's rates: "
+              + ", ".join(f"{k} {v:.2f} ms" for k, v in weight_ms.items()))
         for label, ms in (("encoder best call", enc["best_ms"]), ("encoder, per-node fastest", enc["kernel_min_ms"]),
                           ("its matmul nodes, per-node fastest", enc["matmul_kernel_min_ms"])):
             print(f"  {label:<36} {ms:8.2f} ms = {ms / floor['floor_ms']:.2f}x floor "

@@ -154,6 +154,22 @@ def test_floor_of_sums_each_product_at_its_shapes_best_rate(gf):
     assert f["floor_ms_uniform"] == pytest.approx(2250 / 1e6 * 1e3) and f["best_rate_gmacs"] == 1e-3
 
 
+def test_weight_gemms_by_method_sums_each_methods_own_rates(gf):
+    P = gf.Product
+    products = [P("a", "MatMul", 1, 10, 10, 10, True), P("b", "MatMul", 1, 10, 10, 20, True),
+                P("s", "MatMul", 2, 5, 5, 5, False)]  # not a weight product: left out
+    rates = [{"batch": 1, "m": 10, "k": 10, "n": 10, "weight": True, "best_gmacs": 2e-3,
+              "gmacs": {"x": 1e-3, "y": 2e-3, "only_here": 5e-3}},
+             {"batch": 1, "m": 10, "k": 10, "n": 20, "weight": True, "best_gmacs": 4e-3,
+              "gmacs": {"x": 4e-3, "y": 2e-3}},
+             {"batch": 2, "m": 5, "k": 5, "n": 5, "weight": False, "best_gmacs": 1e-3, "gmacs": {"x": 1e-3}}]
+    got = gf.weight_gemms_by_method(products, rates)
+    assert set(got) == {"x", "y", "best"}  # "only_here" was not measured at every weight shape
+    assert got["x"] == pytest.approx((1000 / 1e6 + 2000 / 4e6) * 1e3)
+    assert got["y"] == pytest.approx((1000 / 2e6 + 2000 / 2e6) * 1e3)
+    assert got["best"] == pytest.approx((1000 / 2e6 + 2000 / 4e6) * 1e3)
+
+
 def _tiny_encoder(path: Path, name: str = "enc") -> Path:
     """A one-projection image 'encoder': pixel_values [1,3,8,8] -> [1,3,8,16]."""
     w = numpy_helper.from_array(np.random.default_rng(0).normal(0, 1, (8, 16)).astype(np.float32), "w")
