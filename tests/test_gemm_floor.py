@@ -154,6 +154,30 @@ def test_floor_of_sums_each_product_at_its_shapes_best_rate(gf):
     assert f["floor_ms_uniform"] == pytest.approx(2250 / 1e6 * 1e3) and f["best_rate_gmacs"] == 1e-3
 
 
+def test_floor_streamed_takes_the_streamed_rate_of_weight_products_only(gf):
+    P = gf.Product
+    products = [P("a", "MatMul", 1, 10, 10, 10, True), P("s", "MatMul", 2, 5, 5, 5, False),
+                P("one", "MatMul", 1, 1, 10, 10, True)]  # a shape with no streamed rate: its best rate
+    rates = [{"batch": 1, "m": 10, "k": 10, "n": 10, "weight": True, "best_gmacs": 2e-3,
+              "gmacs": {"x": 2e-3, "torch_int_mm_streamed": 1e-3}},
+             {"batch": 2, "m": 5, "k": 5, "n": 5, "weight": False, "best_gmacs": 1e-3, "gmacs": {"x": 1e-3}},
+             {"batch": 1, "m": 1, "k": 10, "n": 10, "weight": True, "best_gmacs": 1e-3, "gmacs": {"x": 1e-3}}]
+    f = gf.floor_of(products, rates)
+    assert f["floor_ms"] == pytest.approx((1000 / 2e6 + 250 / 1e6 + 100 / 1e6) * 1e3)
+    assert f["floor_ms_streamed"] == pytest.approx((1000 / 1e6 + 250 / 1e6 + 100 / 1e6) * 1e3)
+    del rates[0]["gmacs"]["torch_int_mm_streamed"]
+    assert "floor_ms_streamed" not in gf.floor_of(products, rates)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch is not installed")
+def test_measure_rates_streams_weights_only_for_shapes_the_encoder_has_several_of(gf):
+    rows = gf.measure_rates([(1, 8, 64, 32, True), (1, 4, 64, 32, True)], threads=1, repeats=3,
+                            copies={(1, 8, 64, 32): 3})
+    several, one = rows
+    assert several["gmacs"]["torch_int_mm_streamed"] > 0 and "torch_int_mm_streamed" not in one["gmacs"]
+    assert several["best_by"] != "torch_int_mm_streamed"  # the floor's best rate stays the definition
+
+
 def test_weight_gemms_by_method_sums_each_methods_own_rates(gf):
     P = gf.Product
     products = [P("a", "MatMul", 1, 10, 10, 10, True), P("b", "MatMul", 1, 10, 10, 20, True),
