@@ -269,6 +269,11 @@ def test_floor_multiple_is_none_without_a_file_an_entry_or_on_another_cpu(tmp_pa
     got = floor_multiple(30.0, sha, path)
     assert got.multiple == pytest.approx(1.5) and got.floor_ms_uniform == 18.0
     assert got.to_dict()["multiple"] == 1.5
+    assert got.floor_ms_streamed is None and got.to_dict()["multiple_streamed"] is None  # an older file
+    data = _floor()
+    data["encoders"]["ab" * 32]["floor_ms_streamed"] = 24.0
+    streamed = floor_multiple(30.0, sha, _write(tmp_path / "s.json", data))
+    assert streamed.floor_ms_streamed == 24.0 and streamed.to_dict()["multiple_streamed"] == 1.25
     assert floor_multiple(30.0, "cd" * 32, path) is None  # another encoder
     assert floor_multiple(30.0, sha, _write(tmp_path / "g.json", _floor(cpu="Some Other CPU"))) is None
 
@@ -281,6 +286,8 @@ def test_floor_multiple_is_none_without_a_file_an_entry_or_on_another_cpu(tmp_pa
     ({**_floor(), "encoders": []}, "'encoders' must be an object"),
     (_floor(floor_ms=-1), r"encoders\['abababababab'\].floor_ms must be a positive number, got -1"),
     (_floor(floor_ms="fast"), "floor_ms must be a positive number"),
+    ({**_floor(), "encoders": {"ab" * 32: {"floor_ms": 20.0, "floor_ms_streamed": 0}}},
+     "floor_ms_streamed must be a positive number, got 0"),
 ])
 def test_a_bad_floor_file_is_an_error_naming_the_file_and_field(tmp_path, data, field):
     path = tmp_path / "bad.json"
@@ -320,3 +327,8 @@ def test_bench_floor_reads_the_entry_of_the_bundles_image_encoder(tiny_bundle_di
     (line,) = floor_lines(got, threads=2)
     assert "p50 2.50x the floor of 2.00 ms" in line and "fastest call 2.00x" in line and "threads" not in line
     assert "measured at 2 threads" in floor_lines(got, threads=1)[0]
+    assert "once per frame" not in line  # no streamed floor in this file
+    data["encoders"][sha]["floor_ms_streamed"] = 4.0
+    _write(tmp_path / "floor.json", data)
+    (line,) = floor_lines(bench_floor(manifest, encoder, ["CPUExecutionProvider"]), threads=2)
+    assert "p50 2.50x the floor of 2.00 ms" in line and "1.25x the 4.00 ms with each weight read once per frame" in line
