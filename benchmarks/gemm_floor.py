@@ -1,7 +1,7 @@
 """The GEMM floor of an image encoder on this CPU: its multiply-accumulates over the best int8 matmul
 rate measured here for its own GEMM shapes. Heavy-ish (a minute or two); run it by hand.
 
-    python benchmarks/gemm_floor.py BUNDLE [BUNDLE ...] [--threads 2] [--floor-file PATH]
+    python benchmarks/gemm_floor.py BUNDLE [BUNDLE ...] [--threads 2] [--rounds 5] [--floor-file PATH]
         [--json benchmarks/results/gemm-floor-DATE.json]
 
 1. MACs: ``gemms(model)`` lists every matrix product of the ONNX graph (MatMul, Gemm, Conv, the
@@ -31,6 +31,10 @@ rate measured here for its own GEMM shapes. Heavy-ish (a minute or two); run it 
    default CPU path, ``--backend auto``, on x86), in the same run: best and median call, and per call
    the sum of its GEMM nodes (FullyConnected, MatMul, Convolution) and of the rest, from OpenVINO's
    per-node profile, as multiples of the same floor.
+5. Rounds (``--rounds``, default 5): every product's methods, then every encoder, in turn, so that the
+   drift of a shared machine falls on both sides. ``paired_multiple``: per backend, the encoder's median
+   call in a round over that round's floor, the median over rounds (and the range). The floor itself
+   (``floor_ms``) stays the best calls over all rounds.
 
 The floor file (JSON, format in ``vlmedge/floor.py``; ``$VLMEDGE_GEMM_FLOOR``, else ``gemm-floor.json``
 in the runtime's cache folder: ``$VLMEDGE_CACHE_DIR``, else ``~/.cache/vlmedge``) gets one entry per
@@ -241,16 +245,35 @@ def _session(model: onnx.ModelProto, threads: int):
     return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
 
 
-def _best(fn, repeats: int, min_seconds: float = 0.05) -> tuple[float, float]:
-    """(best, median) seconds of one call; at least ``repeats`` calls and ``min_seconds`` of them."""
-    fn()
-    fn()
-    times, t_end = [], time.perf_counter() + min_seconds
-    while len(times) < repeats or time.perf_counter() < t_end:
+class Timer:
+    """One thing timed in rounds: ``fn()`` runs it once and returns the seconds that count (a call's wall time,
+    or a kernel's time from a profile). ``round`` adds one round of calls; rounds of several timers interleave,
+    so that a shared machine's drift falls on all of them alike."""
+
+    def __init__(self, fn, warmup: int = 2):
+        self.fn = fn
+        self.rounds: list[list[float]] = []
+        for _ in range(warmup):
+            fn()
+
+    def round(self, calls: int, min_seconds: float = 0.0) -> None:
+        times, t_end = [], time.perf_counter() + min_seconds
+        while len(times) < calls or time.perf_counter() < t_end:
+            times.append(self.fn())
+        self.rounds.append(times)
+
+    def times(self, r: int | None = None) -> list[float]:
+        """Round ``r``'s times, or all; zeros (a kernel under its profile's resolution) left out."""
+        got = self.rounds[r] if r is not None else [t for rr in self.rounds for t in rr]
+        return [t for t in got if t > 0]
+
+
+def _wall(call):
+    def fn() -> float:
         t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times), float(np.median(times))
+        call()
+        return time.perf_counter() - t
+    return fn
 
 
 def single_node(op: str, batch: int, m: int, k: int, n: int, weight: bool, seed: int = 0):
@@ -297,45 +320,30 @@ def single_node(op: str, batch: int, m: int, k: int, n: int, weight: bool, seed:
     return helper.make_model(graph, opset_imports=opsets), feeds
 
 
-def _torch_int_mm(batch: int, m: int, k: int, n: int, threads: int, repeats: int):
+def _torch_timer(batch: int, m: int, k: int, n: int, threads: int, copies: int = 1):
+    """A call of ``torch._int_mm`` (int8 x int8 -> int32) at the shape, or None without torch or the op. With
+    ``copies`` > 1 (weight products only), each call takes the next of that many distinct weights: the encoder
+    has that many products of the shape and reads each weight once per frame, so between two uses of one the
+    others pass through the caches (a rate timed on one weight matrix has it in the core's cache)."""
     try:
         import torch
     except ImportError:
         return None
     torch.set_num_threads(threads)
-    g = torch.Generator().manual_seed(0)
+    g = torch.Generator().manual_seed(copies)
     a = torch.randint(-128, 128, (batch, m, k), dtype=torch.int8, generator=g)
-    b = torch.randint(-127, 128, (batch, k, n), dtype=torch.int8, generator=g)
+    b = [torch.randint(-127, 128, (batch, k, n), dtype=torch.int8, generator=g) for _ in range(copies)]
     try:
-        torch._int_mm(a[0], b[0])
+        torch._int_mm(a[0], b[0][0])
     except (RuntimeError, AttributeError) as e:
         log.info("torch._int_mm %dx%dx%d not measured: %s", m, k, n, e)
         return None
+    if copies > 1:
+        turn = iter(range(1 << 62))
+        return _wall(lambda: torch._int_mm(a[0], b[next(turn) % copies][0]))
     if batch == 1:
-        return _best(lambda: torch._int_mm(a[0], b[0]), repeats)
-    return _best(lambda: [torch._int_mm(a[i], b[i]) for i in range(batch)], repeats)
-
-
-def _torch_int_mm_streamed(m: int, k: int, n: int, copies: int, threads: int, repeats: int):
-    """torch._int_mm of one weight product whose weight was not just used: each call takes the next of ``copies``
-    distinct weights (as many as the encoder has of this shape, each read once per frame; between two uses of
-    one, the others pass through the caches). (best, median) seconds of one product, or None."""
-    if copies < 2:
-        return None
-    try:
-        import torch
-    except ImportError:
-        return None
-    torch.set_num_threads(threads)
-    g = torch.Generator().manual_seed(1)
-    a = torch.randint(-128, 128, (m, k), dtype=torch.int8, generator=g)
-    weights = [torch.randint(-127, 128, (k, n), dtype=torch.int8, generator=g) for _ in range(copies)]
-    try:
-        torch._int_mm(a, weights[0])
-    except (RuntimeError, AttributeError):
-        return None
-    turn = iter(range(1 << 62))
-    return _best(lambda: torch._int_mm(a, weights[next(turn) % copies]), max(repeats, 2 * copies))
+        return _wall(lambda: torch._int_mm(a[0], b[0][0]))
+    return _wall(lambda: [torch._int_mm(a[i], b[0][i]) for i in range(batch)])
 
 
 def single_node_qdq(m: int, k: int, n: int, seed: int = 0):
@@ -365,18 +373,20 @@ def is_gemm_layer(node_type: str) -> bool:
     return node_type.startswith(GEMM_LAYERS)
 
 
-def _openvino_rate(m: int, k: int, n: int, threads: int, repeats: int):
-    """(best, median) seconds of OpenVINO's GEMM kernel for one weight product, from its per-node profile (the
-    call's own overhead, a fixed ~0.1-0.3 ms here, left out: inside an encoder there is one call per frame, not
-    per product); None without OpenVINO or when it runs no GEMM kernel."""
-    try:
-        from openvino_profile import compile_profiled
-    except ImportError:  # OpenVINO itself missing (the sibling script imports it lazily)
-        return None
+def _openvino_available() -> bool:
     from vlmedge.runtime.grounding.backends import openvino_version
 
-    if openvino_version() is None:
+    return openvino_version() is not None
+
+
+def _openvino_timer(m: int, k: int, n: int, threads: int):
+    """OpenVINO's GEMM kernel for one weight product: each call returns the kernel's seconds from OpenVINO's
+    per-node profile (the call's own overhead, a fixed ~0.1-0.3 ms here, left out: an encoder makes one call
+    per frame, not per product); 0 when under the profile's 1 us resolution. None without OpenVINO."""
+    if not _openvino_available():
         return None
+    from openvino_profile import compile_profiled
+
     model, feeds = single_node_qdq(m, k, n)
     with tempfile.TemporaryDirectory(prefix="gemm-floor-ov-") as tmp:
         path = Path(tmp) / "product.onnx"
@@ -384,50 +394,81 @@ def _openvino_rate(m: int, k: int, n: int, threads: int, repeats: int):
         compiled, _, _ = compile_profiled(path, threads, ir_cache=False)
         request = compiled.create_infer_request()
     x = feeds["X"]
-    times = []
-    for i in range(max(repeats, 3) + 2):
+
+    def fn() -> float:
         request.infer({0: x})
-        kernel = sum(p.real_time.total_seconds() for p in request.get_profiling_info() if is_gemm_layer(p.node_type))
-        if i >= 2:  # two warm-up calls, as _best
-            times.append(kernel)
-    if not any(times):  # no GEMM node, or one under the profile's 1 us resolution
-        log.info("OpenVINO's profile timed no GEMM kernel for %dx%dx%d", m, k, n)
-        return None
-    return min(t for t in times if t > 0), float(np.median(times))
+        return sum(p.real_time.total_seconds() for p in request.get_profiling_info() if is_gemm_layer(p.node_type))
+    return fn
 
 
-def measure_rates(shapes: list[tuple[int, int, int, int, bool]], threads: int, repeats: int,
-                  copies: dict[tuple[int, int, int, int], int] | None = None) -> list[dict]:
-    """GMAC/s per shape (batch, m, k, n, weight) and method; best call of each. ``copies``: how many products
-    of each weight shape the encoder has; with 2 or more, ``torch_int_mm_streamed`` too (each call on the next
-    of that many weights, see ``_torch_int_mm_streamed``; not part of ``best_gmacs``)."""
+INT8_METHODS = ("ort_MatMulInteger", "ort_MatMulIntegerToFloat", "torch_int_mm", "openvino_fc_kernel")
+
+
+def rate_timers(shapes: list[tuple[int, int, int, int, bool]], threads: int,
+                copies: dict[tuple[int, int, int, int], int] | None = None) -> dict[tuple, dict[str, Timer]]:
+    """Per shape (batch, m, k, n, weight), a Timer per method that runs here: ONNX Runtime ``MatMulInteger`` and
+    ``MatMulIntegerToFloat`` (and fp32 ``MatMul`` for activation products), ``torch._int_mm``, OpenVINO's kernel
+    (weight products), and ``torch_int_mm_streamed`` for a weight shape the encoder has 2 or more of
+    (``copies``; see ``_torch_timer``; not one of the floor's methods)."""
     copies = copies or {}
-    rows = []
+    out: dict[tuple, dict[str, Timer]] = {}
     for batch, m, k, n, weight in shapes:
-        macs = batch * m * k * n
-        row = {"batch": batch, "m": m, "k": k, "n": n, "weight": weight, "gmacs": {}, "gmacs_median": {}}
-        methods = ["MatMulInteger", "MatMulIntegerToFloat"] + ([] if weight else ["MatMul"])
-        for op in methods:
+        fns = {}
+        for op in ["MatMulInteger", "MatMulIntegerToFloat"] + ([] if weight else ["MatMul"]):
             model, feeds = single_node(op, batch, m, k, n, weight)
-            best, med = _best(functools.partial(_session(model, threads).run, None, feeds), repeats)
-            key = {"MatMul": "ort_fp32_matmul"}.get(op, f"ort_{op}")
-            row["gmacs"][key], row["gmacs_median"][key] = macs / best / 1e9, macs / med / 1e9
-        timed = {"torch_int_mm": _torch_int_mm(batch, m, k, n, threads, repeats),
-                 "openvino_fc_kernel": _openvino_rate(m, k, n, threads, repeats) if weight and batch == 1 else None}
-        for key, t in timed.items():
-            if t is not None:
-                row["gmacs"][key], row["gmacs_median"][key] = macs / t[0] / 1e9, macs / t[1] / 1e9
-        int8 = {kk: v for kk, v in row["gmacs"].items() if kk != "ort_fp32_matmul"}
-        streamed = (_torch_int_mm_streamed(m, k, n, copies.get((batch, m, k, n), 1), threads, repeats)
-                    if weight and batch == 1 else None)
-        if streamed is not None:
-            row["gmacs"]["torch_int_mm_streamed"] = macs / streamed[0] / 1e9
-            row["gmacs_median"]["torch_int_mm_streamed"] = macs / streamed[1] / 1e9
+            fns[{"MatMul": "ort_fp32_matmul"}.get(op, f"ort_{op}")] = _wall(
+                functools.partial(_session(model, threads).run, None, feeds))
+        fns["torch_int_mm"] = _torch_timer(batch, m, k, n, threads)
+        if weight and batch == 1:
+            fns["openvino_fc_kernel"] = _openvino_timer(m, k, n, threads)
+            if copies.get((batch, m, k, n), 1) > 1:
+                fns["torch_int_mm_streamed"] = _torch_timer(batch, m, k, n, threads, copies[(batch, m, k, n)])
+        out[(batch, m, k, n, weight)] = {key: Timer(fn) for key, fn in fns.items() if fn is not None}
+    return out
+
+
+def rates_of(timers: dict[tuple, dict[str, Timer]]) -> list[dict]:
+    """GMAC/s per shape and method from the timers' calls: the best call over all rounds (``gmacs``: a rate the
+    hardware reached, which load from other processes can only lower), the median one, and the best call of
+    each round (``gmacs_by_round``); ``best_by`` / ``best_gmacs``: the fastest int8 method (INT8_METHODS)."""
+    rows = []
+    for (batch, m, k, n, weight), by_method in timers.items():
+        macs = batch * m * k * n
+        row = {"batch": batch, "m": m, "k": k, "n": n, "weight": weight, "gmacs": {}, "gmacs_median": {},
+               "gmacs_by_round": {}}
+        for key, t in by_method.items():
+            if not t.times():
+                log.info("%s timed nothing for %dx%dx%dx%d (under its resolution)", key, batch, m, k, n)
+                continue
+            row["gmacs"][key] = macs / min(t.times()) / 1e9
+            row["gmacs_median"][key] = macs / float(np.median(t.times())) / 1e9
+            row["gmacs_by_round"][key] = [macs / min(t.times(r)) / 1e9 if t.times(r) else None
+                                          for r in range(len(t.rounds))]
+        int8 = {kk: v for kk, v in row["gmacs"].items() if kk in INT8_METHODS}
         row["best_by"] = max(int8, key=int8.get)
         row["best_gmacs"] = int8[row["best_by"]]
         rows.append(row)
-        log.info("%s %dx(%dx%d @ %dx%d): %s", "weight" if weight else "act", batch, m, k, k, n,
-                 ", ".join(f"{kk} {v:.0f}" for kk, v in row["gmacs"].items()))
+    return rows
+
+
+def measure_rates(shapes: list[tuple[int, int, int, int, bool]], threads: int, repeats: int,
+                  copies: dict[tuple[int, int, int, int], int] | None = None, rounds: int = 1,
+                  between=None) -> list[dict]:
+    """``rate_timers`` run for ``rounds`` rounds of ``repeats / rounds`` calls each (at least one), every timer
+    once per round; ``between(r)``, when given, runs after round r's products (the encoders' round, so that
+    encoder and floor are timed side by side). Returns ``rates_of`` those timers."""
+    timers = rate_timers(shapes, threads, copies)
+    calls = max(1, math.ceil(repeats / rounds))
+    for r in range(rounds):
+        for by_method in timers.values():
+            for t in by_method.values():
+                t.round(calls)
+        if between is not None:
+            between(r)
+    rows = rates_of(timers)
+    for row in rows:
+        log.info("%s %dx(%dx%d @ %dx%d): %s", "weight" if row["weight"] else "act", row["batch"], row["m"],
+                 row["k"], row["k"], row["n"], ", ".join(f"{kk} {v:.0f}" for kk, v in row["gmacs"].items()))
     return rows
 
 
@@ -445,6 +486,22 @@ def floor_of(products: list[Product], rates: list[dict]) -> dict:
         out["floor_ms_streamed"] = sum(
             p.macs / ((streamed.get((p.batch, p.m, p.k, p.n)) if p.weight else None)
                       or best[(p.batch, p.m, p.k, p.n, p.weight)]) / 1e9 for p in products) * 1e3
+    return out
+
+
+def floors_by_round(products: list[Product], rates: list[dict]) -> list[float]:
+    """The floor (ms, per-shape best int8 rate) of each round alone, from ``rates_of``'s ``gmacs_by_round``: what
+    the encoder timed in the same round is divided by (a ratio of two things timed side by side)."""
+    by_shape = {(r["batch"], r["m"], r["k"], r["n"], r["weight"]): r for r in rates}
+    n_rounds = max(len(v) for r in rates for v in r.get("gmacs_by_round", {}).values())
+    out = []
+    for i in range(n_rounds):
+        total = 0.0
+        for p in products:
+            row = by_shape[(p.batch, p.m, p.k, p.n, p.weight)]
+            got = [v[i] for k, v in row["gmacs_by_round"].items() if k in INT8_METHODS and v[i]]
+            total += p.macs / ((max(got) if got else row["best_gmacs"]) * 1e9)
+        out.append(total * 1e3)
     return out
 
 
@@ -493,50 +550,82 @@ def _encoder_feeds(path: Path) -> dict:
     return {model.graph.input[0].name: x}
 
 
-def time_encoder(path: Path, threads: int, repeats: int) -> dict:
-    """Best and median call of the whole encoder, and ``kernel_min_ms``: the sum over its nodes of each node's
-    fastest time in ONNX Runtime's profile of the same calls (what the encoder takes when every node gets
-    the cores: on a machine shared with other processes a whole call rarely does, one node often does)."""
-    feeds = _encoder_feeds(path)
-    with tempfile.TemporaryDirectory(prefix="gemm-floor-") as tmp:
-        s = _encoder_session(path, threads, profile=str(Path(tmp) / "prof"))
-        best, med = _best(lambda: s.run(None, feeds), repeats, min_seconds=1.0)
-        events = json.loads(Path(s.end_profiling()).read_text())
-    per_node: dict[str, list] = {}
-    for e in events:
-        if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time"):
-            per_node.setdefault(e["name"], [e["args"]["op_name"], []])[1].append(e["dur"] / 1e3)
-    kernel_min = sum(min(d[2:] or d) for _, d in per_node.values())  # the first two calls warm up (_best)
-    gemm_min = sum(min(d[2:] or d) for op, d in per_node.values() if op in MATMUL_OPS)
-    return {"best_ms": best * 1e3, "median_ms": med * 1e3, "kernel_min_ms": kernel_min,
-            "matmul_kernel_min_ms": gemm_min, "calls": repeats}
+class OrtEncoder:
+    """The encoder on ONNX Runtime (profiling on), timed in rounds; ``result()`` adds ``kernel_min_ms``: the sum
+    over its nodes of each node's fastest time in ONNX Runtime's profile of the same calls (what the encoder
+    takes when every node gets the cores: on a machine shared with other processes a whole call rarely does,
+    one node often does), and the same for its matmul nodes."""
+
+    def __init__(self, path: Path, threads: int, tmp: str):
+        feeds = _encoder_feeds(path)
+        self.path = path
+        self.session = _encoder_session(path, threads, profile=str(Path(tmp) / "prof"))
+        self.timer = Timer(_wall(lambda: self.session.run(None, feeds)))
+
+    def result(self) -> dict:
+        events = json.loads(Path(self.session.end_profiling()).read_text())
+        per_node: dict[str, list] = {}
+        for e in events:
+            if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time"):
+                per_node.setdefault(e["name"], [e["args"]["op_name"], []])[1].append(e["dur"] / 1e3)
+        kernel_min = sum(min(d[2:] or d) for _, d in per_node.values())  # the first two calls warm up (Timer)
+        gemm_min = sum(min(d[2:] or d) for op, d in per_node.values() if op in MATMUL_OPS)
+        times = self.timer.times()
+        return {"file": str(self.path), "best_ms": min(times) * 1e3, "median_ms": float(np.median(times)) * 1e3,
+                "kernel_min_ms": kernel_min, "matmul_kernel_min_ms": gemm_min, "calls": len(times),
+                "median_ms_by_round": [float(np.median(self.timer.times(r))) * 1e3
+                                       for r in range(len(self.timer.rounds))]}
+
+
+class OpenVinoEncoder:
+    """The encoder on OpenVINO, compiled as the runtime compiles it (its IR cache, its settings) with per-node
+    profiling, timed in rounds; ``result()``: best and median call, and the median per call of its GEMM nodes'
+    time (``GEMM_LAYERS``) and of the rest."""
+
+    def __init__(self, path: Path, threads: int):
+        from openvino_profile import compile_profiled, one_call
+
+        x = next(iter(_encoder_feeds(path).values()))
+        compiled, _, self.source = compile_profiled(path, threads)
+        request = compiled.create_infer_request()
+        self.path, self.gemm, self.rest = path, [], []
+
+        def fn() -> float:
+            wall, groups = one_call(request, x)
+            self.gemm.append(sum(ms for (kind, _), ms in groups.items() if is_gemm_layer(kind)))
+            self.rest.append(sum(ms for (kind, _), ms in groups.items() if not is_gemm_layer(kind)))
+            return wall / 1e3
+        self.timer = Timer(fn, warmup=3)
+
+    def result(self) -> dict:
+        times = self.timer.times()
+        return {"file": str(self.path), "compiled_from": str(self.source), "best_ms": min(times) * 1e3,
+                "median_ms": float(np.median(times)) * 1e3, "gemm_nodes_median_ms": float(np.median(self.gemm[3:])),
+                "other_nodes_median_ms": float(np.median(self.rest[3:])), "calls": len(times),
+                "median_ms_by_round": [float(np.median(self.timer.times(r))) * 1e3
+                                       for r in range(len(self.timer.rounds))]}
 
 
 def time_encoder_openvino(path: Path, threads: int, repeats: int) -> dict | None:
-    """The encoder on OpenVINO, compiled as the runtime compiles it (its IR cache, its settings) with per-node
-    profiling: best and median call, and the median per call of its GEMM nodes' time and of the rest. None
+    """``OpenVinoEncoder``'s result after one round of ``repeats`` calls (at least a second of them); None
     without OpenVINO."""
-    from vlmedge.runtime.grounding.backends import openvino_version
-
-    if openvino_version() is None:
+    if not _openvino_available():
         return None
-    from openvino_profile import compile_profiled, one_call
+    enc = OpenVinoEncoder(path, threads)
+    enc.timer.round(repeats, min_seconds=1.0)
+    return enc.result()
 
-    x = next(iter(_encoder_feeds(path).values()))
-    compiled, _, source = compile_profiled(path, threads)
-    request = compiled.create_infer_request()
-    for _ in range(3):
-        request.infer({0: x})
-    walls, gemm, rest = [], [], []
-    t_end = time.perf_counter() + 1.0
-    while len(walls) < repeats or time.perf_counter() < t_end:
-        wall, groups = one_call(request, x)
-        walls.append(wall)
-        gemm.append(sum(ms for (kind, _), ms in groups.items() if is_gemm_layer(kind)))
-        rest.append(sum(ms for (kind, _), ms in groups.items() if not is_gemm_layer(kind)))
-    return {"file": str(path), "compiled_from": str(source), "best_ms": min(walls),
-            "median_ms": float(np.median(walls)), "gemm_nodes_median_ms": float(np.median(gemm)),
-            "other_nodes_median_ms": float(np.median(rest)), "calls": len(walls)}
+
+def encoder_round(encoders: list, calls: int, r: int) -> None:
+    """Round ``r`` of the encoders: ``calls`` each, the order reversed every other round."""
+    for e in (encoders if r % 2 == 0 else encoders[::-1]):
+        e.timer.round(calls)
+
+
+def paired_multiples(encoder: dict, floors: list[float]) -> dict:
+    """Round by round, the encoder's median call over that round's floor: the median and the range."""
+    ratios = [ms / f for ms, f in zip(encoder["median_ms_by_round"], floors)]
+    return {"median": float(np.median(ratios)), "min": min(ratios), "max": max(ratios), "rounds": len(ratios)}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -545,8 +634,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("encoders", nargs="+", help="bundle directories or image encoder ONNX files")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--repeats", type=int, default=60, help="calls per shape and method (the best one counts)")
-    ap.add_argument("--encoder-repeats", type=int, default=30)
+    ap.add_argument("--repeats", type=int, default=60,
+                    help="calls per shape and method over all rounds (the best one counts)")
+    ap.add_argument("--encoder-repeats", type=int, default=30, help="encoder calls per backend over all rounds")
+    ap.add_argument("--rounds", type=int, default=5,
+                    help="rounds: every product and then every encoder, in turn (default 5)")
     ap.add_argument("--floor-file", default=None, help=f"floor file to update (default {default_floor_path()})")
     ap.add_argument("--json", default=None, help="also write this run's full results here")
     return ap.parse_args(argv)
@@ -589,20 +681,34 @@ def main(argv=None) -> int:
         for p in products:
             if p.weight:
                 copies[(p.batch, p.m, p.k, p.n)] = copies.get((p.batch, p.m, p.k, p.n), 0) + 1
-        rates = measure_rates(shapes, args.threads, args.repeats, copies)
+        with tempfile.TemporaryDirectory(prefix="gemm-floor-") as tmp:
+            encoders = {"onnxruntime": OrtEncoder(path, args.threads, tmp)}
+            if _openvino_available():
+                encoders["openvino"] = OpenVinoEncoder(encoder_path(arg, "openvino"), args.threads)
+            per_round = max(1, math.ceil(args.encoder_repeats / args.rounds))
+            rates = measure_rates(shapes, args.threads, args.repeats, copies, args.rounds,
+                                  functools.partial(encoder_round, list(encoders.values()), per_round))
+            enc = encoders["onnxruntime"].result()
+            ov_enc = encoders["openvino"].result() if "openvino" in encoders else None
         floor = floor_of(products, rates)
+        floors = floors_by_round(products, rates)
         weight_ms = weight_gemms_by_method(products, rates)
-        enc = time_encoder(path, args.threads, args.encoder_repeats)
-        ov_enc = time_encoder_openvino(encoder_path(arg, "openvino"), args.threads, args.encoder_repeats)
+        paired = {"onnxruntime": paired_multiples(enc, floors)}
+        if ov_enc is not None:
+            paired["openvino"] = paired_multiples(ov_enc, floors)
         entry = {"file": str(path), "macs": macs["total"], "weight_macs": macs["weight"],
                  "activation_macs": macs["activation"], **{k: round(v, 4) for k, v in floor.items()},
                  "encoder_best_ms": round(enc["best_ms"], 3), "encoder_median_ms": round(enc["median_ms"], 3),
                  "encoder_kernel_min_ms": round(enc["kernel_min_ms"], 3),
                  "matmul_kernel_min_ms": round(enc["matmul_kernel_min_ms"], 3),
                  "weight_gemms_ms_by_method": {k: round(v, 3) for k, v in weight_ms.items()},
-                 "loadavg": list(os.getloadavg())}
+                 "floor_ms_by_round": [round(f, 3) for f in floors],
+                 "paired_multiple": {k: {kk: round(vv, 3) if isinstance(vv, float) else vv for kk, vv in v.items()}
+                                     for k, v in paired.items()},
+                 "rounds": args.rounds, "loadavg": list(os.getloadavg())}
         if ov_enc is not None:
-            entry["openvino"] = {k: round(v, 3) if isinstance(v, float) else v for k, v in ov_enc.items()}
+            entry["openvino"] = {k: round(v, 3) if isinstance(v, float) else v for k, v in ov_enc.items()
+                                 if k != "median_ms_by_round"}
         entries[sha256_file(path)] = entry
         run[str(path)] = {**entry, "macs_by_op": macs["by_op"], "rates": rates,
                           "products": [asdict(p) for p in products]}
@@ -623,6 +729,10 @@ def main(argv=None) -> int:
             print(f"  {label:<36} {ms:8.2f} ms = {ms / floor['floor_ms']:.2f}x floor "
                   f"({ms / floor['floor_ms_uniform']:.2f}x uniform)")
         print(f"  encoder median call {enc['median_ms']:.2f} ms (load average {os.getloadavg()[0]:.1f})")
+        for backend, pm in paired.items():
+            print(f"  {backend}: median call / the same round's floor, {pm['rounds']} rounds: median "
+                  f"{pm['median']:.2f}x (range {pm['min']:.2f}-{pm['max']:.2f}x); floors by round "
+                  + ", ".join(f"{f:.1f}" for f in floors) + " ms")
         if ov_enc is not None:
             print(f"  OpenVINO on {ov_enc['file']}:")
             for label, ms in (("best call", ov_enc["best_ms"]), ("median call", ov_enc["median_ms"]),

@@ -178,6 +178,40 @@ def test_measure_rates_streams_weights_only_for_shapes_the_encoder_has_several_o
     assert several["best_by"] != "torch_int_mm_streamed"  # the floor's best rate stays the definition
 
 
+def test_timer_keeps_rounds_apart_and_leaves_out_zeros(gf):
+    values = iter([9.0, 9.0, 0.5, 0.0, 0.25, 0.75])  # two warm-up calls first
+    t = gf.Timer(lambda: next(values))
+    t.round(2)
+    t.round(2)
+    assert t.rounds == [[0.5, 0.0], [0.25, 0.75]]
+    assert t.times(0) == [0.5] and t.times() == [0.5, 0.25, 0.75]  # a 0 (under a profile's resolution) left out
+
+
+def test_floors_by_round_use_each_rounds_best_int8_method(gf):
+    P = gf.Product
+    products = [P("a", "MatMul", 1, 10, 10, 10, True), P("s", "MatMul", 2, 5, 5, 5, False)]
+    rates = [{"batch": 1, "m": 10, "k": 10, "n": 10, "weight": True, "best_gmacs": 4e-3,
+              "gmacs_by_round": {"ort_MatMulInteger": [1e-3, 4e-3], "torch_int_mm": [2e-3, None],
+                                 "torch_int_mm_streamed": [9e-3, 9e-3]}},  # not a floor method
+             {"batch": 2, "m": 5, "k": 5, "n": 5, "weight": False, "best_gmacs": 1e-3,
+              "gmacs_by_round": {"ort_fp32_matmul": [5e-3, 5e-3], "ort_MatMulInteger": [0.5e-3, 1e-3]}}]
+    got = gf.floors_by_round(products, rates)
+    assert got == pytest.approx([(1000 / 2e6 + 250 / 0.5e6) * 1e3, (1000 / 4e6 + 250 / 1e6) * 1e3])
+    pm = gf.paired_multiples({"median_ms_by_round": [2 * got[0], 3 * got[1]]}, got)
+    assert (pm["median"], pm["min"], pm["max"], pm["rounds"]) == (pytest.approx(2.5), pytest.approx(2.0),
+                                                                 pytest.approx(3.0), 2)
+
+
+def test_measure_rates_in_rounds_calls_between_after_each_round(gf):
+    seen = []
+    rows = gf.measure_rates([(1, 8, 64, 32, True)], threads=1, repeats=4, rounds=2, between=seen.append)
+    assert seen == [0, 1]
+    (row,) = rows
+    assert all(len(v) == 2 for v in row["gmacs_by_round"].values())
+    assert row["gmacs"]["ort_MatMulInteger"] == pytest.approx(max(row["gmacs_by_round"]["ort_MatMulInteger"]))
+    assert row["best_by"] in gf.INT8_METHODS
+
+
 def test_weight_gemms_by_method_sums_each_methods_own_rates(gf):
     P = gf.Product
     products = [P("a", "MatMul", 1, 10, 10, 10, True), P("b", "MatMul", 1, 10, 10, 20, True),
@@ -206,10 +240,12 @@ def _tiny_encoder(path: Path, name: str = "enc") -> Path:
 
 def test_the_floor_file_written_by_the_script_is_read_back(gf, tmp_path):
     enc, floor_file = _tiny_encoder(tmp_path / "enc.onnx"), tmp_path / "floor" / "gemm-floor.json"
-    assert gf.main([str(enc), "--threads", "1", "--repeats", "3", "--encoder-repeats", "2",
+    assert gf.main([str(enc), "--threads", "1", "--repeats", "3", "--encoder-repeats", "2", "--rounds", "2",
                     "--floor-file", str(floor_file), "--json", str(tmp_path / "run.json")]) == 0
     data = read_floor_file(floor_file)
     entry = data["encoders"][sha256_file(enc)]
+    assert len(entry["floor_ms_by_round"]) == 2 and entry["paired_multiple"]["onnxruntime"]["rounds"] == 2
+    assert entry["paired_multiple"]["onnxruntime"]["min"] <= entry["paired_multiple"]["onnxruntime"]["median"]
     assert data["cpu"] == cpu_model() and data["threads"] == 1 and entry["macs"] == 3 * 8 * 8 * 16
     got = floor_multiple(10.0, sha256_file(enc), floor_file)
     assert got is not None and got.floor_ms == entry["floor_ms"] and got.multiple == pytest.approx(10.0 / got.floor_ms)
@@ -248,8 +284,10 @@ def test_openvino_encoder_time_splits_gemm_nodes_from_the_rest(gf, tmp_path):
 
 @needs_openvino
 def test_openvino_gemm_kernel_rate_of_a_weight_product(gf):
-    best, median = gf._openvino_rate(64, 256, 256, threads=1, repeats=5)
-    assert 0 < best <= median < 1.0  # seconds of OpenVINO's GEMM kernel alone: positive, and well under a second
+    timer = gf.Timer(gf._openvino_timer(64, 256, 256, threads=1))
+    timer.round(5)
+    times = timer.times()
+    assert times and all(0 < t < 1.0 for t in times)  # seconds of OpenVINO's GEMM kernel alone
 
 
 def _write(path: Path, data) -> Path:
