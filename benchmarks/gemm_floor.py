@@ -16,8 +16,9 @@ rate measured here for its own GEMM shapes. Heavy-ish (a minute or two); run it 
    runs, per-column scales), ``torch._int_mm`` (int8 x int8 -> int32) when torch is installed, and
    OpenVINO's int8 FullyConnected kernel when OpenVINO is installed (a QDQ MatMul with a constant
    weight, compiled with the runtime's settings; its kernel time from OpenVINO's per-node profile,
-   without the call's own overhead); the best call of ``--repeats`` (a rate the hardware reaches,
-   which load from other processes can only lower). fp32 ``MatMul`` is timed too for the activation x
+   without the call's own overhead: the profile keeps running means, so this one is the best round's
+   mean); the best call of ``--repeats`` (a rate the hardware reaches, which load from other
+   processes can only lower). fp32 ``MatMul`` is timed too for the activation x
    activation products (the attention scores and context, which the int8 bundle runs in float).
 3. Floor: ``floor_ms`` = sum over the graph's products of MACs / the best int8 rate for that shape;
    ``floor_ms_uniform`` = all MACs / the best rate of any shape (the issue's "MACs / rate").
@@ -29,8 +30,8 @@ rate measured here for its own GEMM shapes. Heavy-ish (a minute or two); run it 
    shared machine: a 60 ms call is rarely left alone, a 1 ms node often is), as multiples of the floor.
    With OpenVINO installed, also the file OpenVINO runs (a bundle's ``image_file("openvino")``: the
    default CPU path, ``--backend auto``, on x86), in the same run: best and median call, and per call
-   the sum of its GEMM nodes (FullyConnected, MatMul, Convolution) and of the rest, from OpenVINO's
-   per-node profile, as multiples of the same floor.
+   the mean of its GEMM nodes (FullyConnected, MatMul, Convolution) and of the rest, from OpenVINO's
+   per-node profile (running means read before and after each round), as multiples of the same floor.
 5. Rounds (``--rounds``, default 5): every product's methods, then every encoder, in turn, so that the
    drift of a shared machine falls on both sides. ``paired_multiple``: per backend, the encoder's median
    call in a round over that round's floor, the median over rounds (and the range). The floor itself
@@ -256,7 +257,11 @@ class Timer:
         for _ in range(warmup):
             fn()
 
-    def round(self, calls: int, min_seconds: float = 0.0) -> None:
+    def round(self, calls: int, min_seconds: float = 0.0, settle: float = 0.0) -> None:
+        """``calls`` calls (and at least ``min_seconds`` of them) after ``settle`` idle seconds: the worker threads
+        of what ran before (ONNX Runtime's pool, torch's OpenMP, OpenVINO's TBB) spin-wait for a while after
+        each call of theirs, and would take the cores from the first calls of this one."""
+        time.sleep(settle)
         times, t_end = [], time.perf_counter() + min_seconds
         while len(times) < calls or time.perf_counter() < t_end:
             times.append(self.fn())
@@ -379,28 +384,63 @@ def _openvino_available() -> bool:
     return openvino_version() is not None
 
 
-def _openvino_timer(m: int, k: int, n: int, threads: int):
-    """OpenVINO's GEMM kernel for one weight product: each call returns the kernel's seconds from OpenVINO's
-    per-node profile (the call's own overhead, a fixed ~0.1-0.3 ms here, left out: an encoder makes one call
-    per frame, not per product); 0 when under the profile's 1 us resolution. None without OpenVINO."""
-    if not _openvino_available():
-        return None
-    from openvino_profile import compile_profiled
+class ProfiledTimer(Timer):
+    """A Timer over an OpenVINO infer request compiled with PERF_COUNT: ``rounds`` hold each call's wall time;
+    ``windows`` each round's ms per call by (layer type, kernel) group, worked out from OpenVINO's running means
+    read before and after the round (``openvino_profile.window_means``: the profile holds no per-call times)."""
 
-    model, feeds = single_node_qdq(m, k, n)
-    with tempfile.TemporaryDirectory(prefix="gemm-floor-ov-") as tmp:
-        path = Path(tmp) / "product.onnx"
-        onnx.save(model, str(path))
-        compiled, _, _ = compile_profiled(path, threads, ir_cache=False)
-        request = compiled.create_infer_request()
-    x = feeds["X"]
+    def __init__(self, request, x: np.ndarray, warmup: int = 3):
+        self.request, self.x, self.calls, self.windows = request, x, 0, []
+        self.first = self.last = None
+        super().__init__(self._call, warmup)
 
-    def fn() -> float:
-        request.infer({0: x})
-        return sum(p.real_time.total_seconds() for p in request.get_profiling_info() if is_gemm_layer(p.node_type))
-    return fn
+    def _call(self) -> float:
+        t = time.perf_counter()
+        self.request.infer({0: self.x})
+        self.calls += 1
+        return time.perf_counter() - t
+
+    def round(self, calls: int, min_seconds: float = 0.0, settle: float = 0.0) -> None:
+        from openvino_profile import counters, window_means
+
+        before, n0 = counters(self.request), self.calls
+        self.first = self.first or (before, n0)
+        super().round(calls, min_seconds, settle)
+        self.last = (counters(self.request), self.calls)
+        self.windows.append(window_means(before, self.last[0], n0, self.calls))
+
+    def split(self, r: int | None = None) -> tuple[float, float]:
+        """(GEMM nodes, other nodes) ms per call in round ``r``, or over all rounds."""
+        from openvino_profile import window_means
+
+        groups = self.windows[r] if r is not None else window_means(*self.first[:1], *self.last[:1],
+                                                                     self.first[1], self.last[1])
+        gemm = sum(v for (kind, _), v in groups.items() if is_gemm_layer(kind))
+        return gemm, sum(groups.values()) - gemm
 
 
+class OpenVinoKernelTimer(ProfiledTimer):
+    """OpenVINO's GEMM kernel for one weight product (a QDQ MatMul, ``single_node_qdq``, compiled with the
+    runtime's settings): ``times`` are each round's mean kernel seconds per call from the profile (the call's own
+    overhead, ~0.1-0.3 ms here, left out: an encoder makes one call per frame, not one per product)."""
+
+    def __init__(self, m: int, k: int, n: int, threads: int):
+        from openvino_profile import compile_profiled
+
+        model, feeds = single_node_qdq(m, k, n)
+        with tempfile.TemporaryDirectory(prefix="gemm-floor-ov-") as tmp:
+            path = Path(tmp) / "product.onnx"
+            onnx.save(model, str(path))
+            compiled, _, _ = compile_profiled(path, threads, ir_cache=False)
+            request = compiled.create_infer_request()
+        super().__init__(request, feeds["X"])
+
+    def times(self, r: int | None = None) -> list[float]:
+        rounds = [r] if r is not None else range(len(self.windows))
+        return [g / 1e3 for g in (self.split(i)[0] for i in rounds) if g > 0]
+
+
+SETTLE_S = 0.1  # idle before each timer's calls in a round (Timer.round)
 INT8_METHODS = ("ort_MatMulInteger", "ort_MatMulIntegerToFloat", "torch_int_mm", "openvino_fc_kernel")
 
 
@@ -419,11 +459,12 @@ def rate_timers(shapes: list[tuple[int, int, int, int, bool]], threads: int,
             fns[{"MatMul": "ort_fp32_matmul"}.get(op, f"ort_{op}")] = _wall(
                 functools.partial(_session(model, threads).run, None, feeds))
         fns["torch_int_mm"] = _torch_timer(batch, m, k, n, threads)
-        if weight and batch == 1:
-            fns["openvino_fc_kernel"] = _openvino_timer(m, k, n, threads)
-            if copies.get((batch, m, k, n), 1) > 1:
-                fns["torch_int_mm_streamed"] = _torch_timer(batch, m, k, n, threads, copies[(batch, m, k, n)])
-        out[(batch, m, k, n, weight)] = {key: Timer(fn) for key, fn in fns.items() if fn is not None}
+        if weight and batch == 1 and copies.get((batch, m, k, n), 1) > 1:
+            fns["torch_int_mm_streamed"] = _torch_timer(batch, m, k, n, threads, copies[(batch, m, k, n)])
+        timers = {key: Timer(fn) for key, fn in fns.items() if fn is not None}
+        if weight and batch == 1 and _openvino_available():
+            timers["openvino_fc_kernel"] = OpenVinoKernelTimer(m, k, n, threads)
+        out[(batch, m, k, n, weight)] = timers
     return out
 
 
@@ -462,7 +503,7 @@ def measure_rates(shapes: list[tuple[int, int, int, int, bool]], threads: int, r
     for r in range(rounds):
         for by_method in timers.values():
             for t in by_method.values():
-                t.round(calls)
+                t.round(calls, settle=SETTLE_S)
         if between is not None:
             between(r)
     rows = rates_of(timers)
@@ -579,29 +620,23 @@ class OrtEncoder:
 
 class OpenVinoEncoder:
     """The encoder on OpenVINO, compiled as the runtime compiles it (its IR cache, its settings) with per-node
-    profiling, timed in rounds; ``result()``: best and median call, and the median per call of its GEMM nodes'
-    time (``GEMM_LAYERS``) and of the rest."""
+    profiling, timed in rounds; ``result()``: best and median call, and per call its GEMM nodes' time
+    (``GEMM_LAYERS``) and the rest's, means over the rounds' calls from the profile (``ProfiledTimer``)."""
 
     def __init__(self, path: Path, threads: int):
-        from openvino_profile import compile_profiled, one_call
+        from openvino_profile import compile_profiled
 
         x = next(iter(_encoder_feeds(path).values()))
         compiled, _, self.source = compile_profiled(path, threads)
-        request = compiled.create_infer_request()
-        self.path, self.gemm, self.rest = path, [], []
-
-        def fn() -> float:
-            wall, groups = one_call(request, x)
-            self.gemm.append(sum(ms for (kind, _), ms in groups.items() if is_gemm_layer(kind)))
-            self.rest.append(sum(ms for (kind, _), ms in groups.items() if not is_gemm_layer(kind)))
-            return wall / 1e3
-        self.timer = Timer(fn, warmup=3)
+        self.path = path
+        self.timer = ProfiledTimer(compiled.create_infer_request(), x)
 
     def result(self) -> dict:
         times = self.timer.times()
+        gemm, other = self.timer.split()
         return {"file": str(self.path), "compiled_from": str(self.source), "best_ms": min(times) * 1e3,
-                "median_ms": float(np.median(times)) * 1e3, "gemm_nodes_median_ms": float(np.median(self.gemm[3:])),
-                "other_nodes_median_ms": float(np.median(self.rest[3:])), "calls": len(times),
+                "median_ms": float(np.median(times)) * 1e3, "mean_ms": float(np.mean(times)) * 1e3,
+                "gemm_nodes_mean_ms": gemm, "other_nodes_mean_ms": other, "calls": len(times),
                 "median_ms_by_round": [float(np.median(self.timer.times(r))) * 1e3
                                        for r in range(len(self.timer.rounds))]}
 
@@ -619,7 +654,7 @@ def time_encoder_openvino(path: Path, threads: int, repeats: int) -> dict | None
 def encoder_round(encoders: list, calls: int, r: int) -> None:
     """Round ``r`` of the encoders: ``calls`` each, the order reversed every other round."""
     for e in (encoders if r % 2 == 0 else encoders[::-1]):
-        e.timer.round(calls)
+        e.timer.round(calls, settle=SETTLE_S)
 
 
 def paired_multiples(encoder: dict, floors: list[float]) -> dict:
@@ -736,8 +771,9 @@ def main(argv=None) -> int:
         if ov_enc is not None:
             print(f"  OpenVINO on {ov_enc['file']}:")
             for label, ms in (("best call", ov_enc["best_ms"]), ("median call", ov_enc["median_ms"]),
-                              ("its GEMM nodes, median per call", ov_enc["gemm_nodes_median_ms"]),
-                              ("its other nodes, median per call", ov_enc["other_nodes_median_ms"])):
+                              ("mean call", ov_enc["mean_ms"]),
+                              ("its GEMM nodes, mean per call", ov_enc["gemm_nodes_mean_ms"]),
+                              ("its other nodes, mean per call", ov_enc["other_nodes_mean_ms"])):
                 print(f"    {label:<34} {ms:8.2f} ms = {ms / floor['floor_ms']:.2f}x floor")
     floor_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = floor_path.with_suffix(".tmp")

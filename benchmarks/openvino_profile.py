@@ -6,10 +6,11 @@
 Each file is compiled with the runtime's own OpenVINO settings (``OpenVinoSession``: 1 stream, LATENCY, f32
 float parts, its partitioner; a bundle's ONNX through the IR cache, an ``.xml`` as it is) plus ``PERF_COUNT``.
 The models take turns, one call each, for ``--rounds`` calls after ``--warmup``: the load of the machine falls
-on both alike. Per call, OpenVINO's profiling info gives each executed node's time; the table sums them by
-(layer type, kernel) and reports the median per-call total of each group, and the per-call wall time beside
-the sum of the nodes (the gap is OpenVINO's own overhead between nodes). The fastest way to see why one int8
-model is faster than another: the rows that differ.
+on both alike. OpenVINO's profiling info gives each executed node's running mean since compile (not the last
+call's time), so the profile is read before and after the timed calls and each node's mean over those calls
+is worked out from the two (``window_means``); the table sums them by (layer type, kernel), and gives the wall
+time per call (mean and median) beside the sum of the nodes (the gap is OpenVINO's own overhead between
+nodes). The fastest way to see why one int8 model is faster than another: the rows that differ.
 """
 from __future__ import annotations
 
@@ -42,25 +43,27 @@ def compile_profiled(path: Path, threads: int, ir_cache: bool | None = None):
     return ov.Core().compile_model(str(source), "CPU", config), {k: str(v) for k, v in config.items()}, source
 
 
-def one_call(request, x: np.ndarray) -> tuple[float, dict[tuple[str, str], float]]:
-    """Wall ms of one inference and the ms of each (node type, kernel) group in it."""
-    t = time.perf_counter()
-    request.infer({0: x})
-    wall = (time.perf_counter() - t) * 1e3
+def counters(request) -> dict[str, tuple[str, str, float]]:
+    """Each executed node's (layer type, kernel, ms): OpenVINO's PERF_COUNT ``real_time`` is the node's running
+    MEAN over every call since the model was compiled (its total over its count, in whole microseconds), not
+    the last call's time: a per-call figure needs two snapshots (``window_means``)."""
+    return {i.node_name: (i.node_type, i.exec_type, i.real_time.total_seconds() * 1e3)
+            for i in request.get_profiling_info() if str(i.status).endswith("EXECUTED")}
+
+
+def window_means(before: dict, after: dict, calls_before: int, calls_after: int) -> dict[tuple[str, str], float]:
+    """Ms per call of each (layer type, kernel) group over the calls between two ``counters`` snapshots, taken
+    after ``calls_before`` and ``calls_after`` calls of the compiled model: the running means turned back into
+    totals, their difference over the calls between (a node's figure is exact to (calls_before + calls_after) /
+    (calls_after - calls_before) us: the means are whole microseconds)."""
+    if calls_after <= calls_before:
+        raise ValueError(f"no calls between the snapshots ({calls_before} -> {calls_after})")
     groups: dict[tuple[str, str], float] = defaultdict(float)
-    for info in request.get_profiling_info():
-        if info.real_time.total_seconds() > 0:
-            groups[(info.node_type, info.exec_type)] += info.real_time.total_seconds() * 1e3
-    return wall, groups
-
-
-def add_call(store: dict, groups: dict, r: int) -> None:
-    """Append call ``r``'s ms per group to ``store`` (group -> one value per call so far). A group missing from this
-    call gets 0; one first seen now (its nodes took 0 ms before) gets zeros for the earlier calls."""
-    for key in set(groups) | set(store):
-        values = store.setdefault(key, [])
-        values.extend([0.0] * (r - len(values)))
-        values.append(groups.get(key, 0.0))
+    for name, (kind, kernel, mean_after) in after.items():
+        mean_before = before[name][2] if name in before else 0.0
+        total = mean_after * calls_after - mean_before * calls_before
+        groups[(kind, kernel)] += max(total, 0.0) / (calls_after - calls_before)
+    return dict(groups)
 
 
 def profile(paths: list[Path], threads: int, warmup: int, rounds: int, shape: tuple[int, ...]) -> dict:
@@ -71,34 +74,36 @@ def profile(paths: list[Path], threads: int, warmup: int, rounds: int, shape: tu
         request = compiled.create_infer_request()
         for _ in range(warmup):
             request.infer({0: x})
-        models[str(p)] = {"request": request, "config": config, "compiled_from": str(source),
-                          "walls": [], "groups": {}}
-    for r in range(rounds):  # interleaved: one call of each model per round
+        models[str(p)] = {"request": request, "config": config, "compiled_from": str(source), "walls": [],
+                          "before": counters(request)}
+    for _ in range(rounds):  # interleaved: one call of each model per round
         for m in models.values():
-            wall, groups = one_call(m["request"], x)
-            m["walls"].append(wall)
-            add_call(m["groups"], groups, r)
+            t = time.perf_counter()
+            m["request"].infer({0: x})
+            m["walls"].append((time.perf_counter() - t) * 1e3)
     out = {}
     for name, m in models.items():
-        rows = {f"{t} / {k}": round(statistics.median(v), 3) for (t, k), v in m["groups"].items()}
-        node_sum = [sum(v[i] for v in m["groups"].values()) for i in range(rounds)]
+        groups = window_means(m["before"], counters(m["request"]), warmup, warmup + rounds)
+        rows = {f"{t} / {k}": round(v, 3) for (t, k), v in groups.items()}
         out[name] = {"compiled_from": m["compiled_from"], "config": m["config"],
                      "wall_ms_median": round(statistics.median(m["walls"]), 3),
-                     "nodes_ms_median": round(statistics.median(node_sum), 3),
-                     "groups_ms_median": dict(sorted(rows.items(), key=lambda kv: -kv[1]))}
+                     "wall_ms_mean": round(statistics.fmean(m["walls"]), 3),
+                     "nodes_ms_mean": round(sum(groups.values()), 3),
+                     "groups_ms_mean": dict(sorted(rows.items(), key=lambda kv: -kv[1]))}
     return out
 
 
 def table(result: dict) -> str:
     names = list(result["models"])
-    keys = sorted({k for m in result["models"].values() for k in m["groups_ms_median"]},
-                  key=lambda k: -max(m["groups_ms_median"].get(k, 0.0) for m in result["models"].values()))
+    keys = sorted({k for m in result["models"].values() for k in m["groups_ms_mean"]},
+                  key=lambda k: -max(m["groups_ms_mean"].get(k, 0.0) for m in result["models"].values()))
     head = "| layer type / kernel | " + " | ".join(f"#{i + 1} ms" for i in range(len(names))) + " |"
     lines = [f"#{i + 1}: {n}" for i, n in enumerate(names)] + ["", head, "|---|" + "---:|" * len(names)]
     for k in keys:
-        lines.append(f"| {k} | " + " | ".join(f"{result['models'][n]['groups_ms_median'].get(k, 0.0):.2f}"
+        lines.append(f"| {k} | " + " | ".join(f"{result['models'][n]['groups_ms_mean'].get(k, 0.0):.2f}"
                                                for n in names) + " |")
-    for label, field in (("sum of nodes (median per call)", "nodes_ms_median"), ("wall (median)", "wall_ms_median")):
+    for label, field in (("sum of nodes (mean per call)", "nodes_ms_mean"), ("wall (mean)", "wall_ms_mean"),
+                         ("wall (median)", "wall_ms_median")):
         lines.append(f"| **{label}** | " + " | ".join(f"{result['models'][n][field]:.2f}" for n in names) + " |")
     return "\n".join(lines)
 
