@@ -637,6 +637,8 @@ class OpenVinoEncoder:
         return {"file": str(self.path), "compiled_from": str(self.source), "best_ms": min(times) * 1e3,
                 "median_ms": float(np.median(times)) * 1e3, "mean_ms": float(np.mean(times)) * 1e3,
                 "gemm_nodes_mean_ms": gemm, "other_nodes_mean_ms": other, "calls": len(times),
+                "gemm_nodes_ms_by_round": [self.timer.split(r)[0] for r in range(len(self.timer.rounds))],
+                "other_nodes_ms_by_round": [self.timer.split(r)[1] for r in range(len(self.timer.rounds))],
                 "median_ms_by_round": [float(np.median(self.timer.times(r))) * 1e3
                                        for r in range(len(self.timer.rounds))]}
 
@@ -657,9 +659,10 @@ def encoder_round(encoders: list, calls: int, r: int) -> None:
         e.timer.round(calls, settle=SETTLE_S)
 
 
-def paired_multiples(encoder: dict, floors: list[float]) -> dict:
-    """Round by round, the encoder's median call over that round's floor: the median and the range."""
-    ratios = [ms / f for ms, f in zip(encoder["median_ms_by_round"], floors)]
+def paired_multiples(ms_by_round: list[float], floors: list[float]) -> dict:
+    """Round by round, a time of that round (an encoder's median call) over that round's floor: the median and
+    the range."""
+    ratios = [ms / f for ms, f in zip(ms_by_round, floors)]
     return {"median": float(np.median(ratios)), "min": min(ratios), "max": max(ratios), "rounds": len(ratios)}
 
 
@@ -728,9 +731,11 @@ def main(argv=None) -> int:
         floor = floor_of(products, rates)
         floors = floors_by_round(products, rates)
         weight_ms = weight_gemms_by_method(products, rates)
-        paired = {"onnxruntime": paired_multiples(enc, floors)}
+        paired = {"onnxruntime": paired_multiples(enc["median_ms_by_round"], floors)}
         if ov_enc is not None:
-            paired["openvino"] = paired_multiples(ov_enc, floors)
+            paired["openvino"] = paired_multiples(ov_enc["median_ms_by_round"], floors)
+            paired["openvino GEMM nodes (mean)"] = paired_multiples(ov_enc["gemm_nodes_ms_by_round"], floors)
+            paired["openvino other nodes (mean)"] = paired_multiples(ov_enc["other_nodes_ms_by_round"], floors)
         entry = {"file": str(path), "macs": macs["total"], "weight_macs": macs["weight"],
                  "activation_macs": macs["activation"], **{k: round(v, 4) for k, v in floor.items()},
                  "encoder_best_ms": round(enc["best_ms"], 3), "encoder_median_ms": round(enc["median_ms"], 3),
@@ -743,7 +748,7 @@ def main(argv=None) -> int:
                  "rounds": args.rounds, "loadavg": list(os.getloadavg())}
         if ov_enc is not None:
             entry["openvino"] = {k: round(v, 3) if isinstance(v, float) else v for k, v in ov_enc.items()
-                                 if k != "median_ms_by_round"}
+                                 if not k.endswith("_by_round")}
         entries[sha256_file(path)] = entry
         run[str(path)] = {**entry, "macs_by_op": macs["by_op"], "rates": rates,
                           "products": [asdict(p) for p in products]}
@@ -765,7 +770,7 @@ def main(argv=None) -> int:
                   f"({ms / floor['floor_ms_uniform']:.2f}x uniform)")
         print(f"  encoder median call {enc['median_ms']:.2f} ms (load average {os.getloadavg()[0]:.1f})")
         for backend, pm in paired.items():
-            print(f"  {backend}: median call / the same round's floor, {pm['rounds']} rounds: median "
+            print(f"  {backend}: / the same round's floor, {pm['rounds']} rounds: median "
                   f"{pm['median']:.2f}x (range {pm['min']:.2f}-{pm['max']:.2f}x); floors by round "
                   + ", ".join(f"{f:.1f}" for f in floors) + " ms")
         if ov_enc is not None:

@@ -197,7 +197,7 @@ def test_floors_by_round_use_each_rounds_best_int8_method(gf):
               "gmacs_by_round": {"ort_fp32_matmul": [5e-3, 5e-3], "ort_MatMulInteger": [0.5e-3, 1e-3]}}]
     got = gf.floors_by_round(products, rates)
     assert got == pytest.approx([(1000 / 2e6 + 250 / 0.5e6) * 1e3, (1000 / 4e6 + 250 / 1e6) * 1e3])
-    pm = gf.paired_multiples({"median_ms_by_round": [2 * got[0], 3 * got[1]]}, got)
+    pm = gf.paired_multiples([2 * got[0], 3 * got[1]], got)
     assert (pm["median"], pm["min"], pm["max"], pm["rounds"]) == (pytest.approx(2.5), pytest.approx(2.0),
                                                                  pytest.approx(3.0), 2)
 
@@ -254,6 +254,9 @@ def test_the_floor_file_written_by_the_script_is_read_back(gf, tmp_path):
         ov = entry["openvino"]
         assert ov["file"] == str(enc) and 0 < ov["best_ms"] <= ov["median_ms"] and ov["calls"] >= 2
         assert json.loads((tmp_path / "run.json").read_text())["run"][str(enc)]["openvino"] == ov
+        assert entry["paired_multiple"]["openvino"]["rounds"] == 2
+        assert set(entry["paired_multiple"]) == {"onnxruntime", "openvino", "openvino GEMM nodes (mean)",
+                                                 "openvino other nodes (mean)"}
     # another encoder (another file content) is added to the same file, the first one kept
     enc2 = _tiny_encoder(tmp_path / "enc2.onnx", name="enc2")
     assert gf.main([str(enc2), "--threads", "1", "--repeats", "3", "--encoder-repeats", "2",
