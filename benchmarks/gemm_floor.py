@@ -413,8 +413,9 @@ class ProfiledTimer(Timer):
         """(GEMM nodes, other nodes) ms per call in round ``r``, or over all rounds."""
         from openvino_profile import window_means
 
-        groups = self.windows[r] if r is not None else window_means(*self.first[:1], *self.last[:1],
-                                                                     self.first[1], self.last[1])
+        # over all rounds: from before the first to after the last (nothing else calls this request in between)
+        groups = self.windows[r] if r is not None else window_means(self.first[0], self.last[0], self.first[1],
+                                                                     self.last[1])
         gemm = sum(v for (kind, _), v in groups.items() if is_gemm_layer(kind))
         return gemm, sum(groups.values()) - gemm
 
@@ -641,16 +642,6 @@ class OpenVinoEncoder:
                 "other_nodes_ms_by_round": [self.timer.split(r)[1] for r in range(len(self.timer.rounds))],
                 "median_ms_by_round": [float(np.median(self.timer.times(r))) * 1e3
                                        for r in range(len(self.timer.rounds))]}
-
-
-def time_encoder_openvino(path: Path, threads: int, repeats: int) -> dict | None:
-    """``OpenVinoEncoder``'s result after one round of ``repeats`` calls (at least a second of them); None
-    without OpenVINO."""
-    if not _openvino_available():
-        return None
-    enc = OpenVinoEncoder(path, threads)
-    enc.timer.round(repeats, min_seconds=1.0)
-    return enc.result()
 
 
 def encoder_round(encoders: list, calls: int, r: int) -> None:
