@@ -670,7 +670,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="rounds: every product and then every encoder, in turn (default 5)")
     ap.add_argument("--floor-file", default=None, help=f"floor file to update (default {default_floor_path()})")
     ap.add_argument("--json", default=None, help="also write this run's full results here")
-    return ap.parse_args(argv)
+    args = ap.parse_args(argv)
+    for name in ("threads", "repeats", "encoder_repeats", "rounds"):
+        if getattr(args, name) < 1:
+            ap.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    return args
 
 
 def main(argv=None) -> int:

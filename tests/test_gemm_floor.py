@@ -302,6 +302,13 @@ def test_openvino_gemm_kernel_rate_of_a_weight_product(gf):
     assert len(walls) == 10 and min(times) < sum(walls) / len(walls)  # the kernel is part of the call
 
 
+@pytest.mark.parametrize("flag", ["--rounds", "--repeats", "--encoder-repeats", "--threads"])
+def test_counts_below_one_are_refused_naming_the_option(gf, flag, capsys):
+    with pytest.raises(SystemExit) as e:
+        gf.parse_args(["enc.onnx", flag, "0"])
+    assert e.value.code == 2 and f"{flag} must be >= 1, got 0" in capsys.readouterr().err
+
+
 def _write(path: Path, data) -> Path:
     path.write_text(json.dumps(data))
     return path
