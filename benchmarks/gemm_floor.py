@@ -67,6 +67,9 @@ log = logging.getLogger("gemm_floor")
 
 MATMUL_OPS = {"MatMul": (0, 1), "MatMulInteger": (0, 1), "MatMulIntegerToFloat": (0, 1), "FusedMatMul": (0, 1),
               "QLinearMatMul": (0, 3), "DynamicQuantizeMatMul": (0, 1), "MatMulInteger16": (0, 1)}
+CONV_OPS = ("Conv", "ConvInteger", "QLinearConv")
+ATTENTION_OPS = ("QAttention", "Attention")  # packed q/k/v weight; MultiHeadAttention takes q, k, v as inputs
+PRODUCT_OPS = {*MATMUL_OPS, "Gemm", *CONV_OPS, *ATTENTION_OPS, "MultiHeadAttention"}  # every op gemms() counts
 
 
 @dataclass(frozen=True)
@@ -111,8 +114,7 @@ def _attr(node, name, default=None):
 
 
 def _product_inputs(model: onnx.ModelProto) -> list[str]:
-    ops = {*MATMUL_OPS, "Gemm", "Conv", "ConvInteger", "QLinearConv", "QAttention", "Attention", "MultiHeadAttention"}
-    return list(dict.fromkeys(i for n in model.graph.node if n.op_type in ops for i in n.input if i))
+    return list(dict.fromkeys(i for n in model.graph.node if n.op_type in PRODUCT_OPS for i in n.input if i))
 
 
 def observed_shapes(model: onnx.ModelProto, dims: dict[str, int] | None = None) -> dict[str, list[int]]:
@@ -183,7 +185,7 @@ def gemms(model: onnx.ModelProto, dims: dict[str, int] | None = None,
             m, k = (a[1], a[0]) if _attr(node, "transA", 0) else (a[0], a[1])
             n = b[0] if _attr(node, "transB", 0) else b[1]
             found.append(Product(label, op, 1, m, k, n, node.input[1] in consts))
-        elif op in ("Conv", "ConvInteger", "QLinearConv"):
+        elif op in CONV_OPS:
             x, w = (shape(node, 0), shape(node, 3)) if op == "QLinearConv" else (shape(node, 0), shape(node, 1))
             group = int(_attr(node, "group", 1))
             kernel = w[2:]
@@ -201,7 +203,7 @@ def gemms(model: onnx.ModelProto, dims: dict[str, int] | None = None,
                     out.append(span // strides[j] + 1)
             found.append(Product(label, op, group, x[0] * math.prod(out), w[1] * math.prod(kernel), w[0] // group,
                                  node.input[3 if op == "QLinearConv" else 1] in consts))
-        elif op in ("QAttention", "Attention"):
+        elif op in ATTENTION_OPS:
             x, w = shape(node, 0), shape(node, 1)
             heads = int(_attr(node, "num_heads"))
             bsz, s = x[0], x[1]

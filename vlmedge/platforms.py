@@ -52,7 +52,7 @@ class Int8Recipe:
     float_output_projections: bool = True
     # q@k^T in int8 with q and k on signed symmetric grids (attn@v stays float): OpenVINO runs each block's
     # attention in its int8 fused kernel from the QDQ graph, as it does for an NNCF-quantized model (ViT-B/16:
-    # 8.6 -> ~6.5 ms; benchmarks/results/openvino-profile-vitb16-vitb32-2026-12-01.md). Needs
+    # float 8.6 ms; int8 8.0 ms, NNCF's 7.8 in the same run; benchmarks/results/openvino-profile-vitb16-vitb32-*). Needs
     # const_weight_matmuls_only. ONNX Runtime's CPU form of it measured level with float attention.
     int8_attention_scores: bool = False
     # Where the image encoder is saved in ONNX Runtime's CPU form (platforms with ort_level "extended"), also save
