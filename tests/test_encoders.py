@@ -122,6 +122,21 @@ def test_spinning_is_an_explicit_choice_with_the_same_results(bundle):
         BundleEncoders(bundle, spinning="yes", verify=False)
 
 
+def test_onnx_runtime_block_base_splits_work_differently_with_the_same_results_and_is_checked(bundle):
+    from vlmedge.errors import ConfigError
+    from vlmedge.manifest import read_manifest
+    from vlmedge.runtime.grounding.backends import OrtSession
+
+    path = bundle / read_manifest(bundle).image_file("onnxruntime")
+    x = np.random.default_rng(2).normal(0, 1, (1, 3, 64, 64)).astype(np.float32)
+    own, blocks = OrtSession(path, threads=2), OrtSession(path, threads=2, block_base=4)
+    for a, b in zip(own.run(x), blocks.run(x), strict=True):
+        np.testing.assert_array_equal(a, b)  # how the loops are handed out, not what they compute
+    for bad in (-1, 2.5, True, "4"):
+        with pytest.raises(ConfigError, match="block base"):
+            OrtSession(path, threads=2, block_base=bad)
+
+
 def test_text_encoder_loads_only_for_a_text_outside_the_vocabulary_and_is_released_when_idle(tiny_bundles):
     from vlmedge.runtime.grounding.encoders import BundleEncoders
     from vlmedge.runtime.grounding.grounder import Grounder

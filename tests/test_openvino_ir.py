@@ -224,6 +224,28 @@ def test_an_unknown_openvino_partitioner_is_refused_by_name():
         B.OpenVinoSession("unused.onnx", threads=1, partitioner="DYNAMIC", ir=False)
 
 
+def test_an_unknown_openvino_precision_is_refused_by_name():
+    if B.openvino_version() is None:
+        pytest.skip('OpenVINO is not installed (pip install "vlmedge[openvino]")')
+    with pytest.raises(ConfigError, match="precision.*'f16'"):
+        B.OpenVinoSession("unused.onnx", threads=1, precision="f16", ir=False)
+
+
+@needs_openvino
+def test_float_parts_run_in_f32_unless_bf16_is_asked_for(tiny_bundles, tmp_path, monkeypatch):
+    # on CPUs with AMX OpenVINO's own default is bf16, which moved ViT-B/16's patch agreement below 99%
+    monkeypatch.setenv("VLMEDGE_CACHE_DIR", str(tmp_path / "cache"))
+    onnx_file = _image_encoder(tiny_bundles(precision="int8"))
+    s = B.OpenVinoSession(onnx_file, threads=1)
+    assert str(s._compiled.get_property("INFERENCE_PRECISION_HINT")) == "<Type: 'float32'>"
+    import openvino as ov
+
+    if "BF16" not in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        pytest.skip("this CPU has no bf16: OpenVINO runs f32 whatever is asked")
+    s = B.OpenVinoSession(onnx_file, threads=1, precision="bf16")
+    assert str(s._compiled.get_property("INFERENCE_PRECISION_HINT")) == "<Type: 'bfloat16'>"
+
+
 def test_the_ir_switch_is_checked_naming_the_variable(monkeypatch):
     monkeypatch.setenv("VLMEDGE_OPENVINO_IR", "yes")
     with pytest.raises(ConfigError, match="VLMEDGE_OPENVINO_IR"):

@@ -75,13 +75,19 @@ OPENVINO_PARTITIONER = "AUTO"
 # ------------------------------------------------------------------------------------------------ sessions
 class OrtSession:
     """One ONNX graph on ONNX Runtime. ``spinning``: worker threads spin-wait during a run and stop when it
-    returns (``session.force_spinning_stop``); False: they sleep between the parallel parts."""
+    returns (``session.force_spinning_stop``); False: they sleep between the parallel parts. ``block_base``:
+    ONNX Runtime's ``session.dynamic_block_base`` (a parallel loop handed out in blocks that shrink as it runs,
+    so a thread that lost its core does less of it); 0, the default, leaves ONNX Runtime's own split: 4 did not
+    win on both ViTs (benchmarks/results/amx-2026-12-02.md)."""
 
     backend = "onnxruntime"
 
     def __init__(self, path: str | Path, *, threads: int, spinning: bool = False, providers=None,
-                 provider_options=None):
+                 provider_options=None, block_base: int = 0):
         import onnxruntime as ort
+
+        if isinstance(block_base, bool) or not isinstance(block_base, int) or block_base < 0:
+            raise ConfigError(f"ONNX Runtime block base must be an integer >= 0 (0: its own split), got {block_base!r}")
 
         so = ort.SessionOptions()
         so.intra_op_num_threads = threads
@@ -96,6 +102,8 @@ class OrtSession:
         so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
         if spinning:
             so.add_session_config_entry("session.force_spinning_stop", "1")
+        if block_base:
+            so.add_session_config_entry("session.dynamic_block_base", str(block_base))
         self.providers = list(providers or ["CPUExecutionProvider"])
         try:
             self._s = ort.InferenceSession(str(path), so, providers=self.providers,
@@ -113,8 +121,10 @@ class OpenVinoSession:
     """One ONNX graph compiled by OpenVINO for the CPU, as the file is (OpenVINO reads ONNX itself).
 
     ``threads``: inference threads; one stream and the LATENCY hint (one frame at a time); ``pinning``: pin
-    the threads to cores. Float parts run in f32 (``INFERENCE_PRECISION_HINT``): on CPUs with bf16 OpenVINO
-    would otherwise run them in bf16, which is not what the bundle was verified with. ``ir``: compile
+    the threads to cores. Float parts run in f32 (``INFERENCE_PRECISION_HINT``, ``precision``): on CPUs with
+    AMX OpenVINO would otherwise run them in bf16, which is not what the bundle was verified with (measured on
+    an AMX Xeon, ViT-B/16 int8: 0.91x the time, patch agreement with fp32 98.85% against 99.17%;
+    benchmarks/results/alternatives-amx-2026-12-02.md). ``ir``: compile
     OpenVINO's IR of the file from the cache (``openvino_ir``), the weights mapped from disk and handed back
     once repacked; the numbers are the same as compiling the ONNX file (tests/test_openvino_ir.py).
     ``sha256``: the file's, already verified (finds its IR without hashing the file again)."""
@@ -122,13 +132,14 @@ class OpenVinoSession:
     backend = "openvino"
 
     def __init__(self, path: str | Path, *, threads: int, pinning: bool = OPENVINO_PINNING, streams: int = 1,
-                 ir: bool | None = None, partitioner: str | None = OPENVINO_PARTITIONER, sha256: str | None = None):
+                 ir: bool | None = None, partitioner: str | None = OPENVINO_PARTITIONER, sha256: str | None = None,
+                 precision: str = "f32"):
         ov = import_openvino()
         ir = openvino_ir_enabled() if ir is None else ir
         self.version = openvino_version()
         self.config = {"INFERENCE_NUM_THREADS": int(threads), "NUM_STREAMS": int(streams),
                        "PERFORMANCE_HINT": "LATENCY", "ENABLE_CPU_PINNING": bool(pinning),
-                       "INFERENCE_PRECISION_HINT": "f32"}
+                       "INFERENCE_PRECISION_HINT": check_choice("OpenVINO precision", precision, ("f32", "bf16"))}
         if partitioner is not None:
             self.config["TBB_PARTITIONER"] = check_choice("OpenVINO partitioner", partitioner, ("AUTO", "STATIC"))
         # ir: compile OpenVINO's cached IR of the file, whose weights stay mapped from disk and are handed back
