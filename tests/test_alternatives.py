@@ -3,20 +3,13 @@ run holds nothing to compare (a run of extra variants only, or a variant that fa
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
+from _scripts import load_script
 
 
 @pytest.fixture(scope="module")
 def alt():
-    spec = importlib.util.spec_from_file_location("alternatives", ROOT / "benchmarks" / "alternatives.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("benchmarks/alternatives.py")
 
 
 def test_the_default_is_the_faster_of_its_two_backends_against_the_fastest_alternative(alt):

@@ -3,24 +3,18 @@ why a backend slows down beside a busy process (its cores, the busy process's co
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
+from _scripts import load_script
 
 
 @pytest.fixture(scope="module")
 def cont():
-    spec = importlib.util.spec_from_file_location("contention", ROOT / "benchmarks" / "contention.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("benchmarks/contention.py")
 
 
 def test_ticks_count_a_busy_process_cpu_time_and_none_for_a_gone_one(cont):

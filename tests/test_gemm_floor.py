@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from _scripts import load_script
 from onnx import TensorProto, helper, numpy_helper
 
 from vlmedge.errors import ArtifactError
@@ -19,16 +19,10 @@ from vlmedge.floor import FLOOR_SCHEMA, cpu_model, default_floor_path, floor_mul
 from vlmedge.manifest import sha256_file
 from vlmedge.runtime.grounding.backends import openvino_version
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 @pytest.fixture(scope="module")
 def gf():
-    spec = importlib.util.spec_from_file_location("gemm_floor", ROOT / "benchmarks" / "gemm_floor.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["gemm_floor"] = mod  # dataclasses resolve their module by name
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("benchmarks/gemm_floor.py")
 
 
 def _init(name, shape, dtype=np.float32):

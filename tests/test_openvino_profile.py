@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from _scripts import load_script
 
 from vlmedge.runtime.grounding.backends import openvino_version
 
@@ -59,12 +60,7 @@ def test_profile_refuses_a_missing_file(tmp_path):
 
 
 def _module():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("openvino_profile", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script(SCRIPT)
 
 
 def test_window_means_turn_running_means_back_into_the_windows_per_call_time():

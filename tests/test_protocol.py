@@ -5,17 +5,16 @@ from __future__ import annotations
 
 import argparse
 import copy
-import importlib.util
 import json
 import re
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from _scripts import load_script
 
 from vlmedge import protocol, validation
 from vlmedge.errors import ConfigError, InputError, ProtocolError
@@ -207,10 +206,7 @@ def _v1_protocol(commit: str, tmp_path: Path):
     assert "\nPROTOCOL_VERSION = 1\n" in proc.stdout
     path = tmp_path / f"protocol_v1_{commit[:7]}.py"
     path.write_text(proc.stdout, encoding="utf-8")
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script(path)
 
 
 @pytest.mark.parametrize("commit", list(V1_PARSERS), ids=list(V1_PARSERS.values()))
@@ -404,11 +400,7 @@ def test_replies_match_schema():
 
 
 def _load_example(name: str):
-    spec = importlib.util.spec_from_file_location(f"example_{name}", ROOT / "examples" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses look their module up there
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script(f"examples/{name}.py", f"example_{name}")
 
 
 def test_ros2_conversion_without_ros():

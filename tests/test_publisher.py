@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
-import sys
 import threading
 import time
 from pathlib import Path
@@ -13,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zmq
+from _scripts import load_script
 
 from vlmedge import protocol
 from vlmedge.errors import ConfigError
@@ -27,7 +26,6 @@ from vlmedge.runtime.messaging.sockets import (
     setup_curve_client,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
 ADDR = "tcp://127.0.0.1:0"
 
 
@@ -233,11 +231,7 @@ def test_curve_publisher_authenticates_clients(ctx, tmp_path):
 
 
 def _load_example(name: str):
-    spec = importlib.util.spec_from_file_location(f"example_{name}", ROOT / "examples" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses look their module up there
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script(f"examples/{name}.py", f"example_{name}")
 
 
 def test_robot_control_loop_example_over_real_sockets(ctx):

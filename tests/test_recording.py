@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -12,6 +11,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from _scripts import load_script
 
 from vlmedge import protocol
 from vlmedge.errors import BackendUnavailable
@@ -150,9 +150,7 @@ def test_message_definitions_match_ros2_humble():
 
 
 def test_the_ros2_bridge_example_shares_the_conversion_and_explains_itself():
-    spec = importlib.util.spec_from_file_location("example_ros2_bridge", ROOT / "examples" / "ros2_bridge.py")
-    bridge = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bridge)
+    bridge = load_script("examples/ros2_bridge.py", "example_ros2_bridge")
     assert bridge.targets_to_detection2d_array is ros.targets_to_detection2d_array
     out = subprocess.run([sys.executable, str(ROOT / "examples" / "ros2_bridge.py"), "--help"], capture_output=True,
                          text=True, timeout=120, cwd=ROOT)

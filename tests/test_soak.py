@@ -2,22 +2,15 @@
 in a child process against a local MJPEG camera with two outages, a subscriber reading every message and a
 control client changing the commands every second."""
 
-import importlib.util
 import json
 import sys
-from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
+from _scripts import load_script
 
 
 def _soak_module():
-    spec = importlib.util.spec_from_file_location("vlmedge_soak_benchmark", ROOT / "benchmarks" / "soak.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses look their module up there
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("benchmarks/soak.py", "vlmedge_soak_benchmark")
 
 
 @pytest.mark.slow

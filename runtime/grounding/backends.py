@@ -124,7 +124,7 @@ class OpenVinoSession:
     the threads to cores. Float parts run in f32 (``INFERENCE_PRECISION_HINT``, ``precision``): on CPUs with
     AMX OpenVINO would otherwise run them in bf16, which is not what the bundle was verified with (measured on
     an AMX Xeon, ViT-B/16 int8: 0.91x the time, patch agreement with fp32 98.85% against 99.17%;
-    benchmarks/results/alternatives-amx-2026-12-02.md). ``ir``: compile
+    benchmarks/results/amx-2026-12-02.md). ``ir``: compile
     OpenVINO's IR of the file from the cache (``openvino_ir``), the weights mapped from disk and handed back
     once repacked; the numbers are the same as compiling the ONNX file (tests/test_openvino_ir.py).
     ``sha256``: the file's, already verified (finds its IR without hashing the file again)."""
